@@ -1,0 +1,71 @@
+"""The narrow boundary between the model families and the rest of the service."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model family declares about its KV cache; `memory.layout` derives every shape from it."""
+
+    family: str  # e.g. "qwen2_5_vl"
+    name: str  # local path, hub id or "tiny"
+    fingerprint: str  # changes whenever KV produced by the model would differ (weights, config)
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    position_dims: int  # rows of position ids per token (3 for multimodal RoPE)
+    dtype: str  # torch dtype name of the KV, e.g. "float32"
+    retrieval_dim: int  # size of the retrieval vector
+    random_weights: bool  # True for the seeded tiny model: its answers are noise
+
+
+@dataclass(frozen=True)
+class EncodedSegment:
+    """A run of tokens prefilled through the language model, with everything needed to reuse it.
+
+    keys/values hold the rotated keys and the values exactly as the model's cache holds them.
+    """
+
+    keys: torch.Tensor  # [L, Hkv, S, D]
+    values: torch.Tensor  # [L, Hkv, S, D]
+    positions: torch.Tensor  # [P, S] int64 position ids the model used
+    next_pos: int  # first text position after this segment (the model's own rule)
+    max_pos: int  # largest position id in the segment
+    retrieval: np.ndarray | None  # [E] float32, unit norm; None for text-only segments
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[2])
+
+
+class VideoLM(Protocol):
+    """A vision-language model that can prefill clips behind a memory and answer from a memory."""
+
+    spec: ModelSpec
+
+    def clip_frames(self) -> int:
+        """Frames per clip must be a multiple of this (temporal patch size)."""
+
+    def encode_prefix(self) -> EncodedSegment:
+        """The stream's opening tokens (system prompt, user turn opener) at position 0."""
+
+    def encode_clip(
+        self,
+        frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
+        fps: float,
+        start_s: float,
+        end_s: float,
+        past: EncodedSegment,
+    ) -> EncodedSegment:
+        """Prefill one clip behind `past` (which ends at past.next_pos); returns only the clip's KV."""
+
+    def question_vector(self, question: str) -> np.ndarray:
+        """[E] float32 unit vector in the same space as the clips' retrieval vectors."""
+
+    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
+        """Greedy answer tokens (decoded text pieces) generated on `memory` followed by the question."""

