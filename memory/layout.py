@@ -51,10 +51,13 @@ class KVLayout:
             raise ValueError(f"KV dtype {seg.keys.dtype} does not match layout {self.dtype}")
 
 
-def concat_segments(segments: list[EncodedSegment], next_pos: int | None = None) -> EncodedSegment:
+def concat_segments(segments: list[EncodedSegment], next_pos: int | None = None,
+                    max_pos: int | None = None) -> EncodedSegment:
     """Join segments in the given (time) order along the token axis.
 
-    `next_pos` is where text after the joined memory starts; by default the last segment's.
+    `next_pos` is where text after the joined memory starts (default: the last segment's) and
+    `max_pos` the largest position the stream has used (default: the segments' own); answers are
+    decoded after it.
     Positions are kept as stored: gaps left by segments not retrieved stay gaps.
     """
     if not segments:
@@ -65,5 +68,5 @@ def concat_segments(segments: list[EncodedSegment], next_pos: int | None = None)
     return EncodedSegment(
         keys=keys, values=values, positions=positions,
         next_pos=segments[-1].next_pos if next_pos is None else next_pos,
-        max_pos=max(s.max_pos for s in segments), retrieval=None,
+        max_pos=max(s.max_pos for s in segments) if max_pos is None else max_pos, retrieval=None,
     )

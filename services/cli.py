@@ -1,0 +1,253 @@
+"""The `vigil` command line: serve, ingest, ask, streams, demo."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+RANDOM_NOTE = "NOTE: the model has random weights (--model tiny): the answer text is noise; the evidence is real."
+
+
+def _settings(**overrides):
+    from services.config import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _client(args):
+    from services.client import Client
+
+    return Client(args.server, token=os.environ.get("VIGIL_AUTH_TOKEN"))
+
+
+def _info_dict(info) -> dict:
+    from services.client import state_name
+
+    return {
+        "stream_id": info.stream_id, "source": info.source, "state": state_name(info.state), "error": info.error,
+        "frames": info.frames, "chunks": info.chunks, "duration_s": round(info.duration_s, 3),
+        "source_duration_s": round(info.source_duration_s, 3), "fps": info.fps, "memory_bytes": info.memory_bytes,
+        "bytes_per_hour": round(info.bytes_per_hour), "model": info.model, "random_weights": info.random_weights,
+    }
+
+
+def _answer_dict(resp) -> dict:
+    return {
+        "answer": resp.answer, "model": resp.model, "random_weights": resp.random_weights,
+        "latency_ms": round(resp.latency_ms, 1), "memory_tokens": resp.memory_tokens,
+        "evidence": [{"chunk_id": e.chunk_id, "start_s": round(e.start_s, 3), "end_s": round(e.end_s, 3),
+                      "score": round(e.score, 4), "keyframe_s": round(e.keyframe_s, 3),
+                      **({"keyframe_jpeg_b64": base64.b64encode(e.keyframe_jpeg).decode()} if e.keyframe_jpeg else {})}
+                     for e in resp.evidence],
+    }
+
+
+def _print_answer(resp, keyframes_dir: Path | None) -> None:
+    print(f"Answer: {resp.answer}")
+    print(f"Evidence ({len(resp.evidence)} chunks, {resp.memory_tokens} memory tokens, {resp.latency_ms:.0f} ms):")
+    for e in resp.evidence:
+        line = f"  chunk {e.chunk_id:>4}  {e.start_s:8.2f}s - {e.end_s:8.2f}s  score {e.score:+.3f}  keyframe @ {e.keyframe_s:.2f}s"
+        if keyframes_dir and e.keyframe_jpeg:
+            keyframes_dir.mkdir(parents=True, exist_ok=True)
+            out = keyframes_dir / f"chunk-{e.chunk_id:05d}.jpg"
+            out.write_bytes(e.keyframe_jpeg)
+            line += f"  -> {out}"
+        print(line)
+    if resp.random_weights:
+        print(RANDOM_NOTE)
+
+
+def _wait(client, info, show_progress: bool):
+    from services.client import state_name
+
+    total = int(info.source_duration_s * info.fps) or None
+    bar = None
+    if show_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="frame", desc=f"ingest {info.stream_id}", file=sys.stderr)
+    while True:
+        info = client.describe(info.stream_id)
+        if bar is not None:
+            bar.update(info.frames - bar.n)
+            bar.set_postfix(chunks=info.chunks, state=state_name(info.state))
+        if state_name(info.state) in ("finished", "stopped", "failed"):
+            break
+        time.sleep(0.25)
+    if bar is not None:
+        bar.close()
+    return info
+
+
+def cmd_serve(args) -> int:
+    from services.server import VigilServer
+
+    s = _settings(host=args.host, port=args.port, role=args.role)
+    if args.model:
+        s = s.model_copy(update={"model": s.model.model_copy(update={"name": args.model})})
+    try:
+        asyncio.run(VigilServer(s).run_forever())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _source_arg(source: str) -> str:
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else source  # the server checks it against its media roots
+
+
+def cmd_ingest(args) -> int:
+    with _client(args) as c:
+        info = c.start(_source_arg(args.source), fps=args.fps or 0.0, clip_frames=args.clip_frames or 0)
+        if args.wait:
+            info = _wait(c, info, show_progress=not args.json and sys.stderr.isatty())
+    from services.client import state_name
+
+    if args.json:
+        print(json.dumps(_info_dict(info)))
+    else:
+        print(f"stream {info.stream_id}: {state_name(info.state)}, {info.frames} frames, {info.chunks} chunks, "
+              f"{info.duration_s:.1f}s of video" + (f" ({info.error})" if info.error else ""))
+    return 1 if state_name(info.state) == "failed" else 0
+
+
+def cmd_ask(args) -> int:
+    window = (args.since or 0.0, args.until or 0.0) if (args.since or args.until) else None
+    with _client(args) as c:
+        resp = c.ask(args.stream_id, args.question, top_k=args.top_k, window=window,
+                     max_new_tokens=args.max_new_tokens, include_keyframes=bool(args.keyframes_dir) or args.json)
+    if args.json:
+        print(json.dumps(_answer_dict(resp)))
+    else:
+        _print_answer(resp, Path(args.keyframes_dir) if args.keyframes_dir else None)
+    return 0
+
+
+def cmd_streams(args) -> int:
+    with _client(args) as c:
+        streams = c.list()
+    if args.json:
+        print(json.dumps([_info_dict(i) for i in streams]))
+    else:
+        for i in streams:
+            d = _info_dict(i)
+            print(f"{d['stream_id']}  {d['state']:<9} {d['chunks']:>5} chunks  {d['duration_s']:>8.1f}s  {d['source']}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """One process: a server in a thread, a video ingested, one question answered with evidence."""
+    from services.client import Client
+    from services.server import VigilServer
+    from streamer.testpattern import synthetic_video
+
+    s0 = _settings()
+    video = Path(args.video).expanduser().resolve() if args.video else None
+    if video is None:
+        video = synthetic_video(s0.cache_dir / "demo" / "test-pattern.mp4", seconds=24, fps=10, scenes=4)
+        print(f"demo video: {video} (generated test pattern: 24 s, 4 coloured scenes)", file=sys.stderr)
+    overrides = {"host": "127.0.0.1", "port": 0, "media_roots": (str(video.parent),), "role": "all"}
+    s = _settings(**overrides)
+    if args.model:
+        s = s.model_copy(update={"model": s.model.model_copy(update={"name": args.model})})
+    print(f"loading model {s.model.name!r} and starting the server "
+          f"({'private redis' if s.redis_url is None else s.redis_url}) ...", file=sys.stderr)
+    server = VigilServer(s)
+    port = server.start_in_thread()
+    try:
+        with Client(f"127.0.0.1:{port}", token=s.auth_token.get_secret_value() if s.auth_token else None) as c:
+            info = c.start(str(video), fps=args.fps or 0.0)
+            info = _wait(c, info, show_progress=not args.json and sys.stderr.isatty())
+            resp = c.ask(info.stream_id, args.question, include_keyframes=True)
+        if args.json:
+            print(json.dumps({"stream": _info_dict(info), **_answer_dict(resp)}))
+        else:
+            print(f"ingested {info.frames} frames into {info.chunks} chunks "
+                  f"({info.duration_s:.1f}s of video, {info.memory_bytes / 1e6:.2f} MB of memory)")
+            print(f"Q: {args.question}")
+            _print_answer(resp, Path(args.keyframes_dir) if args.keyframes_dir else None)
+    finally:
+        server.stop_thread()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vigil", description="Streaming long-video understanding service")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def server_opt(sp):
+        sp.add_argument("--server", default=os.environ.get("VIGIL_SERVER", DEFAULT_SERVER), help="host:port")
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = sub.add_parser("serve", help="run the gRPC server (ingest + QA by default)")
+    sp.add_argument("--host")
+    sp.add_argument("--port", type=int)
+    sp.add_argument("--role", choices=["all", "ingest", "qa"])
+    sp.add_argument("--model", help='"tiny", a local directory or a Hugging Face id')
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("ingest", help="start a stream from a file path")
+    sp.add_argument("source")
+    sp.add_argument("--fps", type=float)
+    sp.add_argument("--clip-frames", type=int)
+    sp.add_argument("--wait", action="store_true", help="wait for the stream to finish, with a progress bar")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_ingest)
+
+    sp = sub.add_parser("ask", help="ask a question about a stream")
+    sp.add_argument("stream_id")
+    sp.add_argument("question")
+    sp.add_argument("--top-k", type=int, default=0)
+    sp.add_argument("--since", type=float, help="media time window start, seconds")
+    sp.add_argument("--until", type=float, help="media time window end, seconds")
+    sp.add_argument("--max-new-tokens", type=int, default=0)
+    sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_ask)
+
+    sp = sub.add_parser("streams", help="list streams")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_streams)
+
+    sp = sub.add_parser("demo", help="one process: start a server, ingest a video, ask, print answer and evidence")
+    sp.add_argument("--video", help="a video file (default: a generated test pattern)")
+    sp.add_argument("--question", default="What colour is the scene at the start of the video?")
+    sp.add_argument("--fps", type=float, default=2.0)
+    sp.add_argument("--model", help='"tiny" (default), a local directory or a Hugging Face id')
+    sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from encoders.loading import ModelUnavailable
+
+        if isinstance(exc, (ModelUnavailable, RuntimeError, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""One settings object, built once at the process edge from VIGIL_* variables and an optional TOML file.
+
+Precedence: explicit arguments > environment (VIGIL_*, nested with "__", e.g. VIGIL_MODEL__NAME)
+> the TOML file named by VIGIL_CONFIG > defaults.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from encoders.loading import ModelOptions
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field("tiny", description='"tiny" (seeded random weights), a local directory, or a Hugging Face id')
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_download: bool = Field(False, description="let a hub id be downloaded when it is not in the HF cache")
+    min_pixels: int = 56 * 56
+    max_pixels: int = Field(112 * 112, description="per sampled frame, before patching; raise for real models")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    role: str = Field("all", pattern="^(all|ingest|qa)$")
+    redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
+    namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    media_roots: tuple[Path, ...] = Field(default_factory=lambda: (Path.cwd(),))
+    cache_dir: Path = Path.home() / ".cache" / "vigil"
+    auth_token: SecretStr | None = None
+
+    fps: float = Field(1.0, gt=0, le=30)
+    clip_frames: int = Field(8, ge=2, le=64)
+    frame_max_side: int = Field(448, ge=32, le=4096, description="decoder downscale before the model's own resize")
+    context_tokens: int = Field(16384, ge=256, description="ingest context window (prefix + recent clips)")
+    top_k: int = Field(4, ge=1, le=64)
+    max_top_k: int = 64
+    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens_cap: int = 512
+    max_question_chars: int = Field(2000, ge=1)
+    max_file_bytes: int = Field(8 * 1024**3, description="largest file a stream may be started on")
+    max_source_duration_s: float = Field(24 * 3600.0, description="longest file a stream may be started on")
+    max_streams: int = Field(16, ge=1, description="concurrent running streams per process")
+    max_message_bytes: int = 8 * 1024 * 1024
+
+    model: ModelSettings = ModelSettings()
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _roots(cls, v):
+        if isinstance(v, (str, Path)):
+            v = [v]
+        return tuple(Path(p).expanduser().resolve() for p in v)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path := os.environ.get("VIGIL_CONFIG"):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"VIGIL_CONFIG={path}: no such file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def model_options(self) -> ModelOptions:
+        m = self.model
+        return ModelOptions(name=m.name, device=m.device, dtype=m.dtype, allow_download=m.allow_download,
+                            cache_dir=self.cache_dir, min_pixels=m.min_pixels, max_pixels=m.max_pixels)

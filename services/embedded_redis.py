@@ -1,0 +1,62 @@
+"""A private, real redis-server for one process (the embedded default), on a unix socket."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+class EmbeddedRedis:
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("redis-server")
+        if not self.binary:
+            raise RuntimeError(
+                "no VIGIL_REDIS_URL is set and redis-server is not installed for the embedded default; "
+                "install it (apt-get install redis-server / brew install redis) or set VIGIL_REDIS_URL"
+            )
+        self.dir = Path(tempfile.mkdtemp(prefix="vigil-redis-"))
+        self.socket = self.dir / "redis.sock"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
+        args = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"embedded redis-server exited with {self.proc.returncode}: {err.strip()}")
+            if self.socket.exists():
+                try:
+                    redis.Redis(unix_socket_path=str(self.socket)).ping()
+                    return self
+                except redis.ConnectionError:
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"embedded redis-server did not answer within {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "EmbeddedRedis":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

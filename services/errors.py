@@ -1,0 +1,51 @@
+"""The one table from domain errors to gRPC status codes."""
+from __future__ import annotations
+
+import grpc
+
+from encoders.loading import ModelUnavailable
+from memory.errors import IncompatibleBlob, StreamNotFound
+from streamer.errors import CorruptVideo, NotAVideo, SourceNotFound, UnsupportedCodec
+
+
+class InvalidRequest(Exception):
+    pass
+
+
+class PathNotAllowed(Exception):
+    pass
+
+
+class LimitExceeded(Exception):
+    pass
+
+
+class Unauthenticated(Exception):
+    pass
+
+
+class NotServedHere(Exception):
+    """This process does not run that service (role)."""
+
+
+STATUS: dict[type[Exception], grpc.StatusCode] = {
+    InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    NotAVideo: grpc.StatusCode.INVALID_ARGUMENT,
+    CorruptVideo: grpc.StatusCode.INVALID_ARGUMENT,
+    UnsupportedCodec: grpc.StatusCode.INVALID_ARGUMENT,
+    SourceNotFound: grpc.StatusCode.NOT_FOUND,
+    StreamNotFound: grpc.StatusCode.NOT_FOUND,
+    PathNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    IncompatibleBlob: grpc.StatusCode.FAILED_PRECONDITION,
+    ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    NotServedHere: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return None

@@ -1,0 +1,62 @@
+"""The QA path: question -> retrieval vector -> top-k chunks -> memory in time order -> answer."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from memory.index import Hit
+from memory.layout import concat_segments
+from services.errors import InvalidRequest
+from services.runtime import Runtime
+
+
+class NoMemoryYet(InvalidRequest):
+    pass
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    hits: list[Hit]  # time order
+    keyframes: list[bytes]
+    memory_tokens: int
+    latency_ms: float
+
+
+def validate_question(question: str, max_chars: int) -> str:
+    q = question.strip()
+    if not q:
+        raise InvalidRequest("question is empty")
+    if len(q) > max_chars:
+        raise InvalidRequest(f"question is {len(q)} characters; the limit is {max_chars}")
+    return q
+
+
+def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
+        max_new_tokens: int = 0, include_keyframes: bool = False) -> Answer:
+    t0 = time.perf_counter()
+    s = rt.settings
+    q = validate_question(question, s.max_question_chars)
+    if top_k > s.max_top_k:
+        raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
+    if window is not None and window[1] <= window[0]:
+        raise InvalidRequest(f"time window [{window[0]}, {window[1]}] is empty")
+    rt.store.get_stream(sid)  # NOT_FOUND before any model work
+    index = rt.indexes.synced(sid)
+    rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
+    if not index.records:
+        raise NoMemoryYet(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
+    with rt.model_lock:
+        qvec = rt.adapter.question_vector(q)
+    hits = index.search(qvec, top_k or s.top_k, window)
+    if not hits:
+        raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window {window}")
+    hits.sort(key=lambda h: h.chunk.start_s)
+    ids = [h.chunk.chunk_id for h in hits]
+    memory = concat_segments([rt.store.get_prefix(sid), *rt.store.chunk_segments(sid, ids)],
+                             next_pos=rec.next_pos, max_pos=rec.max_pos)
+    budget = min(max_new_tokens or s.max_new_tokens, s.max_new_tokens_cap)
+    with rt.model_lock:
+        text = "".join(rt.adapter.answer(memory, q, budget))
+    keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
+    return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000)

@@ -1,0 +1,148 @@
+"""Build and run the gRPC server (grpc.aio) with health and reflection, in the foreground or a thread."""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import threading
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from encoders.loading import load_adapter
+from services.config import Settings
+from services.embedded_redis import EmbeddedRedis
+from services.errors import Unauthenticated
+from services.grpc_api import IngestServicer, QAServicer
+from services.ingest import IngestManager
+from services.runtime import Runtime
+from services.wire import ingest_pb2, qa_pb2
+
+log = logging.getLogger("vigil.server")
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Require `authorization: Bearer <token>` on every call except health checks and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(Unauthenticated("missing or wrong bearer token")))
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation, details):
+        if details.method.startswith(OPEN_METHODS):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+            return await continuation(details)
+        return self._deny
+
+
+class VigilServer:
+    """One process: optional private Redis, the model, the runtime, and the gRPC server."""
+
+    def __init__(self, settings: Settings, adapter=None) -> None:
+        self.settings = settings
+        self._adapter = adapter
+        self.redis: EmbeddedRedis | None = None
+        self.rt: Runtime | None = None
+        self.ingest: IngestManager | None = None
+        self.port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped: asyncio.Event | None = None
+
+    async def start_async(self) -> int:
+        s = self.settings
+        url = s.redis_url
+        if url is None:
+            self.redis = EmbeddedRedis().start()
+            url = self.redis.url
+            log.info("started a private redis-server at %s", url)
+        adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
+        self.rt = Runtime.create(s, adapter, url)
+        self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
+        interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token else []
+        opts = [("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes)]
+        server = grpc.aio.server(interceptors=interceptors, options=opts)
+        from services.wire import ingest_pb2_grpc, qa_pb2_grpc
+
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
+        names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
+        if s.role in ("all", "qa"):
+            qa_pb2_grpc.add_QAServiceServicer_to_server(QAServicer(self.rt), server)
+            names.append(qa_pb2.DESCRIPTOR.services_by_name["QAService"].full_name)
+        hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+        for name in names[2:]:
+            await _maybe_await(hs.set(name, health_pb2.HealthCheckResponse.SERVING))
+        await _maybe_await(hs.set("", health_pb2.HealthCheckResponse.SERVING))
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        await server.start()
+        self._server = server
+        self._stopped = asyncio.Event()
+        log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
+        return self.port
+
+    async def stop_async(self, grace_s: float = 2.0) -> None:
+        if self.ingest:
+            await asyncio.to_thread(self.ingest.shutdown)
+        if self._server:
+            await self._server.stop(grace_s)
+        if self.redis:
+            self.redis.stop()
+        if self._stopped:
+            self._stopped.set()
+
+    async def run_forever(self) -> None:
+        await self.start_async()
+        try:
+            await self._server.wait_for_termination()
+        finally:
+            await self.stop_async()
+
+    # ---- run in a background thread (tests, `vigil demo`) ------------------------------
+    def start_in_thread(self, timeout_s: float = 300.0) -> int:
+        started = threading.Event()
+        errors: list[BaseException] = []
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(self.start_async())
+            except BaseException as exc:
+                errors.append(exc)
+                started.set()
+                return
+            started.set()
+            self._loop.run_until_complete(self._stopped.wait())
+
+        self._thread = threading.Thread(target=main, name="vigil-server", daemon=True)
+        self._thread.start()
+        if not started.wait(timeout_s):
+            raise RuntimeError(f"server did not start within {timeout_s}s")
+        if errors:
+            raise errors[0]
+        return self.port
+
+    def stop_thread(self) -> None:
+        if self._loop and self._thread and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.stop_async(), self._loop).result(120)
+            self._thread.join(30)
+
+
+async def _maybe_await(x):
+    if asyncio.iscoroutine(x):
+        await x

@@ -1,0 +1,1 @@
+"""Opening sources, decoding, sampling, keyframes and clip building. No models, no Redis."""

