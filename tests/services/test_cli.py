@@ -1,0 +1,115 @@
+"""The `vigil` console script, run as a user would, in subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+VIGIL = shutil.which("vigil", path=os.path.dirname(sys.executable)) or shutil.which("vigil")
+
+
+def env_for(cache_dir, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(VIGIL_CACHE_DIR=str(cache_dir / "vigil"), **extra)
+    return env
+
+
+def run(args, env, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([VIGIL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_console_script_installed():
+    assert VIGIL, "the `vigil` console script is not installed (pip install -e .)"
+
+
+def test_demo_uses_a_private_redis_and_prints_answer_with_evidence(cache_dir):
+    """No VIGIL_REDIS_URL: the demo starts its own redis-server, ingests, answers, and stops it."""
+    proc = run(["demo", "--json"], env_for(cache_dir))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["stream"]["state"] == "finished" and out["stream"]["chunks"] == 6
+    assert out["answer"] and out["random_weights"] is True
+    assert out["latency_ms"] > 0
+    assert len(out["evidence"]) == 4 and all(e["end_s"] > e["start_s"] for e in out["evidence"])
+    assert not [p for p in _redis_children()], "the private redis-server outlived the demo"
+
+
+def _redis_children() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in ps if "redis-server" in line and "vigil-redis-" in line]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def serve_process(cache_dir, media_dir, redis_url, namespace):
+    port = _free_port()
+    env = env_for(cache_dir, VIGIL_REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace,
+                  VIGIL_MEDIA_ROOTS=json.dumps([str(media_dir), str(cache_dir)]))
+    proc = subprocess.Popen([VIGIL, "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    addr = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    with grpc.insecure_channel(addr) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while True:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    break
+            except grpc.RpcError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"vigil serve did not come up: {proc.stdout.read()}")
+            time.sleep(0.2)
+    yield addr, env
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_ingest_ask_streams(serve_process, pattern_video):
+    addr, env = serve_process
+    ing = run(["ingest", str(pattern_video), "--fps", "2", "--wait", "--json", "--server", addr], env)
+    assert ing.returncode == 0, ing.stderr
+    info = json.loads(ing.stdout)
+    assert {"stream_id", "state", "frames", "chunks", "duration_s"} <= set(info)
+    assert info["state"] == "finished" and info["frames"] == 24 and info["chunks"] == 3
+
+    ask = run(["ask", info["stream_id"], "what colour?", "--json", "--top-k", "2", "--server", addr], env)
+    assert ask.returncode == 0, ask.stderr
+    ans = json.loads(ask.stdout)
+    assert {"answer", "evidence", "model", "latency_ms"} <= set(ans)
+    assert [set(e) >= {"start_s", "end_s", "chunk_id", "score"} for e in ans["evidence"]] == [True, True]
+
+    text = run(["ask", info["stream_id"], "what colour?", "--server", addr], env)
+    assert text.returncode == 0 and "Evidence (" in text.stdout and "random weights" in text.stdout
+
+    streams = run(["streams", "--json", "--server", addr], env)
+    assert [s["stream_id"] for s in json.loads(streams.stdout)] == [info["stream_id"]]
+
+    bad = run(["ask", "nosuchstream", "hi", "--server", addr], env)
+    assert bad.returncode == 2 and "NOT_FOUND" in bad.stderr
+
+
+def test_unknown_model_says_how_to_get_it(cache_dir, tmp_path):
+    proc = run(["demo", "--model", "Qwen/Qwen2.5-VL-3B-Instruct"],
+               env_for(cache_dir, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")), timeout=120)
+    assert proc.returncode == 2
+    assert "hf download Qwen/Qwen2.5-VL-3B-Instruct" in proc.stderr
