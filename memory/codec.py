@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from encoders.base import EncodedSegment
@@ -36,9 +37,13 @@ def _header(blob: bytes) -> dict:
     if n <= 0 or n > len(blob) - 8:
         raise IncompatibleBlob("blob has no valid safetensors header")
     try:
-        return json.loads(blob[8:8 + n]).get("__metadata__") or {}
+        header = json.loads(blob[8:8 + n])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IncompatibleBlob(f"blob header is not JSON: {exc}") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise IncompatibleBlob("blob header carries no vigil metadata")
+    return meta
 
 
 def decode_segment(blob: bytes, layout: KVLayout, fingerprint: str) -> EncodedSegment:
@@ -54,7 +59,10 @@ def decode_segment(blob: bytes, layout: KVLayout, fingerprint: str) -> EncodedSe
         )
     if meta.get("layout") != json.dumps(layout.__dict__, sort_keys=True):
         raise IncompatibleBlob(f"blob layout {meta.get('layout')} differs from {layout}")
-    t = load(blob)
+    try:
+        t = load(blob)
+    except SafetensorError as exc:
+        raise IncompatibleBlob(f"blob body is damaged: {exc}") from exc
     seg = EncodedSegment(t["keys"], t["values"], t["positions"], int(meta["next_pos"]), int(meta["max_pos"]), None)
     layout.check(seg)
     return seg

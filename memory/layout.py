@@ -47,8 +47,8 @@ class KVLayout:
             raise ValueError(f"KV shape {tuple(seg.keys.shape)} does not match layout {self.kv_shape(n)}")
         if tuple(seg.positions.shape) != self.positions_shape(n):
             raise ValueError(f"positions shape {tuple(seg.positions.shape)} != {self.positions_shape(n)}")
-        if seg.keys.dtype != self.torch_dtype:
-            raise ValueError(f"KV dtype {seg.keys.dtype} does not match layout {self.dtype}")
+        if seg.keys.dtype != self.torch_dtype or seg.values.dtype != self.torch_dtype:
+            raise ValueError(f"KV dtypes {seg.keys.dtype}/{seg.values.dtype} do not match layout {self.dtype}")
 
 
 def concat_segments(segments: list[EncodedSegment], next_pos: int | None = None,

@@ -84,12 +84,14 @@ class FileSource:
         last = -step
         try:
             for frame in self._container.decode(self._stream):
-                t = frame.time
-                if t is None:
+                if frame.time is None:  # no timestamp: one frame period after the last one
                     t = last + step
+                else:
+                    if start is None:
+                        start = frame.time
+                    t = max(frame.time - start, last + 1e-6)  # media time from the first frame, increasing
                 if start is None:
-                    start = t
-                t = max(t - start, last + 1e-6)  # media time from the first frame, strictly increasing
+                    start = 0.0
                 last = t
                 yield DecodedFrame(t, frame)
         except av.error.FFmpegError as exc:

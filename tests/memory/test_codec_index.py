@@ -1,0 +1,353 @@
+"""KV layout sizes, the safetensors segment codec, segment joins, the recent window and the FAISS index."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load, save
+
+from encoders.base import EncodedSegment
+from memory.codec import FORMAT, VERSION, decode_segment, encode_segment
+from memory.context import RecentWindow
+from memory.errors import IncompatibleBlob
+from memory.index import StreamIndex
+from memory.layout import KVLayout, concat_segments
+from memory.store import ChunkRecord
+
+LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, position_dims=3, dtype="float32")
+FP = "model-fingerprint-abc123"
+
+
+def make_segment(tokens: int, start_pos: int = 0, seed: int = 0, layout: KVLayout = LAYOUT,
+                 retrieval: bool = False) -> EncodedSegment:
+    g = torch.Generator().manual_seed(seed)
+    keys = torch.randn(layout.kv_shape(tokens), generator=g, dtype=layout.torch_dtype)
+    values = torch.randn(layout.kv_shape(tokens), generator=g, dtype=layout.torch_dtype)
+    pos = torch.arange(start_pos, start_pos + tokens, dtype=torch.int64)
+    positions = torch.stack([pos, pos + 100 * seed, pos * 2])[: layout.position_dims]  # [P, S]
+    vec = None
+    if retrieval:
+        v = np.random.default_rng(seed).standard_normal(8).astype(np.float32)
+        vec = v / np.linalg.norm(v)
+    return EncodedSegment(keys, values, positions, next_pos=start_pos + tokens + 1,
+                          max_pos=int(positions.max()), retrieval=vec)
+
+
+def assert_same_kv(a: EncodedSegment, b: EncodedSegment) -> None:
+    assert a.keys.dtype == b.keys.dtype and a.values.dtype == b.values.dtype
+    assert torch.equal(a.keys, b.keys)
+    assert torch.equal(a.values, b.values)
+    assert torch.equal(a.positions, b.positions)
+    assert (a.next_pos, a.max_pos) == (b.next_pos, b.max_pos)
+
+
+# ---- KVLayout ----------------------------------------------------------------------------------
+
+
+def test_layout_byte_sizes_hand_checked():
+    # keys + values: 2 * L(2) * Hkv(2) * D(4) * 4 bytes = 128; positions: P(3) * 8 bytes = 24
+    assert LAYOUT.bytes_per_token == 2 * 2 * 2 * 4 * 4 + 3 * 8 == 152
+    assert LAYOUT.segment_bytes(0) == 0
+    assert LAYOUT.segment_bytes(5) == 760
+    half = KVLayout(num_layers=28, num_kv_heads=4, head_dim=128, position_dims=3, dtype="bfloat16")
+    assert half.bytes_per_token == 2 * 28 * 4 * 128 * 2 + 24 == 57368
+    # the sizes agree with the tensors the codec actually stores
+    seg = make_segment(5)
+    stored = seg.keys.nbytes + seg.values.nbytes + seg.positions.to(torch.int64).nbytes
+    assert stored == LAYOUT.segment_bytes(5)
+
+
+def test_layout_shapes_and_check():
+    assert LAYOUT.kv_shape(7) == (2, 2, 7, 4)
+    assert LAYOUT.positions_shape(7) == (3, 7)
+    assert LAYOUT.torch_dtype is torch.float32
+    LAYOUT.check(make_segment(7))
+    with pytest.raises(ValueError):
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 8, 3, "float32")))
+    with pytest.raises(ValueError):
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 2, "float32")))
+    with pytest.raises(ValueError):
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 3, "float16")))
+
+
+# ---- codec -------------------------------------------------------------------------------------
+
+
+def test_codec_round_trip_is_exact():
+    seg = make_segment(6, start_pos=11, seed=3, retrieval=True)
+    blob = encode_segment(seg, LAYOUT, FP)
+    assert isinstance(blob, bytes)
+    back = decode_segment(blob, LAYOUT, FP)
+    assert_same_kv(back, seg)
+    assert back.positions.dtype == torch.int64
+    assert back.length == 6
+    assert back.retrieval is None  # vectors are stored beside the blob, not in it
+    # the header says what wrote it
+    n = int.from_bytes(blob[:8], "little")
+    meta = json.loads(blob[8:8 + n])["__metadata__"]
+    assert meta["format"] == FORMAT and meta["version"] == VERSION and meta["model"] == FP
+    assert (meta["next_pos"], meta["max_pos"]) == (str(seg.next_pos), str(seg.max_pos))
+
+
+def test_codec_round_trip_bfloat16():
+    layout = KVLayout(2, 2, 4, 3, "bfloat16")
+    seg = make_segment(4, seed=5, layout=layout)
+    back = decode_segment(encode_segment(seg, layout, FP), layout, FP)
+    assert back.keys.dtype == torch.bfloat16
+    assert_same_kv(back, seg)
+
+
+def test_codec_refuses_to_encode_a_segment_of_another_layout():
+    seg = make_segment(3, layout=KVLayout(2, 2, 8, 3, "float32"))
+    with pytest.raises(ValueError):
+        encode_segment(seg, LAYOUT, FP)
+
+
+def test_codec_refuses_other_fingerprint():
+    blob = encode_segment(make_segment(3), LAYOUT, FP)
+    with pytest.raises(IncompatibleBlob, match="model"):
+        decode_segment(blob, LAYOUT, FP + "-other")
+
+
+@pytest.mark.parametrize("other", [
+    KVLayout(2, 2, 8, 3, "float32"),  # head_dim
+    KVLayout(3, 2, 4, 3, "float32"),  # layers
+    KVLayout(2, 1, 4, 3, "float32"),  # kv heads
+    KVLayout(2, 2, 4, 1, "float32"),  # position dims
+    KVLayout(2, 2, 4, 3, "float16"),  # dtype
+])
+def test_codec_refuses_other_layout(other):
+    blob = encode_segment(make_segment(3), LAYOUT, FP)
+    with pytest.raises(IncompatibleBlob, match="layout"):
+        decode_segment(blob, other, FP)
+
+
+def _forged_blob(**meta_overrides: str) -> bytes:
+    """A blob identical to what encode_segment writes, except for the given header fields."""
+    seg = make_segment(3)
+    meta = {
+        "format": FORMAT, "version": VERSION, "model": FP,
+        "layout": json.dumps(LAYOUT.__dict__, sort_keys=True),
+        "next_pos": str(seg.next_pos), "max_pos": str(seg.max_pos),
+    }
+    meta.update(meta_overrides)
+    return save({"keys": seg.keys, "values": seg.values, "positions": seg.positions}, metadata=meta)
+
+
+def test_forged_blob_with_current_header_decodes():
+    # control for the next tests: the hand-built blob is accepted when nothing is changed
+    assert_same_kv(decode_segment(_forged_blob(), LAYOUT, FP), make_segment(3))
+
+
+def test_codec_refuses_other_version():
+    with pytest.raises(IncompatibleBlob, match="version"):
+        decode_segment(_forged_blob(version="999"), LAYOUT, FP)
+
+
+def test_codec_refuses_other_format():
+    with pytest.raises(IncompatibleBlob, match="format"):
+        decode_segment(_forged_blob(format="someone.else"), LAYOUT, FP)
+
+
+def test_codec_refuses_plain_safetensors_without_metadata():
+    seg = make_segment(3)
+    blob = save({"keys": seg.keys, "values": seg.values, "positions": seg.positions})
+    assert load(blob)["keys"].shape == seg.keys.shape  # a valid safetensors file ...
+    with pytest.raises(IncompatibleBlob):  # ... but not ours
+        decode_segment(blob, LAYOUT, FP)
+
+
+@pytest.mark.parametrize("blob", [
+    b"",
+    b"\x00" * 4,
+    b"\x00" * 16,
+    np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+    (1 << 40).to_bytes(8, "little") + b"{}",
+    (6).to_bytes(8, "little") + b"\xff\xfe\xfd\xfc\xfb\xfa",
+    (8).to_bytes(8, "little") + b"not json",
+], ids=["empty", "short", "zero-header", "random", "huge-header", "not-utf8", "not-json"])
+def test_codec_refuses_garbage(blob):
+    with pytest.raises(IncompatibleBlob):
+        decode_segment(blob, LAYOUT, FP)
+
+
+@pytest.mark.parametrize("header", [b"[1]", b"123", b'"s"', b"null"], ids=["list", "number", "string", "null"])
+def test_codec_refuses_header_that_is_json_but_not_an_object(header):
+    blob = len(header).to_bytes(8, "little") + header
+    with pytest.raises(IncompatibleBlob):
+        decode_segment(blob, LAYOUT, FP)
+
+
+def test_codec_refuses_truncated_blob_with_intact_header():
+    blob = encode_segment(make_segment(4), LAYOUT, FP)
+    with pytest.raises(IncompatibleBlob):
+        decode_segment(blob[:-10], LAYOUT, FP)
+
+
+# ---- concat_segments ---------------------------------------------------------------------------
+
+
+def test_concat_segments_order_and_defaults():
+    a, b, c = make_segment(2, 0, seed=1), make_segment(3, 10, seed=3), make_segment(1, 20, seed=2)
+    # the second position row holds pos + 100 * seed: the largest position is b's, not the last segment's
+    assert b.max_pos > c.max_pos > a.max_pos
+    joined = concat_segments([a, b, c])
+    assert joined.length == 6
+    assert torch.equal(joined.keys[:, :, :2], a.keys)
+    assert torch.equal(joined.keys[:, :, 2:5], b.keys)
+    assert torch.equal(joined.keys[:, :, 5:], c.keys)
+    assert torch.equal(joined.values, torch.cat([a.values, b.values, c.values], dim=2))
+    assert joined.positions[0].tolist() == [0, 1, 10, 11, 12, 20]  # gaps are kept
+    assert torch.equal(joined.positions, torch.cat([a.positions, b.positions, c.positions], dim=1))
+    assert joined.next_pos == c.next_pos == 22
+    assert joined.max_pos == b.max_pos == 312
+    assert joined.retrieval is None
+    LAYOUT.check(joined)
+    # order is the caller's
+    rev = concat_segments([c, a])
+    assert rev.positions[0].tolist() == [20, 0, 1]
+    assert rev.next_pos == a.next_pos == 3
+    assert rev.max_pos == c.max_pos
+
+
+def test_concat_segments_overrides_and_empty():
+    a, b = make_segment(2, 0, seed=1), make_segment(3, 10, seed=2)
+    joined = concat_segments([a, b], next_pos=500, max_pos=499)
+    assert (joined.next_pos, joined.max_pos) == (500, 499)
+    assert concat_segments([a], next_pos=0, max_pos=0).next_pos == 0  # 0 is an override, not "unset"
+    assert concat_segments([a], next_pos=0, max_pos=0).max_pos == 0
+    with pytest.raises(ValueError):
+        concat_segments([])
+
+
+# ---- RecentWindow ------------------------------------------------------------------------------
+
+
+def test_recent_window_drops_old_clips_keeps_prefix():
+    prefix = make_segment(3, 0, seed=0)
+    win = RecentWindow(prefix, max_tokens=10)
+    assert win.tokens == 3
+    assert_same_kv(win.memory(), prefix)
+
+    pos = prefix.next_pos
+    clips = []
+    for i in range(5):
+        seg = make_segment(4, pos, seed=50 - 10 * i)  # older clips hold larger positions
+        clips.append(seg)
+        pos = seg.next_pos
+        win.push(seg)
+        mem = win.memory()
+        assert mem.length == win.tokens
+        assert win.tokens <= 10
+        assert torch.equal(mem.keys[:, :, :3], prefix.keys)  # the prefix is always first
+        assert mem.next_pos == seg.next_pos
+    # 3 + 4 = 7 fits; a second clip would make 11 > 10, so only the newest clip stays
+    assert win.tokens == 7
+    mem = win.memory()
+    assert torch.equal(mem.keys, torch.cat([prefix.keys, clips[-1].keys], dim=2))
+    assert torch.equal(mem.positions, torch.cat([prefix.positions, clips[-1].positions], dim=1))
+    # max_pos stays the largest the stream has used, dropped clips included
+    assert mem.max_pos == clips[0].max_pos == max(s.max_pos for s in [prefix, *clips])
+    assert mem.max_pos > int(mem.positions.max())
+
+
+def test_recent_window_keeps_several_recent_clips():
+    prefix = make_segment(2, 0, seed=0)
+    win = RecentWindow(prefix, max_tokens=9)
+    pos = prefix.next_pos
+    clips = []
+    for i in range(6):
+        seg = make_segment(2, pos, seed=20 + i)
+        clips.append(seg)
+        pos = seg.next_pos
+        win.push(seg)
+    # prefix 2 + three clips of 2 = 8 <= 9; a fourth would be 10
+    assert win.tokens == 8
+    mem = win.memory()
+    assert mem.length == 8
+    assert torch.equal(mem.values, torch.cat([prefix.values, *(c.values for c in clips[-3:])], dim=2))
+    assert mem.next_pos == clips[-1].next_pos
+
+
+def test_recent_window_keeps_newest_clip_even_if_too_big():
+    prefix = make_segment(3, 0)
+    win = RecentWindow(prefix, max_tokens=5)
+    win.push(make_segment(4, 4, seed=1))
+    big = make_segment(6, 9, seed=2)
+    win.push(big)
+    assert win.tokens == 9 == win.memory().length
+    assert torch.equal(win.memory().keys[:, :, 3:], big.keys)
+
+
+# ---- StreamIndex -------------------------------------------------------------------------------
+
+
+def _rec(cid: int, start: float, end: float) -> ChunkRecord:
+    return ChunkRecord(chunk_id=cid, start_s=start, end_s=end, frames=8, tokens=64, keyframe_s=start + 1.0)
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def index() -> StreamIndex:
+    idx = StreamIndex(3)
+    idx.add([
+        (_rec(10, 0.0, 4.0), _unit([1, 0, 0])),
+        (_rec(11, 4.0, 8.0), _unit([0, 1, 0])),
+        (_rec(12, 8.0, 12.0), _unit([0, 0, 1])),
+        (_rec(13, 12.0, 16.0), _unit([3, 4, 0])),  # (0.6, 0.8, 0)
+    ])
+    return idx
+
+
+def test_index_add_bookkeeping(index):
+    assert index.index.ntotal == 4
+    assert index.last_id == 13
+    assert sorted(index.records) == [10, 11, 12, 13]
+    index.add([])
+    assert index.index.ntotal == 4
+    index.add([(_rec(20, 16.0, 20.0), _unit([1, 1, 1]))])
+    assert index.last_id == 20 and index.index.ntotal == 5
+
+
+def test_index_topk_order_and_scores(index):
+    q = _unit([4, 3, 0])  # (0.8, 0.6, 0)
+    # inner products: 10 -> 0.8, 11 -> 0.6, 12 -> 0.0, 13 -> 0.48 + 0.48 = 0.96
+    hits = index.search(q, 3)
+    assert [h.chunk.chunk_id for h in hits] == [13, 10, 11]
+    np.testing.assert_allclose([h.score for h in hits], [0.96, 0.8, 0.6], atol=1e-6)
+    assert hits[0].chunk == _rec(13, 12.0, 16.0)
+
+
+def test_index_k_larger_than_candidates_returns_all(index):
+    hits = index.search(_unit([4, 3, 0]), 50)
+    assert [h.chunk.chunk_id for h in hits] == [13, 10, 11, 12]
+    np.testing.assert_allclose([h.score for h in hits], [0.96, 0.8, 0.6, 0.0], atol=1e-6)
+
+
+def test_index_window_filter(index):
+    q = _unit([4, 3, 0])
+    # [3.9, 8.5] overlaps chunks 10 ([0, 4]), 11 ([4, 8]) and 12 ([8, 12]), not 13 ([12, 16])
+    hits = index.search(q, 10, window=(3.9, 8.5))
+    assert [h.chunk.chunk_id for h in hits] == [10, 11, 12]
+    np.testing.assert_allclose([h.score for h in hits], [0.8, 0.6, 0.0], atol=1e-6)
+    # touching an edge is not overlapping: [4, 8] excludes [0, 4] and [8, 12]
+    assert [h.chunk.chunk_id for h in index.search(q, 10, window=(4.0, 8.0))] == [11]
+    # the best chunk overall is found when the window allows it, with k=1
+    hits = index.search(q, 1, window=(13.0, 100.0))
+    assert [h.chunk.chunk_id for h in hits] == [13]
+    # k=1 inside a window that excludes the global best
+    hits = index.search(q, 1, window=(0.0, 12.0))
+    assert [h.chunk.chunk_id for h in hits] == [10]
+
+
+def test_index_empty_results(index):
+    q = _unit([1, 0, 0])
+    assert index.search(q, 5, window=(100.0, 200.0)) == []
+    assert index.search(q, 0) == []
+    assert StreamIndex(3).search(q, 5) == []
