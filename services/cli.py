@@ -7,6 +7,7 @@ import base64
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -94,10 +95,18 @@ def cmd_serve(args) -> int:
     s = _settings(host=args.host, port=args.port, role=args.role)
     if args.model:
         s = s.model_copy(update={"model": s.model.model_copy(update={"name": args.model})})
-    try:
-        asyncio.run(VigilServer(s).run_forever())
-    except KeyboardInterrupt:
-        pass
+    async def main() -> None:
+        server = VigilServer(s)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly: streams stopped, private Redis shut down
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await server.run_forever()
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
     return 0
 
 

@@ -1,8 +1,11 @@
 """A private, real redis-server for one process (the embedded default), on a unix socket."""
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -10,7 +13,15 @@ from pathlib import Path
 import redis
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the process that started it dies."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class EmbeddedRedis:
+    """Lives as long as its owner: stopped by stop(), and killed by the kernel if the owner dies."""
+
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or shutil.which("redis-server")
         if not self.binary:
@@ -29,7 +40,8 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
         args = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

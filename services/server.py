@@ -60,12 +60,12 @@ class VigilServer:
 
     async def start_async(self) -> int:
         s = self.settings
+        adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
         url = s.redis_url
         if url is None:
             self.redis = EmbeddedRedis().start()
             url = self.redis.url
             log.info("started a private redis-server at %s", url)
-        adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
         self.rt = Runtime.create(s, adapter, url)
         self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
         interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token else []

@@ -114,3 +114,43 @@ def test_unknown_model_says_how_to_get_it(cache_dir, tmp_path):
                env_for(cache_dir, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf")), timeout=120)
     assert proc.returncode == 2
     assert "hf download Qwen/Qwen2.5-VL-3B-Instruct" in proc.stderr
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    return [(int(r[0]), r[2]) for r in rows if len(r) == 3 and int(r[1]) == pid]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_private_redis_goes_with_the_server(cache_dir, sig):
+    """`vigil serve` with no VIGIL_REDIS_URL owns a redis-server; stopped or killed, it takes it along."""
+    port = _free_port()
+    proc = subprocess.Popen([VIGIL, "serve", "--port", str(port)], env=env_for(cache_dir),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        redis_pids: list[int] = []
+        while not redis_pids and time.monotonic() < deadline and proc.poll() is None:
+            redis_pids = [pid for pid, args in _children(proc.pid) if "redis-server" in args]
+            time.sleep(0.2)
+        assert redis_pids, "vigil serve started no private redis-server"
+        proc.send_signal(sig)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while _alive(redis_pids[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(redis_pids[0]), f"redis-server {redis_pids[0]} outlived vigil serve ({sig.name})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
