@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +80,6 @@ class IngestManager:
             w.stop.set()
         for _, w in workers:
             w.thread.join(60)
-
-    def wait(self, sid: str, timeout_s: float | None = None) -> None:
-        with self._lock:
-            w = self._workers.get(sid)
-        if w is not None:
-            w.thread.join(timeout_s)
 
     # ---- the worker -------------------------------------------------------------------
     def _decode(self, path: Path, fps: float, clip_frames: int, out: queue.Queue, stop: threading.Event) -> None:
