@@ -1,10 +1,10 @@
-class MemoryError_(Exception):
+class StoreError(Exception):
     """Base class for memory-store errors."""
 
 
-class StreamNotFound(MemoryError_):
+class StreamNotFound(StoreError):
     pass
 
 
-class IncompatibleBlob(MemoryError_):
+class IncompatibleBlob(StoreError):
     """A stored blob was written by another model, layout or format version."""

@@ -18,10 +18,12 @@ DEFAULT_SERVER = "127.0.0.1:50051"
 RANDOM_NOTE = "NOTE: the model has random weights (--model tiny): the answer text is noise; the evidence is real."
 
 
-def _settings(**overrides):
+def _settings(model: str | None = None, **overrides):
+    """The process's one Settings, from the environment plus the command line's explicit flags."""
     from services.config import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    s = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    return s.model_copy(update={"model": s.model.model_copy(update={"name": model})}) if model else s
 
 
 def _client(args):
@@ -92,9 +94,7 @@ def _wait(client, info, show_progress: bool):
 def cmd_serve(args) -> int:
     from services.server import VigilServer
 
-    s = _settings(host=args.host, port=args.port, role=args.role)
-    if args.model:
-        s = s.model_copy(update={"model": s.model.model_copy(update={"name": args.model})})
+    s = _settings(model=args.model, host=args.host, port=args.port, role=args.role)
     async def main() -> None:
         server = VigilServer(s)
         loop = asyncio.get_running_loop()
@@ -160,15 +160,13 @@ def cmd_demo(args) -> int:
     from services.server import VigilServer
     from streamer.testpattern import synthetic_video
 
-    s0 = _settings()
+    s = _settings(model=args.model)
     video = Path(args.video).expanduser().resolve() if args.video else None
     if video is None:
-        video = synthetic_video(s0.cache_dir / "demo" / "test-pattern.mp4", seconds=24, fps=10, scenes=4)
+        video = synthetic_video(s.cache_dir / "demo" / "test-pattern.mp4", seconds=24, fps=10, scenes=4)
         print(f"demo video: {video} (generated test pattern: 24 s, 4 coloured scenes)", file=sys.stderr)
-    overrides = {"host": "127.0.0.1", "port": 0, "media_roots": (str(video.parent),), "role": "all"}
-    s = _settings(**overrides)
-    if args.model:
-        s = s.model_copy(update={"model": s.model.model_copy(update={"name": args.model})})
+    # one process on a free loopback port; the video's folder is the only media root
+    s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all"})
     print(f"loading model {s.model.name!r} and starting the server "
           f"({'private redis' if s.redis_url is None else s.redis_url}) ...", file=sys.stderr)
     server = VigilServer(s)

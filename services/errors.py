@@ -24,6 +24,10 @@ class Unauthenticated(Exception):
     pass
 
 
+class NotReady(Exception):
+    """The request is valid but the stream cannot serve it yet (e.g. nothing stored so far)."""
+
+
 class NotServedHere(Exception):
     """This process does not run that service (role)."""
 
@@ -41,6 +45,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     IncompatibleBlob: grpc.StatusCode.FAILED_PRECONDITION,
     ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     NotServedHere: grpc.StatusCode.UNIMPLEMENTED,
+    NotReady: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

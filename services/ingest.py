@@ -50,7 +50,8 @@ class IngestManager:
         if info.duration_s and info.duration_s > s.max_source_duration_s:
             raise LimitExceeded(f"{path.name}: {info.duration_s:.0f}s is over the limit of {s.max_source_duration_s:.0f}s")
         with self._lock:
-            running = sum(w.thread.is_alive() for w in self._workers.values())
+            self._workers = {k: w for k, w in self._workers.items() if w.thread.is_alive()}
+            running = len(self._workers)
             if running >= s.max_streams:
                 raise LimitExceeded(f"{running} streams are running; the limit is {s.max_streams}")
             spec = self.rt.adapter.spec
@@ -82,23 +83,28 @@ class IngestManager:
             w.thread.join(60)
 
     # ---- the worker -------------------------------------------------------------------
+    @staticmethod
+    def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+        """Wait for room (a file is paced by the encoder); give up once the stream is stopped."""
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _decode(self, path: Path, fps: float, clip_frames: int, out: queue.Queue, stop: threading.Event) -> None:
         try:
             with FileSource(path) as src:
                 frames = sample(src.frames(), fps, self.rt.settings.frame_max_side)
                 for clip in build_clips(frames, clip_frames, 1.0 / fps):
-                    while not stop.is_set():
-                        try:
-                            out.put(clip, timeout=0.2)  # bounded: a file waits for the encoder
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not self._put(out, clip, stop):
                         return
         except BaseException as exc:  # handed to the encoder thread, which records it
-            out.put(exc)
+            self._put(out, exc, stop)
             return
-        out.put(_END)
+        self._put(out, _END, stop)
 
     def _run(self, rec: StreamRecord, path: Path, stop: threading.Event) -> None:
         rt, sid = self.rt, rec.stream_id
@@ -114,14 +120,15 @@ class IngestManager:
                                        name=f"decode-{sid}", daemon=True)
             decoder.start()
             frames_total = 0
-            while True:
-                item = clips.get()
+            while not stop.is_set():
+                try:
+                    item = clips.get(timeout=0.2)  # wakes up to notice a stop even when nothing comes
+                except queue.Empty:
+                    continue
                 if item is _END:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                if stop.is_set():
-                    break
                 frames_total += len(item.frames)
                 self._store_clip(sid, item, window, rec.fps, frames_total)
             decoder.join(5)

@@ -6,12 +6,8 @@ from dataclasses import dataclass
 
 from memory.index import Hit
 from memory.layout import concat_segments
-from services.errors import InvalidRequest
+from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
-
-
-class NoMemoryYet(InvalidRequest):
-    pass
 
 
 @dataclass(frozen=True)
@@ -45,7 +41,7 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     index = rt.indexes.synced(sid)
     rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
     if not index.records:
-        raise NoMemoryYet(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
+        raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
     with rt.model_lock:
         qvec = rt.adapter.question_vector(q)
     hits = index.search(qvec, top_k or s.top_k, window)

@@ -17,7 +17,7 @@ from services.errors import Unauthenticated
 from services.grpc_api import IngestServicer, QAServicer
 from services.ingest import IngestManager
 from services.runtime import Runtime
-from services.wire import ingest_pb2, qa_pb2
+from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
 log = logging.getLogger("vigil.server")
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -72,19 +72,16 @@ class VigilServer:
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes)]
         server = grpc.aio.server(interceptors=interceptors, options=opts)
-        from services.wire import ingest_pb2_grpc, qa_pb2_grpc
-
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
         names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
         if s.role in ("all", "qa"):
             qa_pb2_grpc.add_QAServiceServicer_to_server(QAServicer(self.rt), server)
             names.append(qa_pb2.DESCRIPTOR.services_by_name["QAService"].full_name)
-        hs = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        hs = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        for name in names[2:]:
-            await _maybe_await(hs.set(name, health_pb2.HealthCheckResponse.SERVING))
-        await _maybe_await(hs.set("", health_pb2.HealthCheckResponse.SERVING))
+        for name in ["", *names[2:]]:
+            await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
         reflection.enable_server_reflection(names, server)
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
@@ -142,7 +139,3 @@ class VigilServer:
             asyncio.run_coroutine_threadsafe(self.stop_async(), self._loop).result(120)
             self._thread.join(30)
 
-
-async def _maybe_await(x):
-    if asyncio.iscoroutine(x):
-        await x

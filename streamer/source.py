@@ -87,11 +87,9 @@ class FileSource:
                 if frame.time is None:  # no timestamp: one frame period after the last one
                     t = last + step
                 else:
-                    if start is None:
-                        start = frame.time
+                    if start is None:  # the first timestamp continues from any untimed frames before it
+                        start = frame.time - (last + step)
                     t = max(frame.time - start, last + 1e-6)  # media time from the first frame, increasing
-                if start is None:
-                    start = 0.0
                 last = t
                 yield DecodedFrame(t, frame)
         except av.error.FFmpegError as exc:

@@ -144,3 +144,27 @@ def test_describe_reports_bytes_per_hour(make_server, pattern_video):
     assert info.memory_bytes > info.chunks * CLIP // 2 * layout.bytes_per_token  # KV at least
     assert info.bytes_per_hour == pytest.approx(info.memory_bytes / info.duration_s * 3600)
     assert np.isclose(info.duration_s, 12.0)
+
+
+def test_stop_mid_ingest_keeps_chunks_and_leaves_no_thread(make_server, media_dir):
+    """StopStream on a running file: state stopped, what was stored stays, the decode thread ends."""
+    import threading
+    import time
+
+    from tests import media
+
+    long_video = media.synthetic_video(media_dir / "pattern-90s.mp4", seconds=90, fps=10, scenes=6)
+    _, addr = make_server()
+    with Client(addr) as c:
+        sid = c.start(str(long_video), fps=10, clip_frames=4).stream_id  # 225 clips: seconds of work
+        deadline = time.monotonic() + 60
+        while c.describe(sid).chunks < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = c.stop(sid)
+        assert state_name(info.state) == "stopped"
+        assert 2 <= info.chunks < 225
+        assert len(c.ask(sid, "what was seen before the stop?", top_k=2).evidence) == 2
+        time.sleep(0.5)  # the decoder notices the stop within one 0.2 s put timeout
+        left = [t.name for t in threading.enumerate() if t.name in (f"decode-{sid}", f"ingest-{sid}")]
+        assert left == []
+        assert c.describe(sid).chunks == info.chunks  # nothing written after the stop
