@@ -7,6 +7,7 @@ from typing import Iterator
 
 import av
 import numpy as np
+from PIL import Image
 
 from streamer.errors import CorruptVideo, NotAVideo, SourceNotFound, UnsupportedCodec
 
@@ -22,16 +23,23 @@ class SourceInfo:
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    time_s: float  # media time of the frame
-    frame: av.VideoFrame  # still encoded as the decoder gave it; converted only if sampled
+    time_s: float  # media time of the frame on the stream's clock (monotonic within a stream)
+    frame: av.VideoFrame | np.ndarray  # as the decoder gave it (ndarray: [H, W, 3] uint8 RGB); converted only if sampled
+    wall_s: float | None = None  # unix time the frame was received (live sources only)
 
     def rgb(self, max_side: int | None = None) -> np.ndarray:
-        """[H, W, 3] uint8, optionally downscaled by the decoder's scaler so the long side <= max_side."""
-        w, h = self.frame.width, self.frame.height
-        if max_side and max(w, h) > max_side:
-            scale = max_side / max(w, h)
-            return self.frame.to_ndarray(format="rgb24", width=max(2, round(w * scale)), height=max(2, round(h * scale)))
-        return self.frame.to_ndarray(format="rgb24")
+        """[H, W, 3] uint8, optionally downscaled so the long side <= max_side."""
+        if isinstance(self.frame, np.ndarray):
+            h, w = self.frame.shape[:2]
+        else:
+            w, h = self.frame.width, self.frame.height
+        if not (max_side and max(w, h) > max_side):
+            return self.frame if isinstance(self.frame, np.ndarray) else self.frame.to_ndarray(format="rgb24")
+        scale = max_side / max(w, h)
+        size = (max(2, round(w * scale)), max(2, round(h * scale)))
+        if isinstance(self.frame, np.ndarray):
+            return np.asarray(Image.fromarray(self.frame).resize(size, Image.BILINEAR))
+        return self.frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
 
 
 class FileSource:
