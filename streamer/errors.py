@@ -19,3 +19,11 @@ class UnsupportedCodec(SourceError):
 
 class CorruptVideo(SourceError):
     pass
+
+
+class SourceUnavailable(SourceError):
+    """A live source refused the connection, could not be reached, or stayed down past the give-up time."""
+
+
+class SourceTimeout(SourceError):
+    """A live source accepted the connection but sent nothing within the timeout."""
