@@ -58,6 +58,7 @@ ensure_generated()
 if str(GEN_DIR) not in sys.path:
     sys.path.insert(0, str(GEN_DIR))
 
+common_pb2 = importlib.import_module("vigil.v1.common_pb2")
 ingest_pb2 = importlib.import_module("vigil.v1.ingest_pb2")
 ingest_pb2_grpc = importlib.import_module("vigil.v1.ingest_pb2_grpc")
 qa_pb2 = importlib.import_module("vigil.v1.qa_pb2")

@@ -1,6 +1,7 @@
 """File sources decoded with PyAV, yielding frames with media time in seconds."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -42,28 +43,28 @@ class DecodedFrame:
         return self.frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
 
 
-class FileSource:
-    """A video file opened with PyAV. Use as a context manager; `frames()` decodes lazily."""
+class AvSource:
+    """A video container opened with PyAV (a path or a readable file-like object).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.exists():
-            raise SourceNotFound(f"{path}: no such file")
-        if not path.is_file():
-            raise NotAVideo(f"{path}: not a regular file")
+    Use as a context manager; `frames()` decodes lazily. `name` is what error messages show.
+    """
+
+    def __init__(self, target, name: str, format: str | None = None) -> None:
+        self.name = name
         try:
-            self._container = av.open(str(path), mode="r", metadata_errors="ignore")
-        except av.error.FFmpegError as exc:
-            raise NotAVideo(f"{path.name}: not a readable video ({exc.__class__.__name__}: {exc.strerror or exc})") from exc
+            self._container = av.open(target, mode="r", format=format, metadata_errors="ignore")
+        except (av.error.FFmpegError, OSError) as exc:
+            detail = getattr(exc, "strerror", None) or exc
+            raise NotAVideo(f"{name}: not a readable video ({exc.__class__.__name__}: {detail})") from exc
         if not self._container.streams.video:
             self._container.close()
-            raise NotAVideo(f"{path.name}: the file has no video stream")
+            raise NotAVideo(f"{name}: the input has no video stream")
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"
         ctx = self._stream.codec_context
         if ctx is None or not ctx.codec.name:
             self._container.close()
-            raise UnsupportedCodec(f"{path.name}: no decoder for this video codec")
+            raise UnsupportedCodec(f"{name}: no decoder for this video codec")
         tb = self._stream.time_base
         duration = None
         if self._stream.duration is not None and tb is not None:
@@ -76,7 +77,7 @@ class FileSource:
             avg_fps=float(rate) if rate else None, duration_s=duration,
         )
 
-    def __enter__(self) -> "FileSource":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -85,26 +86,61 @@ class FileSource:
     def close(self) -> None:
         self._container.close()
 
-    def frames(self) -> Iterator[DecodedFrame]:
-        """Decoded frames in presentation order. Missing timestamps are derived from the frame rate."""
+    def frames(self, after_s: float | None = None) -> Iterator[DecodedFrame]:
+        """Decoded frames in presentation order, media time from the first frame.
+
+        Missing timestamps are derived from the frame rate. `after_s` skips every frame at or
+        before that media time (resuming after a checkpoint): a seekable, timestamped file is
+        sought to a keyframe shortly before it; anything else is decoded from the start.
+        """
         step = 1.0 / (self.info.avg_fps or 25.0)
         start: float | None = None
         last = -step
         try:
-            for frame in self._container.decode(self._stream):
+            decoded = self._container.decode(self._stream)
+            if after_s is not None and after_s > 2.0:
+                first = next(decoded, None)
+                if first is not None and first.time is not None and self._seekable():
+                    start = first.time
+                    target = start + after_s - 2.0  # a margin for keyframes and reordered frames
+                    self._container.seek(int(target / self._stream.time_base), stream=self._stream, backward=True)
+                    decoded = self._container.decode(self._stream)
+                    last = after_s  # every frame after a seek is timed; times below after_s are skipped
+                elif first is not None:
+                    decoded = itertools.chain([first], decoded)
+            for frame in decoded:
                 if frame.time is None:  # no timestamp: one frame period after the last one
                     t = last + step
                 else:
                     if start is None:  # the first timestamp continues from any untimed frames before it
                         start = frame.time - (last + step)
-                    t = max(frame.time - start, last + 1e-6)  # media time from the first frame, increasing
+                    t = frame.time - start
+                    if after_s is None or t > after_s:
+                        t = max(t, last + 1e-6)  # increasing
+                if after_s is not None and t <= after_s:
+                    continue
                 last = t
                 yield DecodedFrame(t, frame)
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, OSError) as exc:
+            detail = getattr(exc, "strerror", None) or exc
             raise CorruptVideo(
-                f"{self.path.name}: decoding failed after {max(last, 0):.2f}s of video "
-                f"({exc.__class__.__name__}: {exc.strerror or exc})"
+                f"{self.name}: decoding failed after {max(last, 0):.2f}s of video ({exc.__class__.__name__}: {detail})"
             ) from exc
+
+    def _seekable(self) -> bool:
+        return isinstance(self._container.name, str) and Path(self._container.name).is_file()
+
+
+class FileSource(AvSource):
+    """A video file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            raise SourceNotFound(f"{path}: no such file")
+        if not path.is_file():
+            raise NotAVideo(f"{path}: not a regular file")
+        super().__init__(str(path), path.name)
 
 
 def probe(path: Path) -> SourceInfo:
