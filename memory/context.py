@@ -29,6 +29,28 @@ class RecentWindow:
         while self._tokens > self.max_tokens and len(self._clips) > 1:
             self._tokens -= self._clips.popleft().length
 
+    @classmethod
+    def restore(cls, prefix: EncodedSegment, max_tokens: int, clips: list[EncodedSegment],
+                next_pos: int, max_pos: int) -> "RecentWindow":
+        """The window as it stood after the stream's clips were pushed, from the newest ones it kept
+        (oldest first, see `first_kept`) and the stream's stored positions."""
+        w = cls(prefix, max_tokens)
+        for seg in clips:
+            w.push(seg)
+        w._next_pos, w._max_pos = next_pos, max(max_pos, w._max_pos)
+        return w
+
+    @staticmethod
+    def first_kept(prefix_tokens: int, clip_tokens: list[int], max_tokens: int) -> int:
+        """Index of the oldest clip a window still holds after pushing clips of these sizes in order."""
+        total, first = prefix_tokens, 0
+        for i, n in enumerate(clip_tokens):
+            total += n
+            while total > max_tokens and i - first + 1 > 1:
+                total -= clip_tokens[first]
+                first += 1
+        return first
+
     @property
     def tokens(self) -> int:
         return self._tokens

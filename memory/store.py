@@ -7,6 +7,10 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
     {ns}:s:{<id>}:prefix               string      KV blob of the prompt prefix
     {ns}:s:{<id>}:chunks               sorted set  chunk id -> start_s
     {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv, vec (float32), jpeg
+    {ns}:s:{<id>}:ckpt                 hash        json (where ingest resumes), detector (bytes)
+    {ns}:s:{<id>}:gaps                 list        JSON gaps, oldest first
+    {ns}:s:{<id>}:events               stream      state changes, progress, gaps (capped), for WatchStream
+    {ns}:s:{<id>}:lease                string      the ingest worker that owns the stream (expires)
 
 Redis is the one source of truth; the FAISS index is derived from the `vec` fields.
 """
@@ -26,6 +30,12 @@ from memory.errors import StreamNotFound
 from memory.layout import KVLayout
 
 STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+ACTIVE = ("starting", "running", "reconnecting")  # states an ingest worker owns
+EVENTS_MAXLEN = 1000
+
+# compare-and-act on the lease, so a worker never renews or drops a lease another one took
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass
@@ -47,6 +57,12 @@ class StreamRecord:
     next_pos: int = 0
     max_pos: int = 0
     bytes: int = 0
+    kind: str = "file"  # file | live | push
+    live: bool = False  # drops frames when behind instead of pacing the source
+    dropped: int = 0
+    reconnects: int = 0
+    lag_s: float = 0.0
+    scene_cuts: int = 0
 
     def to_hash(self) -> dict[str, str]:
         return {k: json.dumps(v) for k, v in asdict(self).items()}
@@ -67,6 +83,10 @@ class ChunkRecord:
     tokens: int
     keyframe_s: float
     bytes: int = 0
+    wall_start: float | None = None  # unix time the first frame was received (live sources)
+    wall_end: float | None = None
+    cuts: int = 0  # scene cuts starting inside this chunk
+    novelty: float = 0.0  # the keyframe's novelty score
 
 
 class MemoryStore:
@@ -75,6 +95,8 @@ class MemoryStore:
         self.ns = namespace
         self.layout = layout
         self.fingerprint = fingerprint
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
 
     # ---- keys ----------------------------------------------------------------------------
     def _k(self, sid: str, suffix: str) -> str:
@@ -95,6 +117,20 @@ class MemoryStore:
     def update_stream(self, sid: str, **changes) -> None:
         changes["updated"] = time.time()
         self.r.hset(self._k(sid, "meta"), mapping={k: json.dumps(v) for k, v in changes.items()})
+
+    def set_state(self, sid: str, state: str, error: str | None = None, **changes) -> None:
+        """Change the state (and the error text when given) and publish the change to watchers."""
+        raw = self.r.hget(self._k(sid, "meta"), "state")
+        previous = json.loads(raw) if raw else ""
+        changes["state"] = state
+        if error is not None:
+            changes["error"] = error
+        changes["updated"] = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self._k(sid, "meta"), mapping={k: json.dumps(v) for k, v in changes.items()})
+        if previous != state:
+            self._event(pipe, sid, "state", previous=previous, state=state, message=error or "")
+        pipe.execute()
 
     def get_stream(self, sid: str) -> StreamRecord:
         h = self.r.hgetall(self._k(sid, "meta")) if STREAM_ID.match(sid or "") else {}
@@ -127,8 +163,10 @@ class MemoryStore:
         return decode_segment(blob, self.layout, self.fingerprint)
 
     def put_chunk(self, sid: str, chunk: ChunkRecord, seg: EncodedSegment, vec: np.ndarray,
-                  keyframe_jpeg: bytes, frames_total: int) -> int:
-        """Store one chunk and advance the stream's counters in one transaction. Returns its bytes."""
+                  keyframe_jpeg: bytes, frames_total: int, checkpoint: dict | None = None,
+                  detector_state: bytes = b"", progress: dict | None = None) -> int:
+        """Store one chunk, advance the stream's counters and move its resume checkpoint, in one
+        transaction (a crash leaves either all of it or none). Returns the chunk's bytes."""
         blob = encode_segment(seg, self.layout, self.fingerprint)
         vec_bytes = np.asarray(vec, dtype=np.float32).tobytes()
         size = len(blob) + len(vec_bytes) + len(keyframe_jpeg)
@@ -142,9 +180,62 @@ class MemoryStore:
             "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
             "media_end_s": json.dumps(chunk.end_s), "next_pos": json.dumps(seg.next_pos),
             "max_pos": json.dumps(seg.max_pos), "updated": json.dumps(time.time()),
+            **{k: json.dumps(v) for k, v in (progress or {}).items()},
         })
+        if chunk.cuts:
+            pipe.hincrby(self._k(sid, "meta"), "scene_cuts", chunk.cuts)
+        if checkpoint is not None:
+            pipe.hset(self._k(sid, "ckpt"), mapping={"json": json.dumps(checkpoint), "detector": detector_state})
+        self._event(pipe, sid, "progress", chunk=chunk.chunk_id)
         pipe.execute()
         return size
+
+    def checkpoint(self, sid: str) -> tuple[dict, bytes] | None:
+        """(checkpoint, detector state) written with the last stored chunk, or None before the first."""
+        h = self.r.hgetall(self._k(sid, "ckpt"))
+        return (json.loads(h[b"json"]), h.get(b"detector", b"")) if h else None
+
+    # ---- gaps and events -----------------------------------------------------------------
+    def add_gap(self, sid: str, gap: dict) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(self._k(sid, "gaps"), json.dumps(gap))
+        self._event(pipe, sid, "gap", gap=json.dumps(gap))
+        pipe.execute()
+
+    def gaps(self, sid: str, last: int = 0) -> list[dict]:
+        """Gaps oldest first; `last` > 0 returns only the newest `last`."""
+        raw = self.r.lrange(self._k(sid, "gaps"), -last if last else 0, -1)
+        return [json.loads(g) for g in raw]
+
+    def event(self, sid: str, kind: str, **fields) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        self._event(pipe, sid, kind, **fields)
+        pipe.execute()
+
+    def _event(self, pipe, sid: str, kind: str, **fields) -> None:
+        body = {"kind": kind, "time": json.dumps(time.time()), **{k: str(v) for k, v in fields.items()}}
+        pipe.xadd(self._k(sid, "events"), body, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def last_event_id(self, sid: str) -> str:
+        last = self.r.xrevrange(self._k(sid, "events"), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def read_events(self, sid: str, after_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
+        """Events after `after_id`, waiting up to `block_ms` for the first one."""
+        got = self.r.xread({self._k(sid, "events"): after_id}, block=block_ms, count=100)
+        if not got:
+            return []
+        return [(eid.decode(), {k.decode(): v.decode() for k, v in body.items()}) for eid, body in got[0][1]]
+
+    # ---- ownership -----------------------------------------------------------------------
+    def claim(self, sid: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self.r.set(self._k(sid, "lease"), owner, nx=True, px=ttl_ms))
+
+    def renew(self, sid: str, owner: str, ttl_ms: int) -> bool:
+        return bool(self._renew(keys=[self._k(sid, "lease")], args=[owner, ttl_ms]))
+
+    def release(self, sid: str, owner: str) -> None:
+        self._release(keys=[self._k(sid, "lease")], args=[owner])
 
     def chunk_ids(self, sid: str, after: int = -1) -> list[int]:
         ids = sorted(int(i) for i in self.r.zrange(self._k(sid, "chunks"), 0, -1))

@@ -34,12 +34,17 @@ def _client(args):
 
 def _info_dict(info) -> dict:
     from services.client import state_name
+    from services.wire import ingest_pb2
 
     return {
         "stream_id": info.stream_id, "source": info.source, "state": state_name(info.state), "error": info.error,
         "frames": info.frames, "chunks": info.chunks, "duration_s": round(info.duration_s, 3),
         "source_duration_s": round(info.source_duration_s, 3), "fps": info.fps, "memory_bytes": info.memory_bytes,
         "bytes_per_hour": round(info.bytes_per_hour), "model": info.model, "random_weights": info.random_weights,
+        "kind": ingest_pb2.SourceKind.Name(info.kind).removeprefix("SOURCE_KIND_").lower(),
+        "dropped_frames": info.dropped_frames, "reconnects": info.reconnects, "lag_s": round(info.lag_s, 3),
+        "scene_cuts": info.scene_cuts,
+        "gaps": [{"start_s": round(g.start_s, 3), "end_s": round(g.end_s, 3), "reason": g.reason} for g in info.gaps],
     }
 
 
@@ -47,6 +52,7 @@ def _answer_dict(resp) -> dict:
     return {
         "answer": resp.answer, "model": resp.model, "random_weights": resp.random_weights,
         "latency_ms": round(resp.latency_ms, 1), "memory_tokens": resp.memory_tokens,
+        "gaps": [{"start_s": round(g.start_s, 3), "end_s": round(g.end_s, 3), "reason": g.reason} for g in resp.gaps],
         "evidence": [{"chunk_id": e.chunk_id, "start_s": round(e.start_s, 3), "end_s": round(e.end_s, 3),
                       "score": round(e.score, 4), "keyframe_s": round(e.keyframe_s, 3),
                       **({"keyframe_jpeg_b64": base64.b64encode(e.keyframe_jpeg).decode()} if e.keyframe_jpeg else {})}
@@ -65,11 +71,18 @@ def _print_answer(resp, keyframes_dir: Path | None) -> None:
             out.write_bytes(e.keyframe_jpeg)
             line += f"  -> {out}"
         print(line)
+    for g in resp.gaps:
+        when = ""
+        if g.wall_start_unix and g.wall_end_unix:
+            when = (f" ({time.strftime('%H:%M:%S', time.localtime(g.wall_start_unix))} to "
+                    f"{time.strftime('%H:%M:%S', time.localtime(g.wall_end_unix))})")
+        print(f"  no footage {g.start_s:8.2f}s - {g.end_s:8.2f}s{when}: {g.reason}")
     if resp.random_weights:
         print(RANDOM_NOTE)
 
 
 def _wait(client, info, show_progress: bool):
+    """Follow the stream with WatchStream until it ends; a progress bar on a terminal."""
     from services.client import state_name
 
     total = int(info.source_duration_s * info.fps) or None
@@ -78,17 +91,34 @@ def _wait(client, info, show_progress: bool):
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="frame", desc=f"ingest {info.stream_id}", file=sys.stderr)
-    while True:
-        info = client.describe(info.stream_id)
+    for ev in client.watch(info.stream_id):
+        info = ev.info
         if bar is not None:
             bar.update(info.frames - bar.n)
             bar.set_postfix(chunks=info.chunks, state=state_name(info.state))
-        if state_name(info.state) in ("finished", "stopped", "failed"):
-            break
-        time.sleep(0.25)
+    info = client.describe(info.stream_id)
     if bar is not None:
         bar.close()
     return info
+
+
+def _event_line(ev) -> str:
+    from services.client import state_name
+    from services.wire import ingest_pb2
+
+    i = ev.info
+    kind = ingest_pb2.StreamEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower()
+    when = time.strftime("%H:%M:%S", time.localtime(ev.time_unix or time.time()))
+    line = f"{when} {kind:<17} {state_name(i.state):<12} frames {i.frames:>6}  chunks {i.chunks:>5}  " \
+           f"dropped {i.dropped_frames:>4}  lag {i.lag_s:5.1f}s"
+    if ev.kind == ingest_pb2.StreamEvent.KIND_STATE:
+        line += f"  ({state_name(ev.previous_state)} -> {state_name(i.state)})"
+    if ev.kind == ingest_pb2.StreamEvent.KIND_GAP:
+        g = ev.gap
+        line += f"  gap {g.start_s:.1f}s-{g.end_s:.1f}s ({g.end_s - g.start_s:.1f}s: {g.reason})"
+    if ev.message:
+        line += f"  {ev.message}"
+    return line
 
 
 def cmd_serve(args) -> int:
@@ -111,6 +141,8 @@ def cmd_serve(args) -> int:
 
 
 def _source_arg(source: str) -> str:
+    if "://" in source:
+        return source
     p = Path(source).expanduser()
     return str(p.resolve()) if p.exists() else source  # the server checks it against its media roots
 
@@ -128,6 +160,43 @@ def cmd_ingest(args) -> int:
         print(f"stream {info.stream_id}: {state_name(info.state)}, {info.frames} frames, {info.chunks} chunks, "
               f"{info.duration_s:.1f}s of video" + (f" ({info.error})" if info.error else ""))
     return 1 if state_name(info.state) == "failed" else 0
+
+
+def cmd_push(args) -> int:
+    """Push a local file's bytes (MPEG-TS or fragmented MP4) over PushStream."""
+    src = Path(args.file).expanduser()
+    if not src.is_file():
+        print(f"error: {src}: no such file", file=sys.stderr)
+        return 2
+
+    def chunks():
+        with open(src, "rb") as fh:
+            while block := fh.read(256 * 1024):
+                yield block
+
+    with _client(args) as c:
+        info = c.push(chunks(), name=args.name or src.name, fmt=args.format, fps=args.fps or 0.0,
+                      clip_frames=args.clip_frames or 0, live=args.live)
+    from services.client import state_name
+
+    if args.json:
+        print(json.dumps(_info_dict(info)))
+    else:
+        print(f"stream {info.stream_id}: {state_name(info.state)}, {info.frames} frames, {info.chunks} chunks"
+              + (f" ({info.error})" if info.error else ""))
+    return 1 if state_name(info.state) == "failed" else 0
+
+
+def cmd_watch(args) -> int:
+    with _client(args) as c:
+        for ev in c.watch(args.stream_id):
+            if args.json:
+                from google.protobuf.json_format import MessageToDict
+
+                print(json.dumps(MessageToDict(ev)), flush=True)
+            else:
+                print(_event_line(ev), flush=True)
+    return 0
 
 
 def cmd_ask(args) -> int:
@@ -204,13 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", help='"tiny", a local directory or a Hugging Face id')
     sp.set_defaults(fn=cmd_serve)
 
-    sp = sub.add_parser("ingest", help="start a stream from a file path")
+    sp = sub.add_parser("ingest", help="start a stream from a file path or an rtsp:// URL")
     sp.add_argument("source")
     sp.add_argument("--fps", type=float)
     sp.add_argument("--clip-frames", type=int)
     sp.add_argument("--wait", action="store_true", help="wait for the stream to finish, with a progress bar")
     server_opt(sp)
     sp.set_defaults(fn=cmd_ingest)
+
+    sp = sub.add_parser("push", help="push a local MPEG-TS / fragmented MP4 file's bytes as a stream")
+    sp.add_argument("file")
+    sp.add_argument("--format", choices=["mpegts", "mp4"], default="mpegts")
+    sp.add_argument("--name")
+    sp.add_argument("--fps", type=float)
+    sp.add_argument("--clip-frames", type=int)
+    sp.add_argument("--live", action="store_true", help="drop frames when behind instead of pacing the push")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_push)
+
+    sp = sub.add_parser("watch", help="follow a stream's state changes, gaps and progress until it ends")
+    sp.add_argument("stream_id")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_watch)
 
     sp = sub.add_parser("ask", help="ask a question about a stream")
     sp.add_argument("stream_id")

@@ -32,6 +32,21 @@ class Client:
         return self.ingest.StartStream(
             ingest_pb2.StartStreamRequest(source=source, fps=fps, clip_frames=clip_frames), metadata=self.metadata)
 
+    def push(self, chunks, name: str = "", fmt: str = "mpegts", fps: float = 0.0, clip_frames: int = 0,
+             live: bool = False, timeout: float | None = None) -> ingest_pb2.StreamInfo:
+        """Push byte chunks (an iterable of bytes) as one stream; returns when it is ingested."""
+        def messages():
+            yield ingest_pb2.PushStreamRequest(config=ingest_pb2.PushConfig(
+                name=name, format=fmt, fps=fps, clip_frames=clip_frames, live=live))
+            for data in chunks:
+                yield ingest_pb2.PushStreamRequest(data=data)
+        return self.ingest.PushStream(messages(), metadata=self.metadata, timeout=timeout)
+
+    def watch(self, stream_id: str, timeout: float | None = None):
+        """StreamEvents: a snapshot, then state changes, gaps and progress until the stream ends."""
+        return self.ingest.WatchStream(ingest_pb2.WatchStreamRequest(stream_id=stream_id),
+                                       metadata=self.metadata, timeout=timeout)
+
     def describe(self, stream_id: str) -> ingest_pb2.StreamInfo:
         return self.ingest.DescribeStream(ingest_pb2.DescribeStreamRequest(stream_id=stream_id), metadata=self.metadata)
 

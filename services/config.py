@@ -25,6 +25,40 @@ class ModelSettings(BaseModel):
     max_pixels: int = Field(112 * 112, description="per sampled frame, before patching; raise for real models")
 
 
+class LiveSettings(BaseModel):
+    """Live (RTSP) sources: timeouts so a hung camera never blocks, and reconnect backoff."""
+    model_config = ConfigDict(frozen=True)
+
+    open_timeout_s: float = Field(5.0, gt=0, le=120, description="connect + first answer")
+    read_timeout_s: float = Field(5.0, gt=0, le=120, description="silence after which the camera counts as down")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_factor: float = Field(2.0, ge=1)
+    backoff_cap_s: float = Field(30.0, gt=0, description="longest wait between reconnect attempts")
+    backoff_jitter: float = Field(0.5, ge=0, le=1, description="fraction of each wait that is randomised")
+    give_up_after_s: float = Field(0.0, ge=0, description="0: retry forever; else fail after this long down")
+
+    def options(self):
+        from streamer.live import Backoff, LiveOptions
+
+        return LiveOptions(
+            open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
+            backoff=Backoff(self.backoff_initial_s, self.backoff_factor, self.backoff_cap_s, self.backoff_jitter),
+            give_up_after_s=self.give_up_after_s,
+        )
+
+
+class DetectorSettings(BaseModel):
+    """Keyframe / scene-cut detector; unset fields keep the detector's tuned defaults."""
+    model_config = ConfigDict(frozen=True)
+
+    cut_threshold: float | None = Field(None, description="score above which a frame starts a new scene")
+    redundant_similarity: float | None = Field(None, description="similarity above which a frame is redundant")
+    thumb_side: int | None = Field(None, ge=8, le=512, description="long side of the scoring thumbnail")
+
+    def model_dump(self, **kw):  # only what was set, so DetectorConfig's defaults stay the one source
+        return {k: v for k, v in super().model_dump(**kw).items() if v is not None}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -32,6 +66,8 @@ class Settings(BaseSettings):
     port: int = 50051
     role: str = Field("all", pattern="^(all|ingest|qa)$")
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
+    redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
+                                   "file) so a restarted server resumes its streams; unset: memory lasts one run")
     namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     media_roots: tuple[Path, ...] = Field(default_factory=lambda: (Path.cwd(),))
     cache_dir: Path = Path.home() / ".cache" / "vigil"
@@ -51,7 +87,15 @@ class Settings(BaseSettings):
     max_streams: int = Field(16, ge=1, description="concurrent running streams per process")
     max_message_bytes: int = 8 * 1024 * 1024
 
+    reader: str = Field("pyav", pattern="^(pyav|decord)$", description="file reader; decord reads only sampled frames")
+    queue_frames: int = Field(32, ge=2, le=4096, description="sampled frames buffered between decode and encode")
+    min_clip_frames: int = Field(2, ge=1, description="a scene cut closes a clip only once it holds this many frames")
+    lease_ttl_s: float = Field(10.0, gt=0.5, le=600, description="a stream whose worker is silent this long is resumed")
+    push_buffer_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="pushed bytes buffered before the sender waits")
+
     model: ModelSettings = ModelSettings()
+    live: LiveSettings = LiveSettings()
+    detector: DetectorSettings = DetectorSettings()
 
     @field_validator("media_roots", mode="before")
     @classmethod

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import shutil
 import signal
 import subprocess
@@ -22,14 +23,25 @@ def _die_with_parent() -> None:
 class EmbeddedRedis:
     """Lives as long as its owner: stopped by stop(), and killed by the kernel if the owner dies."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, data_dir: Path | None = None) -> None:
         self.binary = binary or shutil.which("redis-server")
         if not self.binary:
             raise RuntimeError(
                 "no VIGIL_REDIS_URL is set and redis-server is not installed for the embedded default; "
                 "install it (apt-get install redis-server / brew install redis) or set VIGIL_REDIS_URL"
             )
-        self.dir = Path(tempfile.mkdtemp(prefix="vigil-redis-"))
+        # data_dir: keep the data (append-only file) there across restarts; else a temp dir removed on stop
+        self.persistent = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = open(data_dir / "vigil.lock", "w")
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._lock.close()
+                raise RuntimeError(f"another vigil server uses the embedded Redis in {data_dir}; stop it, "
+                                   "or set VIGIL_REDIS_URL to share one Redis") from None
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="vigil-redis-"))
         self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen | None = None
 
@@ -39,7 +51,9 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
         args = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+                "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "everysec",
+                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
+        self.socket.unlink(missing_ok=True)  # left behind by a killed server
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout_s
@@ -65,7 +79,10 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.persistent:
+            self._lock.close()
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()

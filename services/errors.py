@@ -5,7 +5,8 @@ import grpc
 
 from encoders.loading import ModelUnavailable
 from memory.errors import IncompatibleBlob, StreamNotFound
-from streamer.errors import CorruptVideo, NotAVideo, SourceNotFound, UnsupportedCodec
+from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
+                             UnsupportedCodec)
 
 
 class InvalidRequest(Exception):
@@ -38,6 +39,8 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     CorruptVideo: grpc.StatusCode.INVALID_ARGUMENT,
     UnsupportedCodec: grpc.StatusCode.INVALID_ARGUMENT,
     SourceNotFound: grpc.StatusCode.NOT_FOUND,
+    SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    SourceTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     StreamNotFound: grpc.StatusCode.NOT_FOUND,
     PathNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -3,42 +3,76 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
+import time
 
 import grpc
 
 from memory.store import StreamRecord
 from services import qa
-from services.errors import NotServedHere, status_for
+from services.errors import InvalidRequest, NotServedHere, status_for
 from services.ingest import IngestManager
+from streamer.push import FeedClosed
 from services.runtime import Runtime
-from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
+from services.wire import common_pb2, ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
 log = logging.getLogger("vigil.api")
 
 STATES = {
     "starting": ingest_pb2.STREAM_STATE_STARTING, "running": ingest_pb2.STREAM_STATE_RUNNING,
     "finished": ingest_pb2.STREAM_STATE_FINISHED, "stopped": ingest_pb2.STREAM_STATE_STOPPED,
-    "failed": ingest_pb2.STREAM_STATE_FAILED,
+    "failed": ingest_pb2.STREAM_STATE_FAILED, "reconnecting": ingest_pb2.STREAM_STATE_RECONNECTING,
 }
+STATE_NAMES = {v: k for k, v in STATES.items()}
+KINDS = {"file": ingest_pb2.SOURCE_KIND_FILE, "live": ingest_pb2.SOURCE_KIND_LIVE, "push": ingest_pb2.SOURCE_KIND_PUSH}
+EVENT_STATE_NAMES = {v: k for k, v in STATES.items()}
+KINDS = {
+    "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
+    "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
+}
+TERMINAL = ("finished", "stopped", "failed")
+MAX_GAPS_SHOWN = 100
+
+
+def gap_msg(g: dict) -> common_pb2.Gap:
+    return common_pb2.Gap(start_s=g["start_s"], end_s=g["end_s"], wall_start_unix=g.get("wall_start") or 0.0,
+                          wall_end_unix=g.get("wall_end") or 0.0, reason=g.get("reason", ""))
+
+
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str):
+    """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged)."""
+    code = status_for(exc)
+    if code is None:
+        log.exception("%s failed", name)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}")
+    await context.abort(code, str(exc))
 
 
 def rpc(fn):
-    """Run the handler; domain errors become their status code, anything else INTERNAL (logged)."""
+    """Run a unary (or client-streaming) handler, mapping its errors."""
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await fn(self, request, context)
-        except Exception as exc:  # the one place errors become statuses
-            code = status_for(exc)
-            if code is None:
-                log.exception("%s failed", fn.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}")
-            await context.abort(code, str(exc))
+        except Exception as exc:
+            await _fail(context, exc, fn.__name__)
     return wrapper
 
 
-def stream_info(rec: StreamRecord) -> ingest_pb2.StreamInfo:
+def rpc_stream(fn):
+    """Run a server-streaming handler (an async generator), mapping its errors."""
+    @functools.wraps(fn)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as exc:
+            await _fail(context, exc, fn.__name__)
+    return wrapper
+
+
+def stream_info(rec: StreamRecord, gaps: list[dict] = ()) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=rec.source, state=STATES.get(rec.state, 0), error=rec.error,
@@ -46,6 +80,8 @@ def stream_info(rec: StreamRecord) -> ingest_pb2.StreamInfo:
         source_duration_s=rec.source_duration_s, memory_bytes=rec.bytes,
         bytes_per_hour=rec.bytes / covered * 3600 if covered > 0 else 0.0,
         model=rec.model, random_weights=rec.random_weights, created_unix=rec.created, updated_unix=rec.updated,
+        kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
+        gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts,
     )
 
 
@@ -59,24 +95,77 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise NotServedHere("this server runs the QA role only; start streams on an ingest server")
         return self.manager
 
+    def _info(self, sid: str) -> ingest_pb2.StreamInfo:
+        rec = self.rt.store.get_stream(sid)
+        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN))
+
     @rpc
     async def StartStream(self, request, context):
         rec = await asyncio.to_thread(self._manager().start, request.source, request.fps, request.clip_frames)
-        return stream_info(rec)
+        return await asyncio.to_thread(self._info, rec.stream_id)
+
+    @rpc
+    async def PushStream(self, request_iterator, context):
+        manager = self._manager()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("msg") != "config":
+            raise InvalidRequest("the first PushStream message must be a PushConfig")
+        c = first.config
+        rec, feed = await asyncio.to_thread(manager.start_push, c.name, c.format, c.fps, c.clip_frames, c.live)
+        try:
+            async for msg in request_iterator:
+                if msg.WhichOneof("msg") != "data":
+                    raise InvalidRequest("only the first PushStream message may be a PushConfig")
+                await asyncio.to_thread(feed.write, msg.data)
+        except FeedClosed:
+            pass  # the stream ended on its own (failed or stopped): its state says why
+        except BaseException:
+            feed.abort("the client's push was cancelled or failed")
+            raise
+        feed.close()
+        await asyncio.to_thread(manager.wait, rec.stream_id)
+        return await asyncio.to_thread(self._info, rec.stream_id)
 
     @rpc
     async def DescribeStream(self, request, context):
-        return stream_info(await asyncio.to_thread(self.rt.store.get_stream, request.stream_id))
+        return await asyncio.to_thread(self._info, request.stream_id)
 
     @rpc
     async def ListStreams(self, request, context):
         recs = await asyncio.to_thread(self.rt.store.list_streams)
         return ingest_pb2.ListStreamsResponse(streams=[stream_info(r) for r in recs])
 
+    @rpc_stream
+    async def WatchStream(self, request, context):
+        store, sid = self.rt.store, request.stream_id
+        last_id = await asyncio.to_thread(store.last_event_id, sid)  # before the snapshot: nothing is missed
+        info = await asyncio.to_thread(self._info, sid)
+        yield ingest_pb2.StreamEvent(kind=ingest_pb2.StreamEvent.KIND_SNAPSHOT, info=info, time_unix=time.time())
+        state = info.state
+        while STATE_NAMES.get(state, "") not in TERMINAL:
+            events = await asyncio.to_thread(store.read_events, sid, last_id, 1000)
+            for eid, body in events:
+                last_id = eid
+                kind = EVENT_KINDS.get(body.get("kind"))
+                if kind is None:
+                    continue
+                info = await asyncio.to_thread(self._info, sid)
+                ev = ingest_pb2.StreamEvent(kind=kind, info=info, message=body.get("message", ""),
+                                            time_unix=float(body.get("time", 0)))
+                if body.get("kind") == "state":
+                    ev.previous_state = STATES.get(body.get("previous", ""), 0)
+                    ev.info.state = STATES.get(body["state"], ev.info.state)  # the state this event is about
+                if body.get("kind") == "gap":
+                    ev.gap.CopyFrom(gap_msg(json.loads(body["gap"])))
+                state = ev.info.state
+                yield ev
+            if not events:  # nothing new: re-check, in case the stream ended without an event
+                state = (await asyncio.to_thread(self._info, sid)).state
+
     @rpc
     async def StopStream(self, request, context):
         await asyncio.to_thread(self._manager().stop, request.stream_id)
-        return stream_info(await asyncio.to_thread(self.rt.store.get_stream, request.stream_id))
+        return await asyncio.to_thread(self._info, request.stream_id)
 
 
 class QAServicer(qa_pb2_grpc.QAServiceServicer):
@@ -96,7 +185,7 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
         spec = self.rt.adapter.spec
         return qa_pb2.AskResponse(
             answer=ans.text, model=spec.name, random_weights=spec.random_weights, latency_ms=ans.latency_ms,
-            memory_tokens=ans.memory_tokens,
+            memory_tokens=ans.memory_tokens, gaps=[gap_msg(g) for g in ans.gaps],
             evidence=[
                 qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
                                 score=h.score, keyframe_s=h.chunk.keyframe_s, keyframe_jpeg=jpg)

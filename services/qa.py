@@ -17,6 +17,7 @@ class Answer:
     keyframes: list[bytes]
     memory_tokens: int
     latency_ms: float
+    gaps: list[dict]  # outages that overlap the searched window
 
 
 def validate_question(question: str, max_chars: int) -> str:
@@ -55,4 +56,6 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     with rt.model_lock:
         text = "".join(rt.adapter.answer(memory, q, budget))
     keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
-    return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000)
+    lo, hi = window or (0.0, float("inf"))
+    gaps = [g for g in rt.store.gaps(sid) if g["end_s"] > lo and g["start_s"] < hi]
+    return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000, gaps)

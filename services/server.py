@@ -63,7 +63,7 @@ class VigilServer:
         adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
         url = s.redis_url
         if url is None:
-            self.redis = EmbeddedRedis().start()
+            self.redis = EmbeddedRedis(data_dir=s.redis_dir).start()
             url = self.redis.url
             log.info("started a private redis-server at %s", url)
         self.rt = Runtime.create(s, adapter, url)
@@ -90,6 +90,10 @@ class VigilServer:
         self._server = server
         self._stopped = asyncio.Event()
         log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
+        if self.ingest is not None:  # streams a killed or stopped server left behind continue here
+            resumed = await asyncio.to_thread(self.ingest.adopt_orphans)
+            if resumed:
+                log.info("resumed %d stream(s): %s", len(resumed), ", ".join(resumed))
         return self.port
 
     async def stop_async(self, grace_s: float = 2.0) -> None:

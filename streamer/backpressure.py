@@ -1,8 +1,10 @@
 """The bounded hand-over between a stream's decoder and its encoder.
 
 A file is paced: `put` waits for room, so nothing is ever dropped. A live source must never
-block its decoder (the camera will not wait): when the queue is full, every other queued frame
-is dropped, so what survives stays spread evenly over time, and the drops are counted.
+block its decoder (the camera will not wait): it keeps one frame in `stride` (counted over all
+frames offered), doubling the stride and thinning the queue to it whenever the queue is full,
+and halving it once the queue has drained to a quarter. So the frames that survive stay evenly
+spaced in time, whatever the encoder's speed, and every drop is counted.
 Control items (anything that is not a frame: connects, disconnects, gaps, the end) are never
 dropped and do not count against the capacity.
 """
@@ -14,17 +16,17 @@ from queue import Empty
 from typing import Any, Callable
 
 
-def thin_evenly(items: list, is_frame: Callable[[Any], bool]) -> tuple[list, int]:
-    """Drop every second frame (the 2nd, 4th, ...), keep every control item. Returns (kept, dropped)."""
-    kept, seen, dropped = [], 0, 0
-    for it in items:
-        if is_frame(it):
-            seen += 1
-            if seen % 2 == 0:
-                dropped += 1
-                continue
+def thin_to_stride(items: list, seqs: list[int | None], stride: int) -> tuple[list, list, int]:
+    """Keep control items (seq None) and frames whose sequence number is a multiple of `stride`.
+    Returns (kept items, their seqs, frames dropped)."""
+    kept, kept_seqs, dropped = [], [], 0
+    for it, n in zip(items, seqs):
+        if n is not None and n % stride:
+            dropped += 1
+            continue
         kept.append(it)
-    return kept, dropped
+        kept_seqs.append(n)
+    return kept, kept_seqs, dropped
 
 
 class FrameQueue:
@@ -35,7 +37,10 @@ class FrameQueue:
         self.live = live
         self._is_frame = is_frame
         self._items: deque = deque()
+        self._seqs: deque = deque()  # per item: the frame's sequence number among frames offered, None for controls
         self._frames = 0
+        self._offered = 0
+        self.stride = 1  # live: keep one frame in `stride`
         self._cond = threading.Condition()
         self.dropped = 0
 
@@ -43,18 +48,26 @@ class FrameQueue:
         """Queue an item. Paced: wait for room (False if `stop` is set first). Live: never waits."""
         frame = self._is_frame(item)
         with self._cond:
-            if frame and self._frames >= self.max_frames:
-                if self.live:
-                    kept, dropped = thin_evenly(list(self._items), self._is_frame)
-                    self._items = deque(kept)
+            seq = None
+            if frame:
+                seq, self._offered = self._offered, self._offered + 1
+            if frame and self.live:
+                if self._frames >= self.max_frames:
+                    self.stride *= 2
+                    kept, seqs, dropped = thin_to_stride(list(self._items), list(self._seqs), self.stride)
+                    self._items, self._seqs = deque(kept), deque(seqs)
                     self._frames -= dropped
                     self.dropped += dropped
-                else:
-                    while self._frames >= self.max_frames:
-                        if stop.is_set():
-                            return False
-                        self._cond.wait(poll_s)
+                if seq % self.stride:
+                    self.dropped += 1
+                    return True
+            elif frame and self._frames >= self.max_frames:
+                while self._frames >= self.max_frames:
+                    if stop.is_set():
+                        return False
+                    self._cond.wait(poll_s)
             self._items.append(item)
+            self._seqs.append(seq)
             self._frames += frame
             self._cond.notify_all()
         return True
@@ -65,7 +78,10 @@ class FrameQueue:
             if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
                 raise Empty
             item = self._items.popleft()
+            self._seqs.popleft()
             self._frames -= self._is_frame(item)
+            if self.live and self.stride > 1 and self._frames <= self.max_frames // 4:
+                self.stride //= 2  # caught up: keep more again
             self._cond.notify_all()
             return item
 

@@ -16,6 +16,14 @@ from streamer.source import DecodedFrame
 
 
 @dataclass(frozen=True)
+class DecodeState:
+    """Where the decode side stands right after a frame: enough to continue exactly after a restart."""
+    next_tick: float
+    next_index: int
+    detector: bytes = b""  # the keyframe detector's state
+
+
+@dataclass(frozen=True)
 class SampledFrame:
     index: int  # sequence number among sampled frames
     time_s: float  # media time on the stream clock
@@ -23,7 +31,7 @@ class SampledFrame:
     wall_s: float | None = None  # unix time the frame was received (live sources)
     novelty: float | None = None  # [0, 1] from the keyframe detector; None when not scored
     cut: bool = False  # a scene starts at this frame
-    checkpoint: bytes = b""  # the decode side's state right after this frame (sampler + detector)
+    checkpoint: DecodeState | None = None  # the decode side's state right after this frame
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Clip:
     cuts: int = 0  # scene cuts that start at a frame of this clip
     wall_start: float | None = None
     wall_end: float | None = None
-    checkpoint: bytes = b""  # the decode side's state right after the clip's last frame
+    checkpoint: DecodeState | None = None  # the decode side's state right after the clip's last frame
 
 
 class Sampler:
@@ -48,6 +56,9 @@ class Sampler:
         self.period = 1.0 / fps
         self.next_tick = next_tick
         self.index = index
+
+    def state(self, detector: bytes = b"") -> DecodeState:
+        return DecodeState(self.next_tick, self.index, detector)
 
     def take(self, time_s: float) -> int | None:
         """The sampled index of a frame at `time_s`, or None when the frame is skipped."""

@@ -351,3 +351,24 @@ def test_index_empty_results(index):
     assert index.search(q, 5, window=(100.0, 200.0)) == []
     assert index.search(q, 0) == []
     assert StreamIndex(3).search(q, 5) == []
+
+
+def test_recent_window_restore_equals_the_window_that_was_pushed():
+    prefix = make_segment(2, 0, seed=0)
+    pos, clips = prefix.next_pos, []
+    for i, n in enumerate([3, 1, 4, 1, 5, 2, 2]):
+        seg = make_segment(n, pos, seed=70 + i)
+        clips.append(seg)
+        pos = seg.next_pos
+    live = RecentWindow(prefix, max_tokens=9)
+    for seg in clips:
+        live.push(seg)
+    # hand check: 2 + (5 + 2 + 2) = 11 > 9, so the window holds the last two clips (2 + 2 + 2 = 6)
+    first = RecentWindow.first_kept(prefix.length, [c.length for c in clips], 9)
+    assert first == 5
+    back = RecentWindow.restore(prefix, 9, clips[first:], next_pos=pos, max_pos=live.memory().max_pos)
+    a, b = live.memory(), back.memory()
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.positions, b.positions)
+    assert (a.next_pos, a.max_pos, live.tokens) == (b.next_pos, b.max_pos, back.tokens)
+    assert RecentWindow.first_kept(2, [], 9) == 0
+    assert RecentWindow.first_kept(2, [20], 9) == 0  # the newest clip always stays

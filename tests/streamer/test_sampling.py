@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from streamer.errors import NotAVideo, SourceNotFound
-from streamer.sampling import SampledFrame, build_clips, jpeg, novelty, sample
+from streamer.sampling import ClipBuilder, SampledFrame, Sampler, build_clips, jpeg, novelty, sample
 from streamer.source import FileSource, probe
 from streamer.testpattern import synthetic_video
 from tests import media
@@ -249,3 +249,53 @@ def test_probe_missing_path(tmp_path):
 def test_probe_directory_is_not_a_video(tmp_path):
     with pytest.raises(NotAVideo):
         probe(tmp_path)
+
+
+# ---- cut-aligned clips and resumable sampling ----------------------------------------------------
+
+
+def _frames(n: int, cuts=(), novelty=None):
+    img = np.zeros((4, 4, 3), np.uint8)
+    return [SampledFrame(i, float(i), img, None, (novelty or [0.1] * n)[i], i in cuts) for i in range(n)]
+
+
+def test_clips_close_at_scene_cuts_once_they_hold_min_frames():
+    clips = list(build_clips(_frames(12, cuts={3, 4, 9}), clip_frames=4, period=1.0, min_frames=2))
+    # cut at 3 closes [0,1,2]; cut at 4 would leave a 1-frame clip, so it stays; 9 closes [4..7]'s successor early
+    assert [c.times for c in clips] == [(0, 1, 2), (3, 4, 5, 6), (7, 8), (9, 10, 11)]
+    assert [c.cuts for c in clips] == [0, 2, 0, 1]
+    assert [c.index for c in clips] == [0, 1, 2, 3]
+
+
+def test_keyframe_is_the_most_novel_scored_frame():
+    nov = [0.1, 0.9, 0.2, 0.3, 0.0, 0.05, 0.7, 0.1]
+    clips = list(build_clips(_frames(8, novelty=nov), clip_frames=4, period=1.0))
+    assert [c.keyframe for c in clips] == [1, 2] and clips[1].novelty == (0.0, 0.05, 0.7, 0.1)
+
+
+def test_clip_builder_continues_numbering_and_flushes_partial_clips():
+    b = ClipBuilder(4, 1.0, next_index=7)
+    out = [b.push(f) for f in _frames(6)]
+    assert [c.index for c in out if c] == [7]
+    assert b.pending == 2
+    tail = b.flush()
+    assert tail.index == 8 and tail.times == (4.0, 5.0) and b.flush() is None
+
+
+def test_sampler_state_continues_exactly(pattern):
+    with FileSource(pattern) as src:
+        times = [f.time_s for f in src.frames()]
+    full = Sampler(3.0)
+    kept = [t for t in times if full.take(t) is not None]
+    # stop after the 10th sampled frame, carry (next_tick, index), continue on the remaining frames
+    first = Sampler(3.0)
+    head = []
+    for t in times:
+        if first.take(t) is not None:
+            head.append(t)
+            if len(head) == 10:
+                break
+    st = first.state()
+    second = Sampler(3.0, st.next_tick, st.next_index)
+    tail = [t for t in times if t > head[-1] and second.take(t) is not None]
+    assert head + tail == kept and second.index == full.index
