@@ -5,11 +5,13 @@ Precedence: explicit arguments > environment (VIGIL_*, nested with "__", e.g. VI
 """
 from __future__ import annotations
 
+import json
 import os
+from typing import Annotated
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.loading import ModelOptions
 
@@ -69,7 +71,9 @@ class Settings(BaseSettings):
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
                                    "file) so a restarted server resumes its streams; unset: memory lasts one run")
     namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    media_roots: tuple[Path, ...] = Field(default_factory=lambda: (Path.cwd(),))
+    media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default_factory=lambda: (Path.cwd(),),
+        description='folders files may be read from: a JSON list, or paths joined with ":"')
     cache_dir: Path = Path.home() / ".cache" / "vigil"
     auth_token: SecretStr | None = None
 
@@ -100,7 +104,9 @@ class Settings(BaseSettings):
     @field_validator("media_roots", mode="before")
     @classmethod
     def _roots(cls, v):
-        if isinstance(v, (str, Path)):
+        if isinstance(v, str):
+            v = json.loads(v) if v.lstrip().startswith("[") else [p for p in v.split(os.pathsep) if p]
+        if isinstance(v, Path):
             v = [v]
         return tuple(Path(p).expanduser().resolve() for p in v)
 

@@ -26,8 +26,7 @@ STATES = {
 }
 STATE_NAMES = {v: k for k, v in STATES.items()}
 KINDS = {"file": ingest_pb2.SOURCE_KIND_FILE, "live": ingest_pb2.SOURCE_KIND_LIVE, "push": ingest_pb2.SOURCE_KIND_PUSH}
-EVENT_STATE_NAMES = {v: k for k, v in STATES.items()}
-KINDS = {
+EVENT_KINDS = {
     "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
 }

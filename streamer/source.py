@@ -64,7 +64,8 @@ class AvSource:
         ctx = self._stream.codec_context
         if ctx is None or not ctx.codec.name:
             self._container.close()
-            raise UnsupportedCodec(f"{name}: no decoder for this video codec")
+            raise UnsupportedCodec(f"{name}: unsupported video codec (this build of FFmpeg has no decoder for it); "
+                                   "re-encode it, e.g. to H.264")
         tb = self._stream.time_base
         duration = None
         if self._stream.duration is not None and tb is not None:
