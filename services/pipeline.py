@@ -23,6 +23,7 @@ from streamer.errors import SourceError
 from streamer.keyframes import DetectorConfig, SceneDetector
 from streamer.live import Connected, Disconnected, Gap, LiveOptions, LiveSource, Reconnecting
 from streamer.push import ByteFeed
+from streamer.frontend import scored_frames
 from streamer.sampling import Clip, ClipBuilder, DecodeState, SampledFrame, Sampler, jpeg
 from streamer.source import AvSource, DecodedFrame, FileSource
 
@@ -118,23 +119,10 @@ class StreamWorker:
         sampler = Sampler(self.rec.fps, r.decode.next_tick, r.decode.next_index) if r else Sampler(self.rec.fps)
         detector = (SceneDetector.restore(self.detector_cfg, r.decode.detector) if r and r.decode.detector
                     else SceneDetector(self.detector_cfg))
-        max_side = self.rt.settings.frame_max_side
         q, ending = self.queue, self.ending
         try:
-            for item in self._decoded():
-                if ending.is_set():
-                    return
-                if not isinstance(item, DecodedFrame):
-                    q.put(item, ending)
-                    continue
-                n = sampler.take(item.time_s)
-                if n is None:
-                    continue
-                image = item.rgb(max_side)  # [H, W, 3] uint8
-                score = detector.score(image)
-                frame = SampledFrame(n, item.time_s, image, item.wall_s, score.novelty, score.cut,
-                                     sampler.state(detector.state()))
-                if not q.put(frame, ending):
+            for item in scored_frames(self._decoded(), sampler, detector, self.rt.settings.frame_max_side):
+                if ending.is_set() or not q.put(item, ending):
                     return
         except BaseException as exc:  # handed to the encode side, which records it
             q.put(exc, ending)

@@ -37,7 +37,8 @@ def test_demo_uses_a_private_redis_and_prints_answer_with_evidence(cache_dir):
     proc = run(["demo", "--json"], env_for(cache_dir))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["stream"]["state"] == "finished" and out["stream"]["chunks"] == 6
+    # 48 sampled frames in clips of 8, cut-aligned at the 3 scene changes (frames 12, 24, 36): 8 clips
+    assert out["stream"]["state"] == "finished" and out["stream"]["chunks"] == 8
     assert out["answer"] and out["random_weights"] is True
     assert out["latency_ms"] > 0
     assert len(out["evidence"]) == 4 and all(e["end_s"] > e["start_s"] for e in out["evidence"])
