@@ -11,8 +11,15 @@ EXTRAS=${1:-}
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
-if [ "$EXTRAS" = "test" ] && [ ! -e /usr/share/doc/opencv-doc/examples/data/Megamind_bugy.avi ]; then
-  need_apt+=(opencv-doc)
+if [ "$EXTRAS" = "test" ]; then
+  [ -e /usr/share/doc/opencv-doc/examples/data/Megamind_bugy.avi ] || need_apt+=(opencv-doc)
+  command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+  # a real RTSP server for the live tests: GStreamer's, run by the system python
+  /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
+from gi.repository import Gst, GstRtspServer; Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ('qtdemux', 'h264parse', 'rtph264pay', 'appsrc'))" \
+    2>/dev/null || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+                              gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
