@@ -155,3 +155,22 @@ def test_private_redis_goes_with_the_server(cache_dir, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_push_and_watch_commands(serve_process, media_dir, bikes):
+    addr, env = serve_process
+    ts = media_dir / "bikes.ts"
+    if not ts.exists():
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(bikes), "-c", "copy", "-an", "-f", "mpegts", str(ts)],
+                       check=True)
+    push = run(["push", str(ts), "--fps", "2", "--json", "--server", addr], env)
+    assert push.returncode == 0, push.stderr
+    info = json.loads(push.stdout)
+    assert info["state"] == "finished" and info["kind"] == "push" and info["frames"] == 20
+    assert info["source"] == "push:bikes.ts" and info["dropped_frames"] == 0
+    # watching a finished stream prints its snapshot and ends at once
+    watch = run(["watch", info["stream_id"], "--server", addr], env, timeout=60)
+    assert watch.returncode == 0, watch.stderr
+    assert "snapshot" in watch.stdout and "finished" in watch.stdout and f"chunks {info['chunks']:>5}" in watch.stdout
+    missing = run(["push", str(media_dir / "nope.ts"), "--server", addr], env)
+    assert missing.returncode == 2 and "no such file" in missing.stderr

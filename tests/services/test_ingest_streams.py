@@ -220,3 +220,15 @@ def test_bad_sources_fail_clearly_and_other_streams_go_on(make_server, media_dir
     assert state_name(failed.state) == "failed" and "decoding failed after" in failed.error
     assert failed.chunks >= 1  # what decoded before the damage is kept
     assert state_name(done.state) == "finished" and done.chunks == 6
+
+
+def test_decord_reader_gives_the_chunks_of_the_pyav_reader(make_server, bikes, redis_url, namespace):
+    srv, addr = make_server()
+    _, addr_decord = make_server(reader="decord")
+    with Client(addr) as c, Client(addr_decord) as d:
+        a = wait_done(c, c.start(str(bikes), fps=2, clip_frames=4).stream_id)
+        b = wait_done(d, d.start(str(bikes), fps=2, clip_frames=4).stream_id)
+    assert state_name(b.state) == "finished", b.error
+    assert (a.chunks, a.frames) == (b.chunks, b.frames)
+    assert_same_chunks(chunks_of(redis_url, namespace, a.stream_id), chunks_of(redis_url, namespace, b.stream_id),
+                       srv.rt.store.layout, srv.rt.store.fingerprint)
