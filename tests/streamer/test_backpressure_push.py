@@ -133,12 +133,15 @@ def test_feed_abort_fails_the_reader_and_reader_done_refuses_the_writer():
         feed2.write(b"x")
 
 
-def test_pyav_decodes_mpegts_from_a_feed_like_the_file(tmp_path, bikes):
+@pytest.mark.parametrize("fmt, muxer_args", [
+    ("mpegts", ["-f", "mpegts"]),
+    ("mp4", ["-movflags", "frag_keyframe+empty_moov+default_base_moof", "-f", "mp4"]),  # fragmented MP4
+])
+def test_pyav_decodes_a_pushed_container_from_a_feed_like_the_file(tmp_path, bikes, fmt, muxer_args):
     import subprocess
 
-    ts = tmp_path / "bikes.ts"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(bikes), "-c", "copy", "-an", "-f", "mpegts", str(ts)],
-                   check=True)
+    ts = tmp_path / f"bikes.{fmt}"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(bikes), "-c", "copy", "-an", *muxer_args, str(ts)], check=True)
     with FileSource(ts) as src:
         expected = [(round(f.time_s, 4), int(f.frame.to_ndarray(format="gray").sum())) for f in src.frames()]
     feed = ByteFeed(max_bytes=64 * 1024)
@@ -150,6 +153,6 @@ def test_pyav_decodes_mpegts_from_a_feed_like_the_file(tmp_path, bikes):
         feed.close()
 
     threading.Thread(target=writer, daemon=True).start()
-    with AvSource(feed, "push:test", format="mpegts") as src:
+    with AvSource(feed, "push:test", format=fmt) as src:
         got = [(round(f.time_s, 4), int(f.frame.to_ndarray(format="gray").sum())) for f in src.frames()]
     assert got == expected and len(got) == 250
