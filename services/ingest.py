@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -183,6 +182,8 @@ class IngestManager:
             if not self.rt.store.renew(sid, self.owner, self._ttl_ms):
                 log.warning("stream %s: lease lost to another worker; letting go", sid)
                 w.controls.release()
+            elif self.rt.store.get_stream(sid).state == "stopped":  # StopStream reached another ingest server
+                w.controls.stop()
 
     def adopt_orphans(self) -> list[str]:
         """Resume every active stream that no live process owns. Returns the ids taken."""
@@ -224,4 +225,3 @@ class IngestManager:
         log.info("stream %s: resuming %s after %.2fs", sid, rec.kind, resume.after_s if resume else 0.0)
         store.event(sid, "resumed", message=f"resumed by worker {self.owner}")
         self._launch(rec, plan, resume=resume, create=False)
-        time.sleep(0)  # let the worker start before the next claim

@@ -191,7 +191,7 @@ class StreamWorker:
             elif isinstance(item, _End):
                 break
             elif isinstance(item, Connected):
-                if item.attempt > 1 or self.rec.reconnects or store.get_stream(sid).state == "reconnecting":
+                if store.get_stream(sid).state == "reconnecting":  # back after an outage
                     self.rec.reconnects += 1
                 store.set_state(sid, "running", error="", reconnects=self.rec.reconnects)
             elif isinstance(item, Disconnected):
