@@ -220,8 +220,8 @@ class MemoryStore:
         last = self.r.xrevrange(self._k(sid, "events"), count=1)
         return last[0][0].decode() if last else "0-0"
 
-    def read_events(self, sid: str, after_id: str, block_ms: int) -> list[tuple[str, dict[str, str]]]:
-        """Events after `after_id`, waiting up to `block_ms` for the first one."""
+    def read_events(self, sid: str, after_id: str, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
+        """Events after `after_id`, waiting up to `block_ms` for the first one (None: do not wait)."""
         got = self.r.xread({self._k(sid, "events"): after_id}, block=block_ms, count=100)
         if not got:
             return []

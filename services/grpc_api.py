@@ -140,26 +140,33 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         last_id = await asyncio.to_thread(store.last_event_id, sid)  # before the snapshot: nothing is missed
         info = await asyncio.to_thread(self._info, sid)
         yield ingest_pb2.StreamEvent(kind=ingest_pb2.StreamEvent.KIND_SNAPSHOT, info=info, time_unix=time.time())
-        state = info.state
-        while STATE_NAMES.get(state, "") not in TERMINAL:
+        done = STATE_NAMES.get(info.state, "") in TERMINAL
+        while not done:
             events = await asyncio.to_thread(store.read_events, sid, last_id, 1000)
+            if not events and STATE_NAMES.get((await asyncio.to_thread(self._info, sid)).state, "") in TERMINAL:
+                # ended without a final event reaching us yet: send whatever is left, then stop
+                events, done = await asyncio.to_thread(store.read_events, sid, last_id, None), True
             for eid, body in events:
                 last_id = eid
-                kind = EVENT_KINDS.get(body.get("kind"))
-                if kind is None:
+                ev = await asyncio.to_thread(self._event, sid, body)
+                if ev is None:
                     continue
-                info = await asyncio.to_thread(self._info, sid)
-                ev = ingest_pb2.StreamEvent(kind=kind, info=info, message=body.get("message", ""),
-                                            time_unix=float(body.get("time", 0)))
-                if body.get("kind") == "state":
-                    ev.previous_state = STATES.get(body.get("previous", ""), 0)
-                    ev.info.state = STATES.get(body["state"], ev.info.state)  # the state this event is about
-                if body.get("kind") == "gap":
-                    ev.gap.CopyFrom(gap_msg(json.loads(body["gap"])))
-                state = ev.info.state
+                if body.get("kind") == "state" and body.get("state") in TERMINAL:
+                    done = True
                 yield ev
-            if not events:  # nothing new: re-check, in case the stream ended without an event
-                state = (await asyncio.to_thread(self._info, sid)).state
+
+    def _event(self, sid: str, body: dict[str, str]) -> ingest_pb2.StreamEvent | None:
+        kind = EVENT_KINDS.get(body.get("kind"))
+        if kind is None:
+            return None
+        ev = ingest_pb2.StreamEvent(kind=kind, info=self._info(sid), message=body.get("message", ""),
+                                    time_unix=float(body.get("time", 0)))
+        if body.get("kind") == "state":
+            ev.previous_state = STATES.get(body.get("previous", ""), 0)
+            ev.info.state = STATES.get(body["state"], ev.info.state)  # the state this event is about
+        if body.get("kind") == "gap":
+            ev.gap.CopyFrom(gap_msg(json.loads(body["gap"])))
+        return ev
 
     @rpc
     async def StopStream(self, request, context):
