@@ -205,9 +205,9 @@ def rgb_variants(path: Path, max_side: int = MAX_SIDE, frames: int = 60) -> dict
     ref = [np.asarray(Image.fromarray(f.to_ndarray(format="rgb24")).resize((w, h), Image.LANCZOS)).astype(np.int16)
            for f in probe[::15]]
     ways = {
-        "DecodedFrame.rgb: to_ndarray(width, height) (now)": lambda: (lambda f: f.to_ndarray(format="rgb24", width=w,
+        "to_ndarray(width, height): a new scaler per frame (before)": lambda: (lambda f: f.to_ndarray(format="rgb24", width=w,
                                                                                              height=h)),
-        "shared VideoReformatter, bilinear (same pixels as now)": lambda: (lambda f, r=SharedRgb(None): r(f, max_side)),
+        "shared VideoReformatter, bilinear (DecodedFrame.rgb now)": lambda: (lambda f, r=SharedRgb(None): r(f, max_side)),
         "shared VideoReformatter, AREA (proposed)": lambda: (lambda f, r=SharedRgb("AREA"): r(f, max_side)),
         "full-size to_ndarray (no scaling, for scale)": lambda: (lambda f: f.to_ndarray(format="rgb24")),
     }

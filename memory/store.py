@@ -87,6 +87,8 @@ class ChunkRecord:
     wall_end: float | None = None
     cuts: int = 0  # scene cuts starting inside this chunk
     novelty: float = 0.0  # the keyframe's novelty score
+    redundant: int = 0  # near-duplicate frames (a compressor may spend less on them)
+    static: float = 0.0  # mean fraction of static patches
 
 
 class MemoryStore:

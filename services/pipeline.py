@@ -221,7 +221,8 @@ class StreamWorker:
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
             tokens=seg.length, keyframe_s=clip.times[key], wall_start=clip.wall_start, wall_end=clip.wall_end,
-            cuts=clip.cuts, novelty=clip.novelty[key] if clip.novelty else 0.0,
+            cuts=clip.cuts, novelty=clip.novelty[key] if clip.novelty else 0.0, redundant=clip.redundant,
+            static=round(clip.static, 4),
         )
         d = clip.checkpoint
         checkpoint = {

@@ -24,4 +24,4 @@ def scored_frames(items: Iterable, sampler: Sampler, detector: SceneDetector,
         image = item.rgb(max_side)  # [H, W, 3] uint8
         score = detector.score(image)
         yield SampledFrame(n, item.time_s, image, item.wall_s, score.novelty, score.cut,
-                           sampler.state(detector.state()))
+                           sampler.state(detector.state()), score.redundant, score.static_fraction)

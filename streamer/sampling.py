@@ -32,6 +32,8 @@ class SampledFrame:
     novelty: float | None = None  # [0, 1] from the keyframe detector; None when not scored
     cut: bool = False  # a scene starts at this frame
     checkpoint: DecodeState | None = None  # the decode side's state right after this frame
+    redundant: bool = False  # a near-duplicate of the previous sampled frame
+    static: float = 0.0  # fraction of patches unchanged from the previous sampled frame
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Clip:
     wall_start: float | None = None
     wall_end: float | None = None
     checkpoint: DecodeState | None = None  # the decode side's state right after the clip's last frame
+    redundant: int = 0  # near-duplicate frames in the clip
+    static: float = 0.0  # mean fraction of static patches
 
 
 class Sampler:
@@ -98,7 +102,8 @@ def make_clip(index: int, frames: list[SampledFrame], period: float) -> Clip:
     key = int(np.argmax(scores)) if scored else int(novelty(stack).argmax())
     walls = [f.wall_s for f in frames if f.wall_s is not None]
     return Clip(index, stack, times, times[0], times[-1] + period, key, scores, sum(f.cut for f in frames),
-                walls[0] if walls else None, walls[-1] if walls else None, frames[-1].checkpoint)
+                walls[0] if walls else None, walls[-1] if walls else None, frames[-1].checkpoint,
+                sum(f.redundant for f in frames), float(np.mean([f.static for f in frames])))
 
 
 class ClipBuilder:
