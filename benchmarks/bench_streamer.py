@@ -44,6 +44,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from streamer.frontend import scored_frames  # noqa: E402
 from streamer.keyframes import DetectorConfig, SceneDetector  # noqa: E402
 from streamer.sampling import ClipBuilder, Sampler  # noqa: E402
@@ -102,15 +103,8 @@ def looped(src: Path, seconds: float, dst: Path) -> Path:
 
 # ---- the two paths ------------------------------------------------------------------------------------
 def raw_decode(path: Path) -> dict:
-    """Every frame decoded with PyAV, thread_type "AUTO" as FileSource sets it, nothing else."""
-    t0 = time.perf_counter()
-    n = 0
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        stream.thread_type = "AUTO"
-        for _ in c.decode(stream):
-            n += 1
-    return {"source_frames": n, "seconds": time.perf_counter() - t0}
+    n, seconds = common.raw_decode(path)
+    return {"source_frames": n, "seconds": seconds}
 
 
 def pipeline(path: Path, fps: float, max_side: int = MAX_SIDE) -> dict:

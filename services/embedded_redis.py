@@ -1,10 +1,8 @@
 """A private, real redis-server for one process (the embedded default), on a unix socket."""
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,10 +12,12 @@ from pathlib import Path
 import redis
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when the process that started it dies."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+def _die_with_parent(args: list[str]) -> list[str]:
+    """Ask Linux to SIGTERM the child when the thread that started it dies (PR_SET_PDEATHSIG), via
+    util-linux `setpriv`: no Python code runs between fork and exec (a `preexec_fn` can deadlock
+    in a process with other threads, and did: a dlopen in the child hung forever)."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *args] if setpriv else args
 
 
 class EmbeddedRedis:
@@ -54,8 +54,8 @@ class EmbeddedRedis:
                 "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "everysec",
                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
         self.socket.unlink(missing_ok=True)  # left behind by a killed server
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(_die_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -101,7 +101,7 @@ class StreamWorker:
             yield from LiveSource(p.url, opts, resume=resume).events(self.ending)
             return
         if p.kind == "push":
-            with AvSource(p.feed, f"push:{self.rec.source}", format=p.format) as src:
+            with AvSource(p.feed, self.rec.source, format=p.format) as src:  # source reads "push:<name>"
                 for f in src.frames():
                     yield DecodedFrame(f.time_s, f.frame, time.time()) if p.live else f
             return
