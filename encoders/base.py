@@ -21,6 +21,8 @@ class ModelSpec:
     position_dims: int  # rows of position ids per token (3 for multimodal RoPE)
     dtype: str  # torch dtype name of the KV, e.g. "float32"
     retrieval_dim: int  # size of the retrieval vector
+    feature_dim: int  # size of one input embedding (a visual feature as the language model reads it)
+    num_heads: int  # query heads; num_heads // num_kv_heads share each KV head (GQA group)
     random_weights: bool  # True for the seeded tiny model: its answers are noise
 
 
@@ -43,6 +45,18 @@ class EncodedSegment:
         return int(self.keys.shape[2])
 
 
+@dataclass(frozen=True)
+class ClipEncoding:
+    """A clip prefilled behind a memory, plus what the memory compressor needs to score it."""
+
+    segment: EncodedSegment  # the clip's own KV and positions
+    frame_ids: torch.Tensor  # [S] int64: temporal frame group of each clip token within the clip, -1 for text
+    n_frames: int  # temporal frame groups in the clip (the model's frame unit)
+    embeds: torch.Tensor  # [S, F] the language model's input embeddings (text embeddings, visual features)
+    proxy_queries: torch.Tensor  # [L, H, Q, D] rotated queries of the proxy opener read behind memory + clip
+    proxy_keys: torch.Tensor  # [L, Hkv, Q, D] the proxy opener's own keys (its causal part of the softmax)
+
+
 class VideoLM(Protocol):
     """A vision-language model that can prefill clips behind a memory and answer from a memory."""
 
@@ -63,6 +77,14 @@ class VideoLM(Protocol):
         past: EncodedSegment,
     ) -> EncodedSegment:
         """Prefill one clip behind `past` (which ends at past.next_pos); returns only the clip's KV."""
+
+    def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
+                    past: EncodedSegment) -> ClipEncoding:
+        """`encode_clip` plus the proxy query's view of `past` + the clip, for query-agnostic scoring."""
+
+    def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
+                       next_pos: int, max_pos: int) -> EncodedSegment:
+        """Prefill stored input embeddings [S, F] at their stored positions [P, S] behind `past`."""
 
     def question_vector(self, question: str) -> np.ndarray:
         """[E] float32 unit vector in the same space as the clips' retrieval vectors."""

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from encoders.base import EncodedSegment, ModelSpec
+from encoders import attention_probe
+from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
 DEFAULT_SYSTEM = "You are watching a video stream. Answer questions about what was seen."
+PROXY_OPENER = "<|im_end|>\n<|im_start|>assistant\n"  # the chat template's assistant turn opener
 
 
 class Qwen25VLAdapter:
@@ -31,6 +33,7 @@ class Qwen25VLAdapter:
                  random_weights: bool, retrieval_layer: int | None = None,
                  system_prompt: str = DEFAULT_SYSTEM) -> None:
         self.model = model
+        attention_probe.install(model)  # outputs unchanged (SDPA); lets ingest read the proxy's queries
         self.tok = tokenizer
         self.geo = geometry
         self.system_prompt = system_prompt
@@ -56,6 +59,7 @@ class Qwen25VLAdapter:
             num_layers=tcfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
             position_dims=3, dtype=str(self.dtype).removeprefix("torch."),
             retrieval_dim=self.num_kv_heads * self.head_dim, random_weights=random_weights,
+            feature_dim=tcfg.hidden_size, num_heads=self.num_heads,
         )
 
     # ---- prompt pieces (token ids) -------------------------------------------------------
@@ -71,6 +75,9 @@ class Qwen25VLAdapter:
 
     def suffix_ids(self, question: str) -> list[int]:
         return self._text(f"{question}<|im_end|>\n<|im_start|>assistant\n")
+
+    def proxy_ids(self) -> list[int]:
+        return self._text(PROXY_OPENER)
 
     def clip_frames(self) -> int:
         return self.geo.temporal_patch_size
@@ -152,6 +159,50 @@ class Qwen25VLAdapter:
         hidden = out.hidden_states[self.retrieval_layer][0]  # [S, Hd]
         retrieval = self._retrieval_from_hidden(hidden, ids == self.video_token_id)
         return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
+
+    @torch.inference_mode()
+    def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
+                    past: EncodedSegment) -> ClipEncoding:
+        """The clip's KV (as `encode_clip`), its input embeddings, and the proxy opener's queries
+        read behind past + clip (a second, few-token pass whose KV is dropped again)."""
+        pv, grid_thw, spg = self.video_inputs(frames, fps)
+        ids = torch.tensor(self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s), device=self.device)
+        pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
+        core = self.model.model
+        video = core.get_video_features(pv, grid_thw, return_dict=True)
+        feats = torch.cat(video.pooler_output, dim=0).to(self.dtype)  # [n_video, F]
+        is_video = ids == self.video_token_id  # [S]
+        embeds = core.get_input_embeddings()(ids).clone()  # [S, F]
+        embeds[is_video] = feats
+        cache = self._cache(past)
+        out = core.language_model(inputs_embeds=embeds[None], position_ids=pos[:, None], past_key_values=cache,
+                                  use_cache=True, output_hidden_states=True)
+        keys, values = self._tail(cache, past.length)
+        hidden = out.hidden_states[self.retrieval_layer][0]  # [S, Hd]
+        retrieval = self._retrieval_from_hidden(hidden, is_video)
+        segment = EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
+        # proxy opener at the text positions a question would take
+        proxy = torch.tensor(self.proxy_ids(), device=self.device)
+        ppos, _ = self._positions(proxy, next_pos)
+        with attention_probe.capture() as queries:
+            core.language_model(input_ids=proxy[None], position_ids=ppos[:, None], past_key_values=cache,
+                                use_cache=True)
+        q = torch.stack([queries[i][0] for i in range(len(cache.layers))])  # [L, H, Q, D]
+        pk = torch.stack([layer.keys[0, :, -proxy.shape[0]:] for layer in cache.layers])  # [L, Hkv, Q, D]
+        groups = int(grid_thw[0, 1] // self.geo.merge_size) * int(grid_thw[0, 2] // self.geo.merge_size)
+        frame_ids = torch.full((ids.shape[0],), -1, dtype=torch.long)
+        frame_ids[is_video.cpu()] = torch.arange(int(is_video.sum())) // groups  # video tokens are t-major
+        return ClipEncoding(segment, frame_ids, int(grid_thw[0, 0]), embeds.cpu(), q.cpu(), pk.cpu())
+
+    @torch.inference_mode()
+    def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
+                       next_pos: int, max_pos: int) -> EncodedSegment:
+        cache = self._cache(past)
+        pos = positions.to(self.device)  # [3, S]
+        self.model.model.language_model(inputs_embeds=embeds.to(self.device, self.dtype)[None],
+                                         position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+        keys, values = self._tail(cache, past.length)
+        return EncodedSegment(keys.cpu(), values.cpu(), positions.cpu(), next_pos, max_pos, None)
 
     @torch.inference_mode()
     def question_vector(self, question: str) -> np.ndarray:

@@ -1,0 +1,103 @@
+"""Query-agnostic scoring and fixed-budget pruning (re-derived from StreamMem's idea).
+
+All pure tensor functions: no I/O, no logging, no host syncs.
+
+* `proxy_attention`: the attention of a short generic proxy query (the chat template's
+  assistant opener) over the cached tokens, built for the proxy's rows only.
+* `select`: per layer, which tokens a fixed budget keeps under a policy (attention, recency,
+  uniform).
+* `frame_prototypes`: one token per frame, the attention-weighted mean of its keys and values.
+* `compress_tokens`: candidates -> a TokenSet of at most `budget` tokens per layer.
+"""
+from __future__ import annotations
+
+import torch
+
+from memory.layout import TokenSet
+
+POLICIES = ("attention", "recency", "uniform")
+
+
+def proxy_attention(q: torch.Tensor, k_ctx: torch.Tensor, k_proxy: torch.Tensor) -> torch.Tensor:
+    """Attention mass of the proxy rows on each context token, per KV head.
+
+    q [L, H, Q, D] rotated proxy queries; k_ctx [L, Hkv, S, D] cached keys; k_proxy [L, Hkv, Q, D]
+    the proxy's own keys (causal among themselves, part of the softmax as in the model).
+    Returns [L, Hkv, S]: softmax weights summed over the Q proxy rows and the G = H / Hkv query
+    heads that share each KV head. Only [L, H, Q, S + Q] scores are ever built.
+    """
+    L, H, Q, D = q.shape
+    hkv, S = k_ctx.shape[1], k_ctx.shape[2]
+    qg = q.float().reshape(L, hkv, H // hkv, Q, D)  # [L, Hkv, G, Q, D]: query head h uses KV head h // G
+    scale = D ** -0.5
+    ctx = torch.einsum("lkgqd,lksd->lkgqs", qg, k_ctx.float()) * scale  # [L, Hkv, G, Q, S]
+    own = torch.einsum("lkgqd,lkpd->lkgqp", qg, k_proxy.float()) * scale  # [L, Hkv, G, Q, Q]
+    future = torch.ones(Q, Q, dtype=torch.bool, device=q.device).triu(1)  # [Q, Q]
+    own = own.masked_fill(future, float("-inf"))
+    weights = torch.cat([ctx, own], dim=-1).softmax(dim=-1)[..., :S]  # [L, Hkv, G, Q, S]
+    return weights.sum(dim=(2, 3))  # [L, Hkv, S]
+
+
+def select(scores: torch.Tensor, budget: int, policy: str = "attention") -> torch.Tensor:
+    """scores [L, N] -> indices [L, min(N, budget)] of the kept tokens, ascending per layer.
+
+    attention: the highest scores (ties: the older token); recency: the newest; uniform: evenly
+    spaced over the candidates (both ignore scores).
+    """
+    L, N = scores.shape
+    b = min(N, budget)
+    if policy == "attention":
+        order = torch.argsort(-scores, dim=1, stable=True)[:, :b]  # [L, b]
+        return order.sort(dim=1).values
+    if policy == "recency":
+        return torch.arange(N - b, N, device=scores.device)[None].expand(L, -1).contiguous()
+    if policy == "uniform":
+        if b == 0:
+            return torch.zeros(L, 0, dtype=torch.long, device=scores.device)
+        idx = torch.linspace(0, N - 1, b, device=scores.device).round().long()  # distinct: step >= 1
+        return idx[None].expand(L, -1).contiguous()
+    raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
+
+
+def frame_prototypes(tokens: TokenSet, weights: torch.Tensor, frame_ids: torch.Tensor, n_frames: int) -> TokenSet:
+    """One prototype per frame: per layer and KV head, the attention-weighted mean of the frame's keys
+    and values. weights [L, Hkv, C] (attention on each of the C tokens), frame_ids [C] (-1: no frame).
+
+    A prototype takes the position of its frame's most attended token (its anchor) in that layer,
+    the serial -1 - anchor serial (so it sorts right after its anchor, see `arrival_key`), and the
+    frame's attention mass (summed over KV heads) as its score.
+    """
+    member = (frame_ids[:, None] == torch.arange(n_frames, device=frame_ids.device)[None]).float()  # [C, F]
+    w = weights.float()[..., None] * member  # [L, Hkv, C, F]
+    mass = w.sum(dim=2)  # [L, Hkv, F]
+    share = w / mass[:, :, None, :].clamp_min(1e-30)  # [L, Hkv, C, F]
+    keys = torch.einsum("lkcf,lkcd->lkfd", share, tokens.keys.float()).to(tokens.keys.dtype)  # [L, Hkv, F, D]
+    values = torch.einsum("lkcf,lkcd->lkfd", share, tokens.values.float()).to(tokens.values.dtype)
+    layer_w = w.sum(dim=1)  # [L, C, F]
+    layer_w = layer_w.masked_fill(member[None] == 0, -1.0)
+    anchor = layer_w.argmax(dim=1)  # [L, F] most attended token of each frame
+    pidx = anchor[:, None, :].expand(-1, tokens.positions.shape[1], -1)  # [L, P, F]
+    positions = tokens.positions.gather(2, pidx)  # [L, P, F]
+    serial = -1 - tokens.serial.gather(1, anchor)  # [L, F]
+    return TokenSet(keys, values, positions, serial, mass.sum(dim=1))
+
+
+def arrival_key(serial: torch.Tensor) -> torch.Tensor:
+    """Sort key of stream order: token s -> 2s, the prototype anchored at s -> 2s + 1."""
+    return torch.where(serial >= 0, 2 * serial, 2 * (-1 - serial) + 1)
+
+
+def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, policy: str) -> TokenSet:
+    """Keep at most `budget` of the candidates per layer; scores [L, N] travel with the kept tokens."""
+    idx = select(scores, budget, policy)  # [L, b]
+    return candidates.with_scores(scores).take(idx)
+
+
+def novelty_boost(novelty: float, weight: float) -> float:
+    """How much a clip's scores are raised by the keyframe detector's novelty (0..1)."""
+    return 1.0 + weight * max(0.0, novelty)
+
+
+def in_arrival_order(tokens: TokenSet) -> TokenSet:
+    """The same tokens, each layer sorted into stream order."""
+    return tokens.take(torch.argsort(arrival_key(tokens.serial), dim=1, stable=True))  # [L, n]

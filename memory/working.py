@@ -1,0 +1,122 @@
+"""A stream's fixed-size working memory and the fixed-size chunk each clip leaves behind.
+
+`step` is the whole ingest-time memory update, as one pure function:
+
+    context = prefix + working memory          (what the clip was prefilled behind)
+    attention of the proxy opener over context + clip      -> per-layer token scores
+    working memory + clip (+ one prototype per new frame)  -> top `working_tokens` per layer
+    clip (+ its prototypes)                                 -> top `chunk_tokens` per layer (KV chunk)
+                                                               or top visual embeddings (feature chunk)
+
+The prefix (system prompt, user turn opener) is never pruned and not counted in the budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from encoders.base import ClipEncoding, EncodedSegment
+from memory.compress import (POLICIES, compress_tokens, frame_prototypes, in_arrival_order, novelty_boost,
+                             proxy_attention, select)
+from memory.layout import FeatureSet, TokenSet, concat_segments, layered
+
+FORMATS = ("kv", "features")
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    working_tokens: int  # per-layer budget of the working memory (0: none, clips see only the prefix)
+    chunk_tokens: int  # per-layer token budget of every stored chunk
+    policy: str = "attention"  # attention (query-agnostic) | recency | uniform
+    prototypes: bool = True  # one attention-weighted prototype token per new frame
+    novelty_weight: float = 1.0  # clip scores x (1 + weight * keyframe novelty)
+    chunk_format: str = "kv"  # kv | features
+    kv_int8: bool = False  # KV chunks stored as int8 with a scale per head and token
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown memory policy {self.policy!r}; one of {POLICIES}")
+        if self.chunk_format not in FORMATS:
+            raise ValueError(f"unknown chunk format {self.chunk_format!r}; one of {FORMATS}")
+        if self.working_tokens < 0 or self.chunk_tokens < 1:
+            raise ValueError("working_tokens must be >= 0 and chunk_tokens >= 1")
+
+
+@dataclass(frozen=True)
+class WorkingState:
+    tokens: TokenSet  # [L, Hkv, n, D], n <= working_tokens
+    next_pos: int  # where the stream's next text starts
+    max_pos: int  # largest position the stream has used
+    next_serial: int  # clip tokens the stream has produced
+    next_frame: int  # frame groups the stream has produced
+
+    @staticmethod
+    def empty(prefix: EncodedSegment) -> "WorkingState":
+        L, hkv, _, D = prefix.keys.shape
+        P = prefix.positions.shape[-2]
+        none = TokenSet(prefix.keys.new_zeros(L, hkv, 0, D), prefix.values.new_zeros(L, hkv, 0, D),
+                        torch.zeros(L, P, 0, dtype=torch.int64), torch.zeros(L, 0, dtype=torch.int64),
+                        torch.zeros(L, 0, dtype=torch.float32))
+        return WorkingState(none, prefix.next_pos, prefix.max_pos, 0, 0)
+
+
+@dataclass(frozen=True)
+class Step:
+    state: WorkingState  # the working memory after the clip
+    chunk: TokenSet | FeatureSet  # the clip's stored chunk
+    span: tuple[int, int]  # serials of the clip's tokens before compression: [first, end)
+
+
+def context(prefix: EncodedSegment, state: WorkingState) -> EncodedSegment:
+    """What the next clip is prefilled behind: prefix + working memory, ending at the stream's next position."""
+    t = state.tokens
+    mem = EncodedSegment(t.keys, t.values, t.positions, state.next_pos, state.max_pos, None)
+    L = prefix.keys.shape[0]
+    head = EncodedSegment(prefix.keys, prefix.values, layered(prefix.positions, L), prefix.next_pos,
+                          prefix.max_pos, None)
+    return concat_segments([head, mem], next_pos=state.next_pos, max_pos=state.max_pos)
+
+
+def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty: float,
+         policy: MemoryPolicy) -> Step:
+    clip = TokenSet.from_segment(enc.segment, state.next_serial)
+    p0, n, c = prefix.length, state.tokens.length, clip.length
+    k_ctx = torch.cat([prefix.keys, state.tokens.keys, clip.keys], dim=2)  # [L, Hkv, p0 + n + c, D]
+    attn = proxy_attention(enc.proxy_queries, k_ctx, enc.proxy_keys)  # [L, Hkv, p0 + n + c]
+    a_mem, a_clip = attn[..., p0:p0 + n], attn[..., p0 + n:]  # [L, Hkv, n], [L, Hkv, c]
+    s_mem, s_clip = a_mem.sum(dim=1), a_clip.sum(dim=1)  # [L, n], [L, c]: KV heads combined
+    use_protos = policy.prototypes and policy.policy == "attention" and enc.n_frames > 0
+    protos = (frame_prototypes(clip, a_clip, enc.frame_ids, enc.n_frames)
+              if use_protos else None)
+    boost = novelty_boost(novelty, policy.novelty_weight)
+
+    # working memory: old and new pruned together to the budget
+    if n + c <= policy.working_tokens:
+        tokens = TokenSet.cat([state.tokens.with_scores(s_mem), clip.with_scores(s_clip * boost)])
+    else:
+        parts = [state.tokens, clip] + ([protos] if protos is not None else [])
+        scores = [s_mem, s_clip * boost] + ([protos.score * boost] if protos is not None else [])
+        tokens = in_arrival_order(compress_tokens(TokenSet.cat(parts), torch.cat(scores, dim=1),
+                                                  policy.working_tokens, policy.policy))
+    new_state = WorkingState(tokens, enc.segment.next_pos, max(state.max_pos, enc.segment.max_pos),
+                             state.next_serial + c, state.next_frame + enc.n_frames)
+    return Step(new_state, chunk_of(clip, s_clip, protos, enc, policy), (state.next_serial, state.next_serial + c))
+
+
+def chunk_of(clip: TokenSet, s_clip: torch.Tensor, protos: TokenSet | None, enc: ClipEncoding,
+             policy: MemoryPolicy) -> TokenSet | FeatureSet:
+    """The clip compressed to `chunk_tokens` per layer (KV), or to its top visual embeddings (features)."""
+    if policy.chunk_format == "features":
+        total = s_clip.sum(dim=0)  # [c] over layers
+        feats = FeatureSet(enc.embeds, enc.segment.positions.to(torch.int64), clip.serial[0], total)
+        keep = select(total[None], policy.chunk_tokens, policy.policy)[0]  # [b]
+        return feats.take(keep)
+    if clip.length <= policy.chunk_tokens:
+        return clip.with_scores(s_clip)
+    parts, scores = [clip], [s_clip]
+    if protos is not None:
+        parts.append(protos)
+        scores.append(protos.score)
+    return in_arrival_order(compress_tokens(TokenSet.cat(parts), torch.cat(scores, dim=1), policy.chunk_tokens,
+                                            policy.policy))
