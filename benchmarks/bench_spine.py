@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
-from memory.layout import concat_segments  # noqa: E402
+from memory.assemble import answer_memory  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
@@ -264,11 +264,13 @@ def where_time_goes(rt, sid: str, question: str, top_k: int, max_new_tokens: int
     hits = sorted(index.search(qvec, top_k), key=lambda h: h.chunk.start_s)
     t["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    segs = rt.store.chunk_segments(sid, [h.chunk.chunk_id for h in hits])
+    chunks = rt.store.chunk_payloads(sid, [h.chunk.chunk_id for h in hits])
+    working = rt.store.get_working(sid)
     prefix = rt.store.get_prefix(sid)
     t["fetch_kv"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    memory = concat_segments([prefix, *segs], next_pos=rec.next_pos, max_pos=rec.max_pos)
+    spans = [(h.chunk.span_start, h.chunk.span_end) for h in hits]
+    memory = answer_memory(prefix, working.tokens, list(zip(chunks, spans)), rec.next_pos, rec.max_pos)
     t["concat"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     gen = rt.adapter.answer_ids(memory, question, max_new_tokens)

@@ -8,3 +8,7 @@ class StreamNotFound(StoreError):
 
 class IncompatibleBlob(StoreError):
     """A stored blob was written by another model, layout or format version."""
+
+
+class ChunksGone(StoreError):
+    """Chunks a search found were deleted or merged (by retention) before they were read; search again."""

@@ -1,7 +1,8 @@
 """Per-stream FAISS inner-product indexes over chunk retrieval vectors, derived from the store.
 
 An index is brought up to date from Redis before each search (only chunks it has not seen are
-read), so a QA replica started after ingest, or restarted, serves the same top-k.
+read; everything again after retention deleted or merged chunks, which bumps the stream's
+epoch), so a QA replica started after ingest, or restarted, serves the same top-k.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class Hit:
 
 
 class StreamIndex:
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, epoch: int = 0) -> None:
+        self.epoch = epoch
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.records: dict[int, ChunkRecord] = {}
         self.last_id = -1
@@ -62,7 +64,10 @@ class IndexRegistry:
 
     def synced(self, sid: str) -> StreamIndex:
         with self._lock:
-            idx = self._indexes.setdefault(sid, StreamIndex(self.dim))
+            epoch = self.store.epoch(sid)
+            idx = self._indexes.get(sid)
+            if idx is None or idx.epoch != epoch:
+                idx = self._indexes[sid] = StreamIndex(self.dim, epoch)
             new_ids = self.store.chunk_ids(sid, after=idx.last_id)
             if new_ids:
                 idx.add(self.store.chunk_index_rows(sid, new_ids))

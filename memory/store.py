@@ -6,7 +6,8 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
     {ns}:s:{<id>}:meta                 hash        StreamRecord fields
     {ns}:s:{<id>}:prefix               string      KV blob of the prompt prefix
     {ns}:s:{<id>}:chunks               sorted set  chunk id -> start_s
-    {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv, vec (float32), jpeg
+    {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv (chunk blob: KV or features), vec (float32), jpeg
+    {ns}:s:{<id>}:wm                   string      working memory blob (written with each chunk)
     {ns}:s:{<id>}:ckpt                 hash        json (where ingest resumes), detector (bytes)
     {ns}:s:{<id>}:gaps                 list        JSON gaps, oldest first
     {ns}:s:{<id>}:events               stream      state changes, progress, gaps (capped), for WatchStream
@@ -25,9 +26,12 @@ import numpy as np
 import redis
 
 from encoders.base import EncodedSegment
-from memory.codec import decode_segment, encode_segment
-from memory.errors import StreamNotFound
-from memory.layout import KVLayout
+from memory.codec import (decode_chunk, decode_segment, decode_tokens, encode_features, encode_segment,
+                          encode_tokens)
+from memory.errors import ChunksGone, StreamNotFound
+from memory.layout import FeatureSet, KVLayout, TokenSet
+from memory.retention import Chunk, Retention, merge_features, merge_tokens, merge_vectors, plan
+from memory.working import WorkingState
 
 STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ACTIVE = ("starting", "running", "reconnecting")  # states an ingest worker owns
@@ -63,6 +67,26 @@ class StreamRecord:
     reconnects: int = 0
     lag_s: float = 0.0
     scene_cuts: int = 0
+    # memory (chosen at start; see services.config.MemorySettings)
+    policy: str = "attention"
+    working_tokens: int = 0
+    chunk_tokens: int = 0
+    chunk_format: str = "kv"  # kv | features
+    kv_int8: bool = False
+    max_bytes: int = 0  # retention limits (0: none)
+    max_age_s: float = 0.0
+    retention_mode: str = "consolidate"
+    # memory accounting
+    chunk_bytes: int = 0  # bytes of the chunks stored now
+    chunk_bytes_written: int = 0  # bytes of every chunk ever stored (retention does not lower it)
+    working_bytes: int = 0  # the working memory blob
+    working_used: int = 0  # tokens per layer in the working memory
+    consolidated: int = 0  # merges done by retention
+    deleted: int = 0  # chunks deleted by retention
+    epoch: int = 0  # bumped when retention rewrites chunks (search indexes rebuild)
+
+    def retention(self) -> Retention:
+        return Retention(max_bytes=self.max_bytes, max_age_s=self.max_age_s, mode=self.retention_mode)
 
     def to_hash(self) -> dict[str, str]:
         return {k: json.dumps(v) for k, v in asdict(self).items()}
@@ -89,6 +113,10 @@ class ChunkRecord:
     novelty: float = 0.0  # the keyframe's novelty score
     redundant: int = 0  # near-duplicate frames (a compressor may spend less on them)
     static: float = 0.0  # mean fraction of static patches
+    span_start: int = 0  # serials of the clip tokens this chunk was compressed from: [span_start, span_end)
+    span_end: int = 0
+    level: int = 0  # 0: one clip; n: merged n times by retention
+    format: str = "kv"  # kv | kv-int8 | features
 
 
 class MemoryStore:
@@ -164,26 +192,46 @@ class MemoryStore:
             raise StreamNotFound(f"stream {sid!r} has no stored memory yet")
         return decode_segment(blob, self.layout, self.fingerprint)
 
-    def put_chunk(self, sid: str, chunk: ChunkRecord, seg: EncodedSegment, vec: np.ndarray,
-                  keyframe_jpeg: bytes, frames_total: int, checkpoint: dict | None = None,
-                  detector_state: bytes = b"", progress: dict | None = None) -> int:
-        """Store one chunk, advance the stream's counters and move its resume checkpoint, in one
-        transaction (a crash leaves either all of it or none). Returns the chunk's bytes."""
-        blob = encode_segment(seg, self.layout, self.fingerprint)
+    def encode_payload(self, payload: TokenSet | FeatureSet, int8: bool) -> bytes:
+        if isinstance(payload, FeatureSet):
+            return encode_features(payload, self.layout, self.fingerprint)
+        return encode_tokens(payload, self.layout, self.fingerprint, int8=int8)
+
+    def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, vec: np.ndarray,
+                  keyframe_jpeg: bytes, frames_total: int, *, working: WorkingState | None = None,
+                  int8: bool = False, checkpoint: dict | None = None, detector_state: bytes = b"",
+                  progress: dict | None = None) -> int:
+        """Store one chunk and the working memory after it, advance the stream's counters and move its
+        resume checkpoint, in one transaction (a crash leaves either all of it or none).
+        Returns the chunk's bytes."""
+        blob = self.encode_payload(payload, int8)
         vec_bytes = np.asarray(vec, dtype=np.float32).tobytes()
         size = len(blob) + len(vec_bytes) + len(keyframe_jpeg)
-        meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size})))
+        fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
+        meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
+        wm_blob = b""
+        if working is not None:
+            wm_blob = encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working",
+                                    next_pos=working.next_pos, max_pos=working.max_pos,
+                                    next_serial=working.next_serial, next_frame=working.next_frame)
+        old_wm = json.loads(self.r.hget(self._k(sid, "meta"), "working_bytes") or b"0")  # one writer per stream
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self._chunk_key(sid, chunk.chunk_id),
                   mapping={"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg})
         pipe.zadd(self._k(sid, "chunks"), {str(chunk.chunk_id): chunk.start_s})
-        pipe.hincrby(self._k(sid, "meta"), "bytes", size)
-        pipe.hset(self._k(sid, "meta"), mapping={
+        pipe.hincrby(self._k(sid, "meta"), "bytes", size + (len(wm_blob) - old_wm if working is not None else 0))
+        pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size)
+        pipe.hincrby(self._k(sid, "meta"), "chunk_bytes_written", size)
+        fields = {
             "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
-            "media_end_s": json.dumps(chunk.end_s), "next_pos": json.dumps(seg.next_pos),
-            "max_pos": json.dumps(seg.max_pos), "updated": json.dumps(time.time()),
+            "media_end_s": json.dumps(chunk.end_s), "updated": json.dumps(time.time()),
             **{k: json.dumps(v) for k, v in (progress or {}).items()},
-        })
+        }
+        if working is not None:
+            pipe.set(self._k(sid, "wm"), wm_blob)
+            fields.update(next_pos=json.dumps(working.next_pos), max_pos=json.dumps(working.max_pos),
+                          working_bytes=json.dumps(len(wm_blob)), working_used=json.dumps(working.tokens.length))
+        pipe.hset(self._k(sid, "meta"), mapping=fields)
         if chunk.cuts:
             pipe.hincrby(self._k(sid, "meta"), "scene_cuts", chunk.cuts)
         if checkpoint is not None:
@@ -191,6 +239,89 @@ class MemoryStore:
         self._event(pipe, sid, "progress", chunk=chunk.chunk_id)
         pipe.execute()
         return size
+
+    def get_working(self, sid: str) -> WorkingState | None:
+        """The working memory stored with the newest chunk (None before the first chunk)."""
+        blob = self.r.get(self._k(sid, "wm"))
+        if blob is None:
+            return None
+        tokens, meta = decode_tokens(blob, self.layout, self.fingerprint)
+        return WorkingState(tokens, int(meta["next_pos"]), int(meta["max_pos"]), int(meta["next_serial"]),
+                            int(meta["next_frame"]))
+
+    # ---- retention -----------------------------------------------------------------------
+    def enforce_retention(self, sid: str, limits: Retention) -> int:
+        """Delete and consolidate the stream's oldest chunks until it is under `limits`. Only the
+        stream's ingest worker calls this. Returns the number of actions taken."""
+        if not limits.limited:
+            return 0
+        rec = self.get_stream(sid)
+        rows = self.chunk_records(sid)
+        actions = plan([Chunk(r.chunk_id, r.end_s, r.bytes, r.level) for r in rows], rec.media_end_s, limits)
+        by_id = {r.chunk_id: r for r in rows}
+        for act in actions:
+            if act.kind == "delete":
+                self._delete_chunks(sid, [by_id[i] for i in act.ids])
+            else:
+                by_id[act.ids[0]] = self._merge_chunks(sid, [by_id[i] for i in act.ids])
+        return len(actions)
+
+    def chunk_records(self, sid: str) -> list[ChunkRecord]:
+        return [r for r, _ in self.chunk_index_rows(sid, self.chunk_ids(sid))]
+
+    def _delete_chunks(self, sid: str, recs: list[ChunkRecord]) -> None:
+        size = sum(r.bytes for r in recs)
+        pipe = self.r.pipeline(transaction=True)
+        for r in recs:
+            pipe.delete(self._chunk_key(sid, r.chunk_id))
+            pipe.zrem(self._k(sid, "chunks"), str(r.chunk_id))
+        pipe.hincrby(self._k(sid, "meta"), "bytes", -size)
+        pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", -size)
+        pipe.hincrby(self._k(sid, "meta"), "deleted", len(recs))
+        pipe.hincrby(self._k(sid, "meta"), "epoch", 1)
+        self._event(pipe, sid, "retention", message=f"deleted chunks {[r.chunk_id for r in recs]}")
+        pipe.execute()
+
+    def _merge_chunks(self, sid: str, recs: list[ChunkRecord]) -> ChunkRecord:
+        ids = [r.chunk_id for r in recs]
+        pipe = self.r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hmget(self._chunk_key(sid, cid), ["kv", "vec", "jpeg"])
+        got = pipe.execute()
+        payloads = [decode_chunk(kv, self.layout, self.fingerprint)[0] for kv, _, _ in got]
+        first = payloads[0]
+        int8 = recs[0].format == "kv-int8"
+        if isinstance(first, FeatureSet):
+            merged = merge_features(payloads, first.length)
+        else:
+            merged = merge_tokens(payloads, first.length)
+        blob = self.encode_payload(merged, int8)
+        vec = merge_vectors([np.frombuffer(v, dtype=np.float32) for _, v, _ in got]).tobytes()
+        key = max(range(len(recs)), key=lambda i: recs[i].novelty)
+        jpeg_bytes = got[key][2] or b""
+        size = len(blob) + len(vec) + len(jpeg_bytes)
+        rec = ChunkRecord(
+            chunk_id=ids[0], start_s=recs[0].start_s, end_s=recs[-1].end_s, frames=sum(r.frames for r in recs),
+            tokens=merged.length, keyframe_s=recs[key].keyframe_s, bytes=size, wall_start=recs[0].wall_start,
+            wall_end=recs[-1].wall_end, cuts=sum(r.cuts for r in recs), novelty=recs[key].novelty,
+            redundant=sum(r.redundant for r in recs), static=round(sum(r.static for r in recs) / len(recs), 4),
+            span_start=recs[0].span_start, span_end=recs[-1].span_end, level=max(r.level for r in recs) + 1,
+            format=recs[0].format,
+        )
+        old = sum(r.bytes for r in recs)
+        pipe = self.r.pipeline(transaction=True)
+        for cid in ids[1:]:
+            pipe.delete(self._chunk_key(sid, cid))
+            pipe.zrem(self._k(sid, "chunks"), str(cid))
+        pipe.hset(self._chunk_key(sid, ids[0]),
+                  mapping={"meta": json.dumps(asdict(rec)), "kv": blob, "vec": vec, "jpeg": jpeg_bytes})
+        pipe.hincrby(self._k(sid, "meta"), "bytes", size - old)
+        pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size - old)
+        pipe.hincrby(self._k(sid, "meta"), "consolidated", 1)
+        pipe.hincrby(self._k(sid, "meta"), "epoch", 1)
+        self._event(pipe, sid, "retention", message=f"merged chunks {ids} into level {rec.level}")
+        pipe.execute()
+        return rec
 
     def checkpoint(self, sid: str) -> tuple[dict, bytes] | None:
         """(checkpoint, detector state) written with the last stored chunk, or None before the first."""
@@ -239,6 +370,10 @@ class MemoryStore:
     def release(self, sid: str, owner: str) -> None:
         self._release(keys=[self._k(sid, "lease")], args=[owner])
 
+    def epoch(self, sid: str) -> int:
+        """Changes whenever retention deletes or rewrites chunks."""
+        return int(json.loads(self.r.hget(self._k(sid, "meta"), "epoch") or b"0"))
+
     def chunk_ids(self, sid: str, after: int = -1) -> list[int]:
         ids = sorted(int(i) for i in self.r.zrange(self._k(sid, "chunks"), 0, -1))
         return [i for i in ids if i > after]
@@ -255,15 +390,16 @@ class MemoryStore:
             rows.append((ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32)))
         return rows
 
-    def chunk_segments(self, sid: str, ids: list[int]) -> list[EncodedSegment]:
+    def chunk_payloads(self, sid: str, ids: list[int]) -> list[TokenSet | FeatureSet]:
+        """The stored chunks (KV token sets or feature sets) of these ids, in the given order."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
             pipe.hget(self._chunk_key(sid, cid), "kv")
         blobs = pipe.execute()
         missing = [cid for cid, b in zip(ids, blobs) if b is None]
         if missing:
-            raise StreamNotFound(f"stream {sid!r} lost chunks {missing}")
-        return [decode_segment(b, self.layout, self.fingerprint) for b in blobs]
+            raise ChunksGone(f"stream {sid!r} no longer holds chunks {missing} (retention removed them)")
+        return [decode_chunk(b, self.layout, self.fingerprint)[0] for b in blobs]
 
     def keyframes(self, sid: str, ids: list[int]) -> list[bytes]:
         pipe = self.r.pipeline(transaction=False)

@@ -61,6 +61,27 @@ class DetectorSettings(BaseModel):
         return {k: v for k, v in super().model_dump(**kw).items() if v is not None}
 
 
+class MemorySettings(BaseModel):
+    """Defaults for every stream's memory (`VIGIL_MEMORY__*`); StartStream/PushConfig may override the
+    per-stream ones (format, int8, budgets, retention)."""
+    model_config = ConfigDict(frozen=True)
+
+    working_tokens: int = Field(2048, ge=0, le=1 << 20,
+                                description="per-layer token budget of the working memory (0: none)")
+    chunk_tokens: int = Field(32, ge=1, le=1 << 16, description="per-layer token budget of every stored chunk")
+    policy: str = Field("attention", pattern="^(attention|recency|uniform)$",
+                        description="attention: query-agnostic proxy scores; recency/uniform: baselines")
+    prototypes: bool = Field(True, description="one attention-weighted prototype token per frame")
+    novelty_weight: float = Field(1.0, ge=0, le=100, description="clip scores x (1 + weight x keyframe novelty)")
+    chunk_format: str = Field("kv", pattern="^(kv|features)$",
+                              description="kv: fast answers; features: fewer bytes, prefilled at question time")
+    kv_int8: bool = Field(False, description="store KV chunks as int8 (scale per head and token)")
+    max_bytes: int = Field(0, ge=0, description="retention: chunk bytes kept per stream (0: unlimited)")
+    max_age_s: float = Field(0.0, ge=0, description="retention: media seconds kept behind the newest (0: unlimited)")
+    retention_mode: str = Field("consolidate", pattern="^(consolidate|delete)$",
+                                description="what the byte limit does to the oldest chunks")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -80,7 +101,6 @@ class Settings(BaseSettings):
     fps: float = Field(1.0, gt=0, le=30)
     clip_frames: int = Field(8, ge=2, le=64)
     frame_max_side: int = Field(448, ge=32, le=4096, description="decoder downscale before the model's own resize")
-    context_tokens: int = Field(16384, ge=256, description="ingest context window (prefix + recent clips)")
     top_k: int = Field(4, ge=1, le=64)
     max_top_k: int = 64
     max_new_tokens: int = Field(48, ge=1)
@@ -100,6 +120,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     live: LiveSettings = LiveSettings()
     detector: DetectorSettings = DetectorSettings()
+    memory: MemorySettings = MemorySettings()
 
     @field_validator("media_roots", mode="before")
     @classmethod

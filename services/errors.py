@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 
 from encoders.loading import ModelUnavailable
-from memory.errors import IncompatibleBlob, StreamNotFound
+from memory.errors import ChunksGone, IncompatibleBlob, StreamNotFound
 from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
                              UnsupportedCodec)
 
@@ -49,6 +49,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
     NotServedHere: grpc.StatusCode.UNIMPLEMENTED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
+    ChunksGone: grpc.StatusCode.ABORTED,  # retention rewrote the stream three times during one question
 }
 
 

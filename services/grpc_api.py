@@ -71,16 +71,40 @@ def rpc_stream(fn):
     return wrapper
 
 
+_FORMATS = {ingest_pb2.CHUNK_FORMAT_KV: "kv", ingest_pb2.CHUNK_FORMAT_FEATURES: "features"}
+_MODES = {ingest_pb2.RETENTION_MODE_CONSOLIDATE: "consolidate", ingest_pb2.RETENTION_MODE_DELETE: "delete"}
+
+
+def memory_overrides(m: ingest_pb2.MemoryOptions) -> dict:
+    """The fields a request set (None: the server default)."""
+    def opt(name):
+        return getattr(m, name) if m.HasField(name) else None
+    return {"chunk_format": _FORMATS.get(m.chunk_format), "kv_int8": opt("kv_int8"),
+            "working_tokens": opt("working_tokens"), "chunk_tokens": opt("chunk_tokens"),
+            "max_bytes": opt("max_bytes"), "max_age_s": opt("max_age_s"), "retention_mode": _MODES.get(m.retention)}
+
+
+def memory_options(rec: StreamRecord) -> ingest_pb2.MemoryOptions:
+    fmt = {v: k for k, v in _FORMATS.items()}
+    mode = {v: k for k, v in _MODES.items()}
+    return ingest_pb2.MemoryOptions(
+        chunk_format=fmt.get(rec.chunk_format, 0), kv_int8=rec.kv_int8, working_tokens=rec.working_tokens,
+        chunk_tokens=rec.chunk_tokens, max_bytes=rec.max_bytes, max_age_s=rec.max_age_s,
+        retention=mode.get(rec.retention_mode, 0))
+
+
 def stream_info(rec: StreamRecord, gaps: list[dict] = ()) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=rec.source, state=STATES.get(rec.state, 0), error=rec.error,
         fps=rec.fps, clip_frames=rec.clip_frames, frames=rec.frames, chunks=rec.chunks, duration_s=covered,
         source_duration_s=rec.source_duration_s, memory_bytes=rec.bytes,
-        bytes_per_hour=rec.bytes / covered * 3600 if covered > 0 else 0.0,
+        bytes_per_hour=rec.chunk_bytes_written / covered * 3600 if covered > 0 else 0.0,
         model=rec.model, random_weights=rec.random_weights, created_unix=rec.created, updated_unix=rec.updated,
         kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
-        gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts,
+        gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_options(rec),
+        chunk_bytes=rec.chunk_bytes, working_memory_bytes=rec.working_bytes, working_memory_tokens=rec.working_used,
+        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted,
     )
 
 
@@ -100,7 +124,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc
     async def StartStream(self, request, context):
-        rec = await asyncio.to_thread(self._manager().start, request.source, request.fps, request.clip_frames)
+        rec = await asyncio.to_thread(self._manager().start, request.source, request.fps, request.clip_frames,
+                                      memory_overrides(request.memory))
         return await asyncio.to_thread(self._info, rec.stream_id)
 
     @rpc
@@ -110,7 +135,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if first is None or first.WhichOneof("msg") != "config":
             raise InvalidRequest("the first PushStream message must be a PushConfig")
         c = first.config
-        rec, feed = await asyncio.to_thread(manager.start_push, c.name, c.format, c.fps, c.clip_frames, c.live)
+        rec, feed = await asyncio.to_thread(manager.start_push, c.name, c.format, c.fps, c.clip_frames, c.live,
+                                            memory_overrides(c.memory))
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("msg") != "data":

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
-from memory.context import RecentWindow
+from encoders.base import EncodedSegment
 from memory.store import ChunkRecord, StreamRecord
+from memory.working import MemoryPolicy, WorkingState, context, step
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
 from streamer.errors import SourceError
@@ -28,6 +29,20 @@ from streamer.sampling import Clip, ClipBuilder, DecodeState, SampledFrame, Samp
 from streamer.source import AvSource, DecodedFrame, FileSource
 
 log = logging.getLogger("vigil.ingest")
+
+
+class _Memory:
+    """The stream's prefix and working memory as ingest advances them (one per worker)."""
+
+    def __init__(self, prefix: EncodedSegment, state: WorkingState) -> None:
+        self.prefix, self.state = prefix, state
+
+
+def memory_policy(rec: StreamRecord, rt: Runtime) -> MemoryPolicy:
+    m = rt.settings.memory
+    return MemoryPolicy(working_tokens=rec.working_tokens, chunk_tokens=rec.chunk_tokens, policy=rec.policy,
+                        prototypes=m.prototypes, novelty_weight=m.novelty_weight, chunk_format=rec.chunk_format,
+                        kv_int8=rec.kv_int8)
 
 
 class _End:
@@ -88,6 +103,7 @@ class StreamWorker:
         s = rt.settings
         self.detector_cfg = DetectorConfig(**s.detector.model_dump())
         self.queue = FrameQueue(s.queue_frames, live=plan.live, is_frame=_is_frame)
+        self.policy = memory_policy(rec, rt)
         self.ending = controls.ending
 
     # ---- decode side (its own thread) -------------------------------------------------------
@@ -133,12 +149,12 @@ class StreamWorker:
     def run(self) -> None:
         rt, sid, store = self.rt, self.rec.stream_id, self.rt.store
         try:
-            window = self._window()
+            mem = self._memory()
             decoder = threading.Thread(target=self._decode, name=f"decode-{sid}", daemon=True)
             decoder.start()
             if self.plan.kind != "live":
                 store.set_state(sid, "running", error="")
-            self._consume(window)
+            self._consume(mem)
             decoder.join(rt.settings.live.read_timeout_s + 5)
             if self.controls.released:
                 return  # resumable: state and checkpoint stay as they are
@@ -155,23 +171,19 @@ class StreamWorker:
             if self.plan.feed is not None:
                 self.plan.feed.reader_done()
 
-    def _window(self) -> RecentWindow:
+    def _memory(self) -> _Memory:
+        """A new stream's prefix and empty working memory, or a resumed one's, exactly as stored with
+        its last chunk."""
         rt, sid, store = self.rt, self.rec.stream_id, self.rt.store
-        max_tokens = rt.settings.context_tokens
         if self.resume is None:
             with rt.model_lock:
                 prefix = rt.adapter.encode_prefix()
             store.put_prefix(sid, prefix)
-            return RecentWindow(prefix, max_tokens)
+            return _Memory(prefix, WorkingState.empty(prefix))
         prefix = store.get_prefix(sid)
-        ids = store.chunk_ids(sid)
-        rows = store.chunk_index_rows(sid, ids)
-        first = RecentWindow.first_kept(prefix.length, [c.tokens for c, _ in rows], max_tokens)
-        rec = store.get_stream(sid)
-        kept = store.chunk_segments(sid, [c.chunk_id for c, _ in rows[first:]])
-        return RecentWindow.restore(prefix, max_tokens, kept, rec.next_pos, rec.max_pos)
+        return _Memory(prefix, store.get_working(sid) or WorkingState.empty(prefix))
 
-    def _consume(self, window: RecentWindow) -> None:
+    def _consume(self, mem: _Memory) -> None:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
         period = 1.0 / self.rec.fps
         builder = ClipBuilder(self.rec.clip_frames, period, self.rt.settings.min_clip_frames, r.next_clip if r else 0)
@@ -187,7 +199,7 @@ class StreamWorker:
                 continue
             if isinstance(item, SampledFrame):
                 if (clip := builder.push(item)) is not None:
-                    self._store(clip, window)
+                    self._store(clip, mem)
             elif isinstance(item, _End):
                 break
             elif isinstance(item, Connected):
@@ -196,7 +208,7 @@ class StreamWorker:
                 store.set_state(sid, "running", error="", reconnects=self.rec.reconnects)
             elif isinstance(item, Disconnected):
                 if (clip := builder.flush()) is not None:  # a chunk never spans an outage
-                    self._store(clip, window)
+                    self._store(clip, mem)
                 store.set_state(sid, "reconnecting", error=item.reason)
             elif isinstance(item, Reconnecting):
                 store.event(sid, "reconnect_attempt",
@@ -206,23 +218,25 @@ class StreamWorker:
                                     "wall_end": item.wall_end, "reason": item.reason})
             elif isinstance(item, BaseException):
                 if (clip := builder.flush()) is not None:  # what decoded cleanly is kept
-                    self._store(clip, window)
+                    self._store(clip, mem)
                 raise item
         if (clip := builder.flush()) is not None:  # end of source or StopStream: nothing sampled is lost
-            self._store(clip, window)
+            self._store(clip, mem)
 
-    def _store(self, clip: Clip, window: RecentWindow) -> None:
+    def _store(self, clip: Clip, mem: _Memory) -> None:
         rt, sid = self.rt, self.rec.stream_id
-        with rt.model_lock:
-            seg = rt.adapter.encode_clip(clip.frames, self.rec.fps, clip.start_s, clip.end_s, window.memory())
-        window.push(seg)
-        self.frames_total += len(clip.frames)
         key = clip.keyframe
+        novelty = clip.novelty[key] if clip.novelty else 0.0
+        with rt.model_lock:
+            enc = rt.adapter.ingest_clip(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
+                                         context(mem.prefix, mem.state))
+            done = step(mem.prefix, mem.state, enc, novelty, self.policy)
+        self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
-            tokens=seg.length, keyframe_s=clip.times[key], wall_start=clip.wall_start, wall_end=clip.wall_end,
-            cuts=clip.cuts, novelty=clip.novelty[key] if clip.novelty else 0.0, redundant=clip.redundant,
-            static=round(clip.static, 4),
+            tokens=done.chunk.length, keyframe_s=clip.times[key], wall_start=clip.wall_start,
+            wall_end=clip.wall_end, cuts=clip.cuts, novelty=novelty, redundant=clip.redundant,
+            static=round(clip.static, 4), span_start=done.span[0], span_end=done.span[1],
         )
         d = clip.checkpoint
         checkpoint = {
@@ -233,8 +247,11 @@ class StreamWorker:
         progress = {"dropped": self.queue.dropped}
         if clip.wall_end is not None and self.plan.live:
             progress["lag_s"] = max(0.0, time.time() - clip.wall_end)
-        rt.store.put_chunk(sid, record, seg, seg.retrieval, jpeg(clip.frames[key]), self.frames_total,
-                           checkpoint=checkpoint, detector_state=d.detector if d else b"", progress=progress)
+        rt.store.put_chunk(sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
+                           working=done.state, int8=self.policy.kv_int8, checkpoint=checkpoint,
+                           detector_state=d.detector if d else b"", progress=progress)
+        mem.state = done.state  # only once stored: what resumes is what ingest continues from
+        rt.store.enforce_retention(sid, self.rec.retention())
 
 
 def resume_point(checkpoint: tuple[dict, bytes] | None) -> Resume | None:

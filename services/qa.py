@@ -1,11 +1,15 @@
-"""The QA path: question -> retrieval vector -> top-k chunks -> memory in time order -> answer."""
+"""The QA path: question -> retrieval vector -> top-k chunks -> prefix + working memory + chunks in
+time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
+from encoders.base import EncodedSegment
+from memory.assemble import answer_memory
+from memory.errors import ChunksGone
 from memory.index import Hit
-from memory.layout import concat_segments
+from memory.layout import FeatureSet, TokenSet, concat_segments
 from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
 
@@ -39,19 +43,32 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     if window is not None and window[1] <= window[0]:
         raise InvalidRequest(f"time window [{window[0]}, {window[1]}] is empty")
     rt.store.get_stream(sid)  # NOT_FOUND before any model work
-    index = rt.indexes.synced(sid)
-    rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
-    if not index.records:
-        raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
     with rt.model_lock:
         qvec = rt.adapter.question_vector(q)
-    hits = index.search(qvec, top_k or s.top_k, window)
-    if not hits:
-        raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window {window}")
-    hits.sort(key=lambda h: h.chunk.start_s)
-    ids = [h.chunk.chunk_id for h in hits]
-    memory = concat_segments([rt.store.get_prefix(sid), *rt.store.chunk_segments(sid, ids)],
-                             next_pos=rec.next_pos, max_pos=rec.max_pos)
+    for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
+        index = rt.indexes.synced(sid)
+        rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
+        if not index.records:
+            raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
+        hits = index.search(qvec, top_k or s.top_k, window)
+        if not hits:
+            raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window {window}")
+        hits.sort(key=lambda h: h.chunk.start_s)
+        ids = [h.chunk.chunk_id for h in hits]
+        try:
+            payloads = rt.store.chunk_payloads(sid, ids)
+            working = rt.store.get_working(sid)
+            break
+        except ChunksGone:
+            if attempt == 2:
+                raise
+    prefix = rt.store.get_prefix(sid)
+    kv = [(p, (h.chunk.span_start, h.chunk.span_end)) for p, h in zip(payloads, hits) if isinstance(p, TokenSet)]
+    memory = answer_memory(prefix, working.tokens if working else None, kv, rec.next_pos, rec.max_pos)
+    features = [p for p in payloads if isinstance(p, FeatureSet)]
+    if features:
+        with rt.model_lock:
+            memory = prefill_features(rt, memory, features)
     budget = min(max_new_tokens or s.max_new_tokens, s.max_new_tokens_cap)
     with rt.model_lock:
         text = "".join(rt.adapter.answer(memory, q, budget))
@@ -59,3 +76,11 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     lo, hi = window or (0.0, float("inf"))
     gaps = [g for g in rt.store.gaps(sid) if g["end_s"] > lo and g["start_s"] < hi]
     return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000, gaps)
+
+
+def prefill_features(rt: Runtime, memory: EncodedSegment, chunks: list[FeatureSet]) -> EncodedSegment:
+    """Each feature chunk (time order) prefilled at its stored positions behind everything before it."""
+    for fs in chunks:
+        seg = rt.adapter.prefill_embeds(fs.embeds, fs.positions, memory, memory.next_pos, memory.max_pos)
+        memory = concat_segments([memory, seg], next_pos=memory.next_pos, max_pos=memory.max_pos)
+    return memory

@@ -1,4 +1,4 @@
-"""KV layout sizes, the safetensors segment codec, segment joins, the recent window and the FAISS index."""
+"""KV layout sizes, the safetensors segment codec, segment joins and the FAISS index."""
 from __future__ import annotations
 
 import json
@@ -10,13 +10,12 @@ from safetensors.torch import load, save
 
 from encoders.base import EncodedSegment
 from memory.codec import FORMAT, VERSION, decode_segment, encode_segment
-from memory.context import RecentWindow
 from memory.errors import IncompatibleBlob
 from memory.index import StreamIndex
 from memory.layout import KVLayout, concat_segments
 from memory.store import ChunkRecord
 
-LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, position_dims=3, dtype="float32")
+LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, position_dims=3, dtype="float32", feature_dim=6)
 FP = "model-fingerprint-abc123"
 
 
@@ -51,7 +50,8 @@ def test_layout_byte_sizes_hand_checked():
     assert LAYOUT.bytes_per_token == 2 * 2 * 2 * 4 * 4 + 3 * 8 == 152
     assert LAYOUT.segment_bytes(0) == 0
     assert LAYOUT.segment_bytes(5) == 760
-    half = KVLayout(num_layers=28, num_kv_heads=4, head_dim=128, position_dims=3, dtype="bfloat16")
+    half = KVLayout(num_layers=28, num_kv_heads=4, head_dim=128, position_dims=3, dtype="bfloat16",
+                    feature_dim=3584)
     assert half.bytes_per_token == 2 * 28 * 4 * 128 * 2 + 24 == 57368
     # the sizes agree with the tensors the codec actually stores
     seg = make_segment(5)
@@ -65,11 +65,11 @@ def test_layout_shapes_and_check():
     assert LAYOUT.torch_dtype is torch.float32
     LAYOUT.check(make_segment(7))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 8, 3, "float32")))
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 8, 3, "float32", 6)))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 2, "float32")))
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 2, "float32", 6)))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 3, "float16")))
+        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 3, "float16", 6)))
 
 
 # ---- codec -------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_codec_round_trip_is_exact():
 
 
 def test_codec_round_trip_bfloat16():
-    layout = KVLayout(2, 2, 4, 3, "bfloat16")
+    layout = KVLayout(2, 2, 4, 3, "bfloat16", 6)
     seg = make_segment(4, seed=5, layout=layout)
     back = decode_segment(encode_segment(seg, layout, FP), layout, FP)
     assert back.keys.dtype == torch.bfloat16
@@ -100,7 +100,7 @@ def test_codec_round_trip_bfloat16():
 
 
 def test_codec_refuses_to_encode_a_segment_of_another_layout():
-    seg = make_segment(3, layout=KVLayout(2, 2, 8, 3, "float32"))
+    seg = make_segment(3, layout=KVLayout(2, 2, 8, 3, "float32", 6))
     with pytest.raises(ValueError):
         encode_segment(seg, LAYOUT, FP)
 
@@ -112,11 +112,11 @@ def test_codec_refuses_other_fingerprint():
 
 
 @pytest.mark.parametrize("other", [
-    KVLayout(2, 2, 8, 3, "float32"),  # head_dim
-    KVLayout(3, 2, 4, 3, "float32"),  # layers
-    KVLayout(2, 1, 4, 3, "float32"),  # kv heads
-    KVLayout(2, 2, 4, 1, "float32"),  # position dims
-    KVLayout(2, 2, 4, 3, "float16"),  # dtype
+    KVLayout(2, 2, 8, 3, "float32", 6),  # head_dim
+    KVLayout(3, 2, 4, 3, "float32", 6),  # layers
+    KVLayout(2, 1, 4, 3, "float32", 6),  # kv heads
+    KVLayout(2, 2, 4, 1, "float32", 6),  # position dims
+    KVLayout(2, 2, 4, 3, "float16", 6),  # dtype
 ])
 def test_codec_refuses_other_layout(other):
     blob = encode_segment(make_segment(3), LAYOUT, FP)
@@ -222,65 +222,6 @@ def test_concat_segments_overrides_and_empty():
         concat_segments([])
 
 
-# ---- RecentWindow ------------------------------------------------------------------------------
-
-
-def test_recent_window_drops_old_clips_keeps_prefix():
-    prefix = make_segment(3, 0, seed=0)
-    win = RecentWindow(prefix, max_tokens=10)
-    assert win.tokens == 3
-    assert_same_kv(win.memory(), prefix)
-
-    pos = prefix.next_pos
-    clips = []
-    for i in range(5):
-        seg = make_segment(4, pos, seed=50 - 10 * i)  # older clips hold larger positions
-        clips.append(seg)
-        pos = seg.next_pos
-        win.push(seg)
-        mem = win.memory()
-        assert mem.length == win.tokens
-        assert win.tokens <= 10
-        assert torch.equal(mem.keys[:, :, :3], prefix.keys)  # the prefix is always first
-        assert mem.next_pos == seg.next_pos
-    # 3 + 4 = 7 fits; a second clip would make 11 > 10, so only the newest clip stays
-    assert win.tokens == 7
-    mem = win.memory()
-    assert torch.equal(mem.keys, torch.cat([prefix.keys, clips[-1].keys], dim=2))
-    assert torch.equal(mem.positions, torch.cat([prefix.positions, clips[-1].positions], dim=1))
-    # max_pos stays the largest the stream has used, dropped clips included
-    assert mem.max_pos == clips[0].max_pos == max(s.max_pos for s in [prefix, *clips])
-    assert mem.max_pos > int(mem.positions.max())
-
-
-def test_recent_window_keeps_several_recent_clips():
-    prefix = make_segment(2, 0, seed=0)
-    win = RecentWindow(prefix, max_tokens=9)
-    pos = prefix.next_pos
-    clips = []
-    for i in range(6):
-        seg = make_segment(2, pos, seed=20 + i)
-        clips.append(seg)
-        pos = seg.next_pos
-        win.push(seg)
-    # prefix 2 + three clips of 2 = 8 <= 9; a fourth would be 10
-    assert win.tokens == 8
-    mem = win.memory()
-    assert mem.length == 8
-    assert torch.equal(mem.values, torch.cat([prefix.values, *(c.values for c in clips[-3:])], dim=2))
-    assert mem.next_pos == clips[-1].next_pos
-
-
-def test_recent_window_keeps_newest_clip_even_if_too_big():
-    prefix = make_segment(3, 0)
-    win = RecentWindow(prefix, max_tokens=5)
-    win.push(make_segment(4, 4, seed=1))
-    big = make_segment(6, 9, seed=2)
-    win.push(big)
-    assert win.tokens == 9 == win.memory().length
-    assert torch.equal(win.memory().keys[:, :, 3:], big.keys)
-
-
 # ---- StreamIndex -------------------------------------------------------------------------------
 
 
@@ -351,24 +292,3 @@ def test_index_empty_results(index):
     assert index.search(q, 5, window=(100.0, 200.0)) == []
     assert index.search(q, 0) == []
     assert StreamIndex(3).search(q, 5) == []
-
-
-def test_recent_window_restore_equals_the_window_that_was_pushed():
-    prefix = make_segment(2, 0, seed=0)
-    pos, clips = prefix.next_pos, []
-    for i, n in enumerate([3, 1, 4, 1, 5, 2, 2]):
-        seg = make_segment(n, pos, seed=70 + i)
-        clips.append(seg)
-        pos = seg.next_pos
-    live = RecentWindow(prefix, max_tokens=9)
-    for seg in clips:
-        live.push(seg)
-    # hand check: 2 + (5 + 2 + 2) = 11 > 9, so the window holds the last two clips (2 + 2 + 2 = 6)
-    first = RecentWindow.first_kept(prefix.length, [c.length for c in clips], 9)
-    assert first == 5
-    back = RecentWindow.restore(prefix, 9, clips[first:], next_pos=pos, max_pos=live.memory().max_pos)
-    a, b = live.memory(), back.memory()
-    assert torch.equal(a.keys, b.keys) and torch.equal(a.positions, b.positions)
-    assert (a.next_pos, a.max_pos, live.tokens) == (b.next_pos, b.max_pos, back.tokens)
-    assert RecentWindow.first_kept(2, [], 9) == 0
-    assert RecentWindow.first_kept(2, [20], 9) == 0  # the newest clip always stays

@@ -15,7 +15,7 @@ import pytest
 import redis
 import torch
 
-from memory.codec import decode_segment
+from memory.codec import decode_tokens
 from services.client import Client, state_name
 from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, _free_port, env_for
@@ -49,7 +49,8 @@ def chunks_of(redis_url: str, ns: str, sid: str) -> list[dict]:
 def assert_same_chunks(a: list[dict], b: list[dict], layout, fingerprint) -> None:
     assert [c["meta"] for c in a] == [c["meta"] for c in b]
     for x, y in zip(a, b):
-        sx, sy = decode_segment(x["kv"], layout, fingerprint), decode_segment(y["kv"], layout, fingerprint)
+        (sx, _), (sy, _) = decode_tokens(x["kv"], layout, fingerprint), decode_tokens(y["kv"], layout, fingerprint)
+        assert torch.equal(sx.serial, sy.serial)  # the same tokens were kept
         assert torch.allclose(sx.keys, sy.keys, atol=1e-5) and torch.allclose(sx.values, sy.values, atol=1e-5)
         assert torch.equal(sx.positions, sy.positions)
 

@@ -66,8 +66,10 @@ def test_answer_over_grpc_equals_model_generate_on_real_footage(make_server, tin
 
 
 def test_token_ids_from_redis_memory_equal_generate(make_server, tiny_adapter, pattern_video):
-    """Same check at token level, assembling the memory from the store the server wrote."""
-    from memory.layout import concat_segments
+    """Same check at token level, assembling the memory from the store the server wrote: the default
+    working memory holds every token of this short stream, so prefix + working memory + chunks
+    (copies removed) is the one long prompt."""
+    from memory.assemble import answer_memory
 
     srv, addr = make_server()
     with Client(addr) as c:
@@ -76,8 +78,11 @@ def test_token_ids_from_redis_memory_equal_generate(make_server, tiny_adapter, p
     rec = store.get_stream(info.stream_id)
     ids = store.chunk_ids(info.stream_id)
     assert ids == list(range(len(reference_clips(pattern_video, srv.settings.frame_max_side))))
-    memory = concat_segments([store.get_prefix(info.stream_id), *store.chunk_segments(info.stream_id, ids)],
-                             next_pos=rec.next_pos, max_pos=rec.max_pos)
+    rows = store.chunk_records(info.stream_id)
+    chunks = list(zip(store.chunk_payloads(info.stream_id, ids), [(r.span_start, r.span_end) for r in rows]))
+    working = store.get_working(info.stream_id)
+    assert working.tokens.length == rows[-1].span_end  # nothing pruned
+    memory = answer_memory(store.get_prefix(info.stream_id), working.tokens, chunks, rec.next_pos, rec.max_pos)
     question = "Which colours appear, in order?"
     ours = list(tiny_adapter.answer_ids(memory, question, 32))
     ref = reference_generate(tiny_adapter, pattern_video, question, 32, srv.settings.frame_max_side)
@@ -150,10 +155,18 @@ def test_describe_reports_bytes_per_hour(make_server, pattern_video):
     srv, addr = make_server()
     with Client(addr) as c:
         info = wait_done(c, c.start(str(pattern_video), fps=FPS, clip_frames=CLIP).stream_id)
-    layout = srv.rt.store.layout
-    assert info.memory_bytes > info.chunks * CLIP // 2 * layout.bytes_per_token  # KV at least
-    assert info.bytes_per_hour == pytest.approx(info.memory_bytes / info.duration_s * 3600)
+    store, sid = srv.rt.store, info.stream_id
+    r = store.r
+    # the accounting matches what Redis actually holds
+    chunk_sizes = [sum(r.hstrlen(store._chunk_key(sid, c), f) for f in ("kv", "vec", "jpeg"))
+                   for c in store.chunk_ids(sid)]
+    assert info.chunk_bytes == sum(chunk_sizes)
+    assert info.working_memory_bytes == r.strlen(store._k(sid, "wm")) > 0
+    assert info.memory_bytes == info.chunk_bytes + info.working_memory_bytes + r.strlen(store._k(sid, "prefix"))
+    assert info.bytes_per_hour == pytest.approx(info.chunk_bytes / info.duration_s * 3600)  # nothing retired
     assert np.isclose(info.duration_s, 12.0)
+    m = info.memory  # the defaults the stream runs with are echoed
+    assert (m.working_tokens, m.chunk_tokens, m.kv_int8) == (2048, 32, False)
 
 
 def test_stop_mid_ingest_keeps_chunks_and_leaves_no_thread(make_server, media_dir):
