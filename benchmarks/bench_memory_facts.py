@@ -260,8 +260,8 @@ def chunk_set(keys: torch.Tensor, values: torch.Tensor, first_pos: int, first_se
 
 
 def proxy_scores(model, cache: DynamicCache, proxy: list[int], start_pos: int, skip: int) -> torch.Tensor:
-    """Run the proxy behind the cache (its KV dropped again) -> per-layer scores [L, S - skip] of the
-    cached tokens after the first `skip` (the prefix), KV heads summed."""
+    """Run the proxy behind the cache -> per-layer scores [L, S - skip] of the cached tokens after the
+    first `skip` (the prefix), KV heads summed. The cache is spent: the caller drops it with the proxy's KV."""
     n_layers = len(cache.layers)
     with attention_probe.capture() as found:
         run_tokens(model, cache, proxy, start_pos)
@@ -269,7 +269,6 @@ def proxy_scores(model, cache: DynamicCache, proxy: list[int], start_pos: int, s
     Q = len(proxy)
     k_ctx, _ = cache_slice(cache, 0, -Q)  # [L, Hkv, S, D]
     k_proxy, _ = cache_slice(cache, -Q)  # [L, Hkv, Q, D]
-    cache.crop(k_ctx.shape[2])
     return proxy_attention(q, k_ctx, k_proxy)[..., skip:].sum(dim=1)  # [L, S - skip]
 
 
@@ -292,8 +291,23 @@ def encode_prefix(model, prefix: list[int]) -> tuple[torch.Tensor, torch.Tensor]
 
 
 @torch.inference_mode()
+def ingest_full(model, prefix_kv, stream: list[int], chunk: int) -> Memory:
+    """The baseline: every chunk prefilled behind everything before it, nothing pruned."""
+    t0 = time.perf_counter()
+    pk, pv = prefix_kv
+    p0 = pk.shape[2]
+    cache = cache_of(pk, pv, model.config)
+    for first in range(0, len(stream), chunk):
+        run_tokens(model, cache, stream[first:first + chunk], p0 + first)
+    tokens = chunk_set(*cache_slice(cache, p0), p0, 0)  # [L, Hkv, T, D]
+    return Memory(pk, pv, tokens, p0 + len(stream), time.perf_counter() - t0)
+
+
+@torch.inference_mode()
 def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, budget: int, policy: str) -> Memory:
-    """Stream the ids chunk by chunk behind prefix + memory; prune to `budget` per layer unless full."""
+    """Stream the ids chunk by chunk behind prefix + memory, pruning memory + chunk to `budget` per layer."""
+    if policy == "full":
+        return ingest_full(model, prefix_kv, stream, chunk)
     t0 = time.perf_counter()
     pk, pv = prefix_kv
     p0 = pk.shape[2]
@@ -304,12 +318,8 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, budg
         past = p0 + mem.length
         run_tokens(model, cache, ids, p0 + first)
         new = chunk_set(*cache_slice(cache, past), p0 + first, first)  # [L, Hkv, c, D]
-        cands = TokenSet.cat([mem, new])
-        if policy == "full":
-            mem = cands
-            continue
         scores = proxy_scores(model, cache, prompt.proxy, p0 + first + len(ids), p0)  # [L, n + c]
-        mem = in_arrival_order(compress_tokens(cands, scores, budget, policy))
+        mem = in_arrival_order(compress_tokens(TokenSet.cat([mem, new]), scores, budget, policy))
     return Memory(pk, pv, mem, p0 + len(stream), time.perf_counter() - t0)
 
 

@@ -89,5 +89,8 @@ class VideoLM(Protocol):
     def question_vector(self, question: str) -> np.ndarray:
         """[E] float32 unit vector in the same space as the clips' retrieval vectors."""
 
+    def example_vector(self, image: np.ndarray) -> np.ndarray:
+        """[E] float32 unit vector of a still image [H, W, 3] uint8 in the clips' retrieval space."""
+
     def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
         """Greedy answer tokens (decoded text pieces) generated on `memory` followed by the question."""

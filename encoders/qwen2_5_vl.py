@@ -205,6 +205,14 @@ class Qwen25VLAdapter:
         return EncodedSegment(keys.cpu(), values.cpu(), positions.cpu(), next_pos, max_pos, None)
 
     @torch.inference_mode()
+    def example_vector(self, image: np.ndarray) -> np.ndarray:
+        """[E] retrieval vector of a still (shown as a clip of identical frames behind the prompt prefix),
+        in the clips' own key space: search by example."""
+        frames = np.repeat(image[None], self.geo.temporal_patch_size, axis=0)  # [T, H, W, 3]
+        prefix = self.encode_prefix()
+        return self.encode_clip(frames, 1.0, 0.0, 0.0, prefix).retrieval
+
+    @torch.inference_mode()
     def question_vector(self, question: str) -> np.ndarray:
         """Mean pre-RoPE query of the question at the retrieval layer, averaged within each KV group."""
         ids = torch.tensor(self._text(question), device=self.device)

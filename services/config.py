@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(48, ge=1)
     max_new_tokens_cap: int = 512
     max_question_chars: int = Field(2000, ge=1)
+    max_example_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest example image Ask accepts")
     max_file_bytes: int = Field(8 * 1024**3, description="largest file a stream may be started on")
     max_source_duration_s: float = Field(24 * 3600.0, description="longest file a stream may be started on")
     max_streams: int = Field(16, ge=1, description="concurrent running streams per process")

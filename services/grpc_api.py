@@ -213,6 +213,7 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
         ans = await asyncio.to_thread(
             qa.ask, self.rt, request.stream_id, request.question, top_k=request.top_k, window=window,
             max_new_tokens=request.max_new_tokens, include_keyframes=request.include_keyframes,
+            example_image=request.example_image,
         )
         spec = self.rt.adapter.spec
         return qa_pb2.AskResponse(

@@ -2,8 +2,12 @@
 time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory."""
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
 
 from encoders.base import EncodedSegment
 from memory.assemble import answer_memory
@@ -34,7 +38,7 @@ def validate_question(question: str, max_chars: int) -> str:
 
 
 def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
-        max_new_tokens: int = 0, include_keyframes: bool = False) -> Answer:
+        max_new_tokens: int = 0, include_keyframes: bool = False, example_image: bytes = b"") -> Answer:
     t0 = time.perf_counter()
     s = rt.settings
     q = validate_question(question, s.max_question_chars)
@@ -43,8 +47,9 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     if window is not None and window[1] <= window[0]:
         raise InvalidRequest(f"time window [{window[0]}, {window[1]}] is empty")
     rt.store.get_stream(sid)  # NOT_FOUND before any model work
+    example = decode_example(example_image, s.max_example_bytes, s.frame_max_side) if example_image else None
     with rt.model_lock:
-        qvec = rt.adapter.question_vector(q)
+        qvec = rt.adapter.question_vector(q) if example is None else rt.adapter.example_vector(example)
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         index = rt.indexes.synced(sid)
         rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
@@ -76,6 +81,22 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     lo, hi = window or (0.0, float("inf"))
     gaps = [g for g in rt.store.gaps(sid) if g["end_s"] > lo and g["start_s"] < hi]
     return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000, gaps)
+
+
+def decode_example(data: bytes, max_bytes: int, max_side: int) -> np.ndarray:
+    """A JPEG/PNG still -> [H, W, 3] uint8 RGB, its long side at most `max_side`."""
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"example image is {len(data)} bytes; the limit is {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.format not in ("JPEG", "PNG"):
+                raise InvalidRequest(f"example image must be JPEG or PNG, not {im.format}")
+            if im.width * im.height > 64_000_000:
+                raise InvalidRequest(f"example image is {im.width}x{im.height}; too many pixels")
+            im.thumbnail((max_side, max_side))
+            return np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(f"example image cannot be read: {exc}") from exc
 
 
 def prefill_features(rt: Runtime, memory: EncodedSegment, chunks: list[FeatureSet]) -> EncodedSegment:
