@@ -28,9 +28,11 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.channel.close()
 
-    def start(self, source: str, fps: float = 0.0, clip_frames: int = 0) -> ingest_pb2.StreamInfo:
+    def start(self, source: str, fps: float = 0.0, clip_frames: int = 0,
+              memory: ingest_pb2.MemoryOptions | None = None) -> ingest_pb2.StreamInfo:
         return self.ingest.StartStream(
-            ingest_pb2.StartStreamRequest(source=source, fps=fps, clip_frames=clip_frames), metadata=self.metadata)
+            ingest_pb2.StartStreamRequest(source=source, fps=fps, clip_frames=clip_frames, memory=memory),
+            metadata=self.metadata)
 
     def push(self, chunks, name: str = "", fmt: str = "mpegts", fps: float = 0.0, clip_frames: int = 0,
              live: bool = False, timeout: float | None = None) -> ingest_pb2.StreamInfo:
