@@ -43,9 +43,38 @@ def _info_dict(info) -> dict:
         "bytes_per_hour": round(info.bytes_per_hour), "model": info.model, "random_weights": info.random_weights,
         "kind": ingest_pb2.SourceKind.Name(info.kind).removeprefix("SOURCE_KIND_").lower(),
         "dropped_frames": info.dropped_frames, "reconnects": info.reconnects, "lag_s": round(info.lag_s, 3),
-        "scene_cuts": info.scene_cuts,
+        "scene_cuts": info.scene_cuts, "memory": _memory_dict(info), "chunk_bytes": info.chunk_bytes,
+        "working_memory_bytes": info.working_memory_bytes, "working_memory_tokens": info.working_memory_tokens,
+        "consolidated_chunks": info.consolidated_chunks, "deleted_chunks": info.deleted_chunks,
         "gaps": [{"start_s": round(g.start_s, 3), "end_s": round(g.end_s, 3), "reason": g.reason} for g in info.gaps],
     }
+
+
+def _memory_dict(info) -> dict:
+    from services.wire import ingest_pb2
+
+    m = info.memory
+    return {"chunk_format": ingest_pb2.ChunkFormat.Name(m.chunk_format).removeprefix("CHUNK_FORMAT_").lower(),
+            "kv_int8": m.kv_int8, "working_tokens": m.working_tokens, "chunk_tokens": m.chunk_tokens,
+            "max_bytes": m.max_bytes, "max_age_s": m.max_age_s,
+            "retention": ingest_pb2.RetentionMode.Name(m.retention).removeprefix("RETENTION_MODE_").lower()}
+
+
+def _memory_options(args):
+    """MemoryOptions from the command line; unset flags leave the server's defaults."""
+    from services.wire import ingest_pb2
+
+    m = ingest_pb2.MemoryOptions()
+    if args.chunk_format:
+        m.chunk_format = ingest_pb2.ChunkFormat.Value(f"CHUNK_FORMAT_{args.chunk_format.upper()}")
+    if args.int8:
+        m.kv_int8 = True
+    for name in ("working_tokens", "chunk_tokens", "max_bytes", "max_age_s"):
+        if getattr(args, name) is not None:
+            setattr(m, name, getattr(args, name))
+    if args.retention:
+        m.retention = ingest_pb2.RetentionMode.Value(f"RETENTION_MODE_{args.retention.upper()}")
+    return m
 
 
 def _answer_dict(resp) -> dict:
@@ -149,7 +178,8 @@ def _source_arg(source: str) -> str:
 
 def cmd_ingest(args) -> int:
     with _client(args) as c:
-        info = c.start(_source_arg(args.source), fps=args.fps or 0.0, clip_frames=args.clip_frames or 0)
+        info = c.start(_source_arg(args.source), fps=args.fps or 0.0, clip_frames=args.clip_frames or 0,
+                       memory=_memory_options(args))
         if args.wait:
             info = _wait(c, info, show_progress=not args.json and sys.stderr.isatty())
     from services.client import state_name
@@ -176,7 +206,7 @@ def cmd_push(args) -> int:
 
     with _client(args) as c:
         info = c.push(chunks(), name=args.name or src.name, fmt=args.format, fps=args.fps or 0.0,
-                      clip_frames=args.clip_frames or 0, live=args.live)
+                      clip_frames=args.clip_frames or 0, live=args.live, memory=_memory_options(args))
     from services.client import state_name
 
     if args.json:
@@ -201,9 +231,17 @@ def cmd_watch(args) -> int:
 
 def cmd_ask(args) -> int:
     window = (args.since or 0.0, args.until or 0.0) if (args.since or args.until) else None
+    example = b""
+    if args.example:
+        path = Path(args.example).expanduser()
+        if not path.is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
+        example = path.read_bytes()
     with _client(args) as c:
         resp = c.ask(args.stream_id, args.question, top_k=args.top_k, window=window,
-                     max_new_tokens=args.max_new_tokens, include_keyframes=bool(args.keyframes_dir) or args.json)
+                     max_new_tokens=args.max_new_tokens, include_keyframes=bool(args.keyframes_dir) or args.json,
+                     example_image=example)
     if args.json:
         print(json.dumps(_answer_dict(resp)))
     else:
@@ -257,6 +295,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _memory_flags(sp) -> None:
+    g = sp.add_argument_group("memory (unset: the server's VIGIL_MEMORY__* defaults)")
+    g.add_argument("--chunk-format", choices=["kv", "features"], help="kv: fast answers; features: fewer bytes")
+    g.add_argument("--int8", action="store_true", help="store KV chunks as int8")
+    g.add_argument("--working-tokens", type=int, help="per-layer token budget of the working memory (0: none)")
+    g.add_argument("--chunk-tokens", type=int, help="per-layer token budget of every chunk")
+    g.add_argument("--max-bytes", type=int, help="retention: chunk bytes kept (0: unlimited)")
+    g.add_argument("--max-age-s", type=float, help="retention: media seconds kept (0: unlimited)")
+    g.add_argument("--retention", choices=["consolidate", "delete"], help="what the byte limit does")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vigil", description="Streaming long-video understanding service")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -278,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fps", type=float)
     sp.add_argument("--clip-frames", type=int)
     sp.add_argument("--wait", action="store_true", help="wait for the stream to finish, with a progress bar")
+    _memory_flags(sp)
     server_opt(sp)
     sp.set_defaults(fn=cmd_ingest)
 
@@ -288,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fps", type=float)
     sp.add_argument("--clip-frames", type=int)
     sp.add_argument("--live", action="store_true", help="drop frames when behind instead of pacing the push")
+    _memory_flags(sp)
     server_opt(sp)
     sp.set_defaults(fn=cmd_push)
 
@@ -304,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--until", type=float, help="media time window end, seconds")
     sp.add_argument("--max-new-tokens", type=int, default=0)
     sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")
+    sp.add_argument("--example", help="search by example: a JPEG/PNG still; chunks are retrieved by similarity to it")
     server_opt(sp)
     sp.set_defaults(fn=cmd_ask)
 

@@ -35,11 +35,12 @@ class Client:
             metadata=self.metadata)
 
     def push(self, chunks, name: str = "", fmt: str = "mpegts", fps: float = 0.0, clip_frames: int = 0,
-             live: bool = False, timeout: float | None = None) -> ingest_pb2.StreamInfo:
+             live: bool = False, timeout: float | None = None,
+             memory: ingest_pb2.MemoryOptions | None = None) -> ingest_pb2.StreamInfo:
         """Push byte chunks (an iterable of bytes) as one stream; returns when it is ingested."""
         def messages():
             yield ingest_pb2.PushStreamRequest(config=ingest_pb2.PushConfig(
-                name=name, format=fmt, fps=fps, clip_frames=clip_frames, live=live))
+                name=name, format=fmt, fps=fps, clip_frames=clip_frames, live=live, memory=memory))
             for data in chunks:
                 yield ingest_pb2.PushStreamRequest(data=data)
         return self.ingest.PushStream(messages(), metadata=self.metadata, timeout=timeout)

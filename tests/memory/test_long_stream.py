@@ -20,8 +20,10 @@ def stream_frames(n_clips: int, seed: int = 0):
     """Clips of 8 small frames: a slowly drifting textured scene with a new scene every 10 clips."""
     rs = np.random.RandomState(seed)
     yy, xx = np.mgrid[0:56, 0:56]
+    scene = rs.randint(0, 255, 3)
     for i in range(n_clips):
-        scene = rs.randint(0, 255, 3) if i % 10 == 0 else scene
+        if i % 10 == 0:
+            scene = rs.randint(0, 255, 3)
         frames = []
         for t in range(CLIP):
             phase = (i * CLIP + t) * 0.05
