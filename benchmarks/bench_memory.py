@@ -1,7 +1,7 @@
 """QA latency and memory bytes of the fixed-size working memory vs full KV, as the stream grows (tiny model, CPU).
 
-    python benchmarks/bench_memory.py                  # 60, 300, 900, 1800, 3600 s of 1 fps footage
-    python benchmarks/bench_memory.py --quick          # 60 and 300 s only
+    python benchmarks/bench_memory.py                  # 60, 300, 900, 1800, 3600 s of 1 fps footage (~1 min, 2 cores)
+    python benchmarks/bench_memory.py --quick          # 60 and 300 s only (~10 s)
     python benchmarks/bench_memory.py --json out.json  # also write every number (raw latencies included)
 
 Method. One synthetic stream (deterministic numpy frames, 112x112 RGB, scenes of 10-60 s: a blocky
@@ -40,6 +40,11 @@ Bytes come from `memory.layout.KVLayout` only: `segment_bytes` for full-KV segme
 `token_set_bytes` for the working memory and the chunks (retrieval vectors are not counted). They are
 given for the tiny model's layout and for Qwen2.5-VL-7B's (28 layers, 4 KV heads, head dim 128,
 bfloat16) with the same token counts, next to ReKV's reported 18.8 GB of KV per hour (7B model).
+
+Threads: one torch thread by default. The tiny model's tensors are small, and on a shared 2-core
+machine two OpenMP threads made every timing 5-10x slower and far noisier whenever other work ran
+(load average 5: 2-thread QA medians of 100-1000 ms vs 20-160 ms with one thread). `--threads 0`
+keeps torch's own choice.
 
 The tiny model's weights are seeded random numbers: its answers are noise. This measures time and
 bytes only, not answer quality.
@@ -320,11 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=8, help="greedy answer budget (default 8)")
     ap.add_argument("--encode-samples", type=int, default=30,
                     help="clips on which encode_clip is timed as the ingest reference (default 30)")
-    ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1; 0 = torch's own choice, see the module docstring)")
     ap.add_argument("--json", type=Path, help="write every number here")
     args = ap.parse_args(argv)
 
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)
     lengths = sorted(float(x) for x in args.lengths.split(",")) if args.lengths else (
@@ -551,7 +557,10 @@ def render(r: dict) -> str:
                      f"{w['median_clip_s']:g} s" if w["median_clip_s"] is not None else "-",
                      f"{w['share_last_10pct'] * 100:.0f} %" if w["share_last_10pct"] is not None else "-"])
     parts += [md_table(["policy", "tokens per layer", "clips held (any layer)", "oldest clip start",
-                        "median token's clip start", "share from last 10 %"], rows)]
+                        "median token's clip start", "share from last 10 %"], rows), "",
+              "uniform and recency prune the candidates of each step (working memory + the new clip): uniform "
+              "keeps evenly spaced candidates of that step, so older tokens thin out step after step; it is not "
+              "uniform over stream time."]
     return "\n".join(parts)
 
 

@@ -38,25 +38,50 @@ def proxy_attention(q: torch.Tensor, k_ctx: torch.Tensor, k_proxy: torch.Tensor)
     return weights.sum(dim=(2, 3))  # [L, Hkv, S]
 
 
-def select(scores: torch.Tensor, budget: int, policy: str = "attention") -> torch.Tensor:
+def select(scores: torch.Tensor, budget: int, policy: str = "attention",
+           order: torch.Tensor | None = None) -> torch.Tensor:
     """scores [L, N] -> indices [L, min(N, budget)] of the kept tokens, ascending per layer.
 
-    attention: the highest scores (ties: the older token); recency: the newest; uniform: evenly
-    spaced over the candidates (both ignore scores).
+    attention: the highest scores (ties: the older token); recency: the newest; uniform: evenly spaced
+    over stream time when `order` [L, N] (e.g. `arrival_key` of the serials) is given, else over the
+    candidates (both baselines ignore scores).
     """
     L, N = scores.shape
     b = min(N, budget)
     if policy == "attention":
-        order = torch.argsort(-scores, dim=1, stable=True)[:, :b]  # [L, b]
-        return order.sort(dim=1).values
+        idx = torch.argsort(-scores, dim=1, stable=True)[:, :b]  # [L, b]
+        return idx.sort(dim=1).values
     if policy == "recency":
+        if order is not None:
+            return torch.argsort(order, dim=1, stable=True)[:, N - b:].sort(dim=1).values
         return torch.arange(N - b, N, device=scores.device)[None].expand(L, -1).contiguous()
     if policy == "uniform":
         if b == 0:
             return torch.zeros(L, 0, dtype=torch.long, device=scores.device)
+        if order is not None:
+            return torch.stack([_uniform_in_time(order[layer], b) for layer in range(L)])
         idx = torch.linspace(0, N - 1, b, device=scores.device).round().long()  # distinct: step >= 1
         return idx[None].expand(L, -1).contiguous()
     raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
+
+
+def _uniform_in_time(key: torch.Tensor, b: int) -> torch.Tensor:
+    """b of the N candidates closest to b evenly spaced times between the oldest and newest key [N];
+    targets that share a nearest token leave their slots to the unchosen, spread evenly."""
+    sorted_idx = torch.argsort(key, stable=True)  # [N]
+    ks = key[sorted_idx].double()
+    targets = torch.linspace(float(ks[0]), float(ks[-1]), b, dtype=torch.float64)  # [b]
+    right = torch.searchsorted(ks, targets).clamp(max=ks.shape[0] - 1)
+    left = (right - 1).clamp(min=0)
+    nearest = torch.where((targets - ks[left]) <= (ks[right] - targets), left, right)  # ties: the older
+    chosen = torch.unique(nearest)  # ascending ranks
+    if chosen.shape[0] < b:
+        rest = torch.ones(ks.shape[0], dtype=torch.bool)
+        rest[chosen] = False
+        free = rest.nonzero().flatten()
+        extra = free[torch.linspace(0, free.shape[0] - 1, b - chosen.shape[0]).round().long()]
+        chosen = torch.cat([chosen, extra])
+    return sorted_idx[chosen].sort().values
 
 
 def frame_prototypes(tokens: TokenSet, weights: torch.Tensor, frame_ids: torch.Tensor, n_frames: int) -> TokenSet:
@@ -88,8 +113,9 @@ def arrival_key(serial: torch.Tensor) -> torch.Tensor:
 
 
 def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, policy: str) -> TokenSet:
-    """Keep at most `budget` of the candidates per layer; scores [L, N] travel with the kept tokens."""
-    idx = select(scores, budget, policy)  # [L, b]
+    """Keep at most `budget` of the candidates per layer; scores [L, N] travel with the kept tokens.
+    The baselines (recency, uniform) order candidates by stream time."""
+    idx = select(scores, budget, policy, order=arrival_key(candidates.serial))  # [L, b]
     return candidates.with_scores(scores).take(idx)
 
 

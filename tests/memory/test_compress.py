@@ -184,3 +184,19 @@ def test_covered_and_answer_memory_skip_chunks_the_working_memory_holds():
     mem = answer_memory(prefix, wm, [(proto_chunk, (10, 14))], next_pos=20, max_pos=19)
     assert mem.length == 5  # not covered: the prototype joins, after its anchor
     assert mem.keys[0, 0, 1:, 0].tolist() == [10, 11, -12, 12]
+
+
+def test_uniform_baseline_is_uniform_over_stream_time_not_over_candidates():
+    # a long stream pruned clip after clip keeps clips from all of it (not recency plus a sink)
+    budget, clip, clips = 64, 16, 60
+    serial = torch.zeros(1, 0, dtype=torch.int64)
+    for c in range(clips):
+        cand = torch.cat([serial, torch.arange(c * clip, (c + 1) * clip)[None]], dim=1)
+        serial = cand.gather(1, select(torch.zeros_like(cand, dtype=torch.float32), budget, "uniform",
+                                       order=arrival_key(cand)))
+    held = torch.unique(serial // clip)
+    assert serial.shape[1] == budget
+    assert held.shape[0] > clips // 2  # clips from across the stream
+    assert int((serial >= (clips - 6) * clip).sum()) < budget // 4  # not mostly the last 10 %
+    # by hand: keys 0..10 step 2, three evenly spaced times 0, 5, 10 -> tokens 0, 2 (tie: older), 5
+    assert select(torch.zeros(1, 6), 3, "uniform", order=torch.arange(0, 12, 2)[None]).tolist() == [[0, 2, 5]]
