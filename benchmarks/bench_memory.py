@@ -558,9 +558,9 @@ def render(r: dict) -> str:
                      f"{w['share_last_10pct'] * 100:.0f} %" if w["share_last_10pct"] is not None else "-"])
     parts += [md_table(["policy", "tokens per layer", "clips held (any layer)", "oldest clip start",
                         "median token's clip start", "share from last 10 %"], rows), "",
-              "uniform and recency prune the candidates of each step (working memory + the new clip): uniform "
-              "keeps evenly spaced candidates of that step, so older tokens thin out step after step; it is not "
-              "uniform over stream time."]
+              "recency keeps the newest tokens; uniform keeps the tokens nearest to evenly spaced times over "
+              "the whole stream (memory.compress.select with stream order); attention keeps what the proxy "
+              "query attends to, whenever it was seen."]
     return "\n".join(parts)
 
 

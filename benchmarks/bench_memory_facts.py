@@ -65,10 +65,10 @@ from memory.compress import compress_tokens, in_arrival_order, proxy_attention  
 from memory.layout import TokenSet  # noqa: E402
 
 SYSTEM = "You are a helpful assistant. Read the user's text carefully and answer questions about it."
-QUESTION = "Question: {q} Answer with the code only."
+QUESTION = "Question: {q}"
 POLICIES = ("full", "attention", "recency", "uniform")
 THIRDS = ("early", "middle", "late")
-MAX_NEW_TOKENS = 12
+MAX_NEW_TOKENS = 24
 STREAMMEM_CONTEXT = (
     "StreamMem (reported, for context only: video QA with 7B vision-language models, not this text task "
     "or model): a 6K-token query-agnostic KV memory on LLaVA-OneVision-7B scores 66.9 on MLVU vs 64.7 for "
@@ -109,18 +109,53 @@ _TEMPLATES = [
     "The path to {place} was {adj} {time}, and the air felt {weather}.",
 ]
 
-_COLOURS = ["blue", "red", "green", "yellow", "orange", "purple", "white", "black", "silver", "golden", "brown",
-            "pink", "grey", "crimson", "violet", "amber", "turquoise", "beige", "maroon", "ivory", "navy"]
-_OBJECTS = ["locker", "safe", "garden gate", "mailbox", "storage room", "bicycle lock", "garage door", "filing cabinet",
-            "tool chest", "wine cellar", "attic hatch", "boat shed", "server room", "jewellery box", "studio door",
-            "suitcase", "lab door", "archive room", "greenhouse", "music room", "gym locker"]
+# One relation per fact (statement, question, answers to draw from): every question matches exactly one
+# planted sentence, and no answer word occurs in the filler.
+_FACTS = [
+    ("the access code for the blue locker is {a}", "What is the access code for the blue locker?",
+     [str(n) for n in range(1000, 10000, 37)]),
+    ("the ferry to the island leaves from {a}", "From which city does the ferry to the island leave?",
+     ["Lisbon", "Oslo", "Dublin", "Naples", "Krakow", "Tallinn", "Porto", "Bergen"]),
+    ("the ship's cat is called {a}", "What is the ship's cat called?",
+     ["Biscuit", "Pepper", "Waffles", "Pickles", "Noodle", "Crumble", "Juniper"]),
+    ("the treasure is buried under the old {a} tree", "Under which tree is the treasure buried?",
+     ["willow", "cedar", "birch", "chestnut", "sycamore", "hawthorn"]),
+    ("the wizard's favourite metal is {a}", "What is the wizard's favourite metal?",
+     ["cobalt", "titanium", "zinc", "nickel", "tungsten", "bismuth"]),
+    ("the stolen painting was found in {a}", "In which country was the stolen painting found?",
+     ["Peru", "Norway", "Kenya", "Chile", "Mongolia", "Iceland", "Portugal"]),
+    ("the password for the office wifi is {a}", "What is the password for the office wifi?",
+     ["lantern", "velvet", "harbour", "quartz", "tundra", "pebble", "marble"]),
+    ("the professor's lucky gemstone is a {a}", "What is the professor's lucky gemstone?",
+     ["sapphire", "emerald", "topaz", "garnet", "opal", "amethyst"]),
+    ("the band's new drummer is named {a}", "What is the name of the band's new drummer?",
+     ["Bartholomew", "Theodora", "Ezekiel", "Ottilie", "Leopold", "Winifred"]),
+    ("the chef's secret spice is {a}", "What is the chef's secret spice?",
+     ["saffron", "cardamom", "nutmeg", "fennel", "paprika", "turmeric"]),
+    ("the spaceship is named {a}", "What is the spaceship named?",
+     ["Zephyr", "Odyssey", "Nebula", "Meridian", "Halcyon", "Solstice"]),
+    ("the train to the coast departs from platform {a}", "From which platform does the train to the coast depart?",
+     [str(n) for n in range(11, 40)]),
+    ("the conference guests stay in hotel room {a}", "In which hotel room do the conference guests stay?",
+     [str(n) for n in range(210, 990, 13)]),
+    ("the mayor's dog is a {a}", "What breed is the mayor's dog?",
+     ["poodle", "beagle", "dalmatian", "greyhound", "dachshund", "labrador"]),
+    ("the orchestra will perform in {a}", "In which month will the orchestra perform?",
+     ["January", "March", "April", "July", "October", "November"]),
+    ("the lighthouse keeper plays the {a}", "Which instrument does the lighthouse keeper play?",
+     ["accordion", "harp", "trombone", "banjo", "clarinet", "cello"]),
+    ("the football team's mascot is a {a}", "What animal is the football team's mascot?",
+     ["penguin", "walrus", "badger", "otter", "lynx", "flamingo"]),
+    ("the lost key was hidden inside the {a}", "Where was the lost key hidden?",
+     ["teapot", "piano", "boot", "clock", "vase", "birdcage"]),
+]
 
 
 @dataclass
 class Fact:
     statement: str  # the sentence planted in the stream
     question: str
-    answer: str  # 4-digit code
+    answer: str
     third: str  # early | middle | late
     start: int = 0  # serial (stream token index) of the statement's first token
     end: int = 0  # serial one past its last token
@@ -135,19 +170,17 @@ def filler_sentence(rng: random.Random) -> str:
 
 
 def make_facts(n: int, rng: random.Random) -> list[Fact]:
-    if n > min(len(_COLOURS), len(_OBJECTS)):
-        raise ValueError(f"at most {min(len(_COLOURS), len(_OBJECTS))} facts")
-    colours, objects = rng.sample(_COLOURS, n), rng.sample(_OBJECTS, n)
-    codes = rng.sample(range(1000, 10000), n)
+    """n facts with distinct relations in random order, the first third early, then middle, then late."""
+    if n > len(_FACTS):
+        raise ValueError(f"at most {len(_FACTS)} facts")
     facts = []
-    for i, (c, o, code) in enumerate(zip(colours, objects, codes)):
-        thing = f"the {c} {o}"
-        facts.append(Fact(f"Note: the access code for {thing} is {code}.",
-                          f"What is the access code for {thing}?", str(code), THIRDS[i * 3 // n]))
+    for i, (statement, question, answers) in enumerate(rng.sample(_FACTS, n)):
+        a = rng.choice(answers)
+        facts.append(Fact(f"Note: {statement.format(a=a)}.", question, a, THIRDS[i * 3 // n]))
     return facts
 
 
-def build_stream(tok, n_tokens: int, facts: list[Fact], seed: int) -> list[int]:
+def build_stream(tok, n_tokens: int, facts: list[Fact], seed: int, repeat: int = 1) -> list[int]:
     """Token ids of ~n_tokens of filler with the facts planted; sets each fact's [start, end) serials.
 
     Facts of each third sit at random sentence boundaries inside their third of the stream.
@@ -165,7 +198,7 @@ def build_stream(tok, n_tokens: int, facts: list[Fact], seed: int) -> list[int]:
     while len(ids) < n_tokens or pending:
         if pending and len(ids) >= targets[id(pending[0])]:
             f = pending.pop(0)
-            piece = tok(" " + f.statement, add_special_tokens=False).input_ids
+            piece = tok(" " + " ".join([f.statement] * repeat), add_special_tokens=False).input_ids
             f.start, f.end = len(ids), len(ids) + len(piece)
         else:
             piece = tok(" " + filler_sentence(rng), add_special_tokens=False).input_ids
@@ -344,6 +377,11 @@ def answer(model, tok, memory: Memory, q_ids: list[int]) -> tuple[str, float]:
     return tok.decode(out), time.perf_counter() - t0
 
 
+def mentions(text: str, answer: str) -> bool:
+    """The answer occurs in the text as a whole word, case ignored."""
+    return re.search(rf"\b{re.escape(answer)}\b", text, re.IGNORECASE) is not None
+
+
 def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
@@ -358,7 +396,7 @@ def evaluate(model, tok, prompt: Prompt, memory: Memory, facts: list[Fact]) -> l
     rows = []
     for f in facts:
         text, seconds = answer(model, tok, memory, question_ids(tok, prompt, f.question))
-        rows.append({"third": f.third, "answer": f.answer, "generated": text, "correct": f.answer in text,
+        rows.append({"third": f.third, "answer": f.answer, "generated": text, "correct": mentions(text, f.answer),
                      "seconds": seconds, "fact_kept": fact_kept(memory.tokens, f)})
     return rows
 
