@@ -7,6 +7,8 @@ All pure tensor functions: no I/O, no logging, no host syncs.
 * `select`: per layer, which tokens a fixed budget keeps under a policy (attention, recency,
   uniform).
 * `frame_prototypes`: one token per frame, the attention-weighted mean of its keys and values.
+* `value_novelty` / `mix_scores`: how unlike the earlier candidates each token is (InfiniPot-V's
+  temporal redundancy, re-derived), mixed with the attention scores.
 * `compress_tokens`: candidates -> a TokenSet of at most `budget` tokens per layer.
 """
 from __future__ import annotations
@@ -117,6 +119,37 @@ def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, pol
     The baselines (recency, uniform) order candidates by stream time."""
     idx = select(scores, budget, policy, order=arrival_key(candidates.serial))  # [L, b]
     return candidates.with_scores(scores).take(idx)
+
+
+def value_novelty(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """How unlike every earlier candidate each token is: values [L, Hkv, N, D], order [L, N] (a stream-order
+    sort key, e.g. `arrival_key`) -> novelty [L, N] in [0, 1].
+
+    Per layer, two tokens' similarity is the cosine of their values averaged over the KV heads; a token's
+    novelty is 1 - its largest similarity to a token earlier in stream order (the first token: 1). A scene
+    that repeats scores high once, then low, so a budget can keep one copy of it and room for rare content.
+    Values, not keys: stored keys are rotated, so their cosine would depend on how far apart tokens sit.
+    Builds one [N, N] similarity per layer.
+    """
+    L, hkv = values.shape[0], values.shape[1]
+    unit = torch.nn.functional.normalize(values.float(), dim=-1)  # [L, Hkv, N, D]
+    rows = []
+    for layer in range(L):
+        sim = torch.einsum("knd,kmd->nm", unit[layer], unit[layer]) / hkv  # [N, N] mean cosine over heads
+        earlier = order[layer][None, :] < order[layer][:, None]  # [N, N]: column token came before row token
+        best = sim.masked_fill(~earlier, float("-inf")).max(dim=1).values if sim.shape[0] else sim.sum(1)  # [N]
+        rows.append((1.0 - best).clamp(0.0, 1.0))
+    return torch.stack(rows) if rows else values.new_zeros(0, values.shape[2])  # [L, N]
+
+
+def mix_scores(attention: torch.Tensor, novelty: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) x attention share + weight x novelty share, each normalised to sum 1 per layer [L, N].
+    weight 0 returns the attention scores unchanged."""
+    if weight == 0:
+        return attention
+    a = attention.float() / attention.float().sum(dim=1, keepdim=True).clamp_min(1e-30)  # [L, N]
+    v = novelty.float() / novelty.float().sum(dim=1, keepdim=True).clamp_min(1e-30)  # [L, N]
+    return (1.0 - weight) * a + weight * v
 
 
 def novelty_boost(novelty: float, weight: float) -> float:

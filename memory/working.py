@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from encoders.base import ClipEncoding, EncodedSegment
-from memory.compress import (POLICIES, compress_tokens, frame_prototypes, in_arrival_order, novelty_boost,
-                             proxy_attention, select)
+from memory.compress import (POLICIES, arrival_key, compress_tokens, frame_prototypes, in_arrival_order,
+                             mix_scores, novelty_boost, proxy_attention, select, value_novelty)
 from memory.layout import FeatureSet, TokenSet, concat_segments, layered
 
 FORMATS = ("kv", "features")
@@ -31,6 +31,7 @@ class MemoryPolicy:
     policy: str = "attention"  # attention (query-agnostic) | recency | uniform
     prototypes: bool = True  # one attention-weighted prototype token per new frame
     novelty_weight: float = 1.0  # clip scores x (1 + weight * keyframe novelty)
+    redundancy_weight: float = 0.0  # share of the score given to value novelty (0: attention only)
     chunk_format: str = "kv"  # kv | features
     kv_int8: bool = False  # KV chunks stored as int8 with a scale per head and token
 
@@ -39,6 +40,8 @@ class MemoryPolicy:
             raise ValueError(f"unknown memory policy {self.policy!r}; one of {POLICIES}")
         if self.chunk_format not in FORMATS:
             raise ValueError(f"unknown chunk format {self.chunk_format!r}; one of {FORMATS}")
+        if not 0.0 <= self.redundancy_weight <= 1.0:
+            raise ValueError(f"redundancy_weight {self.redundancy_weight} is outside [0, 1]")
         if self.working_tokens < 0 or self.chunk_tokens < 1:
             raise ValueError("working_tokens must be >= 0 and chunk_tokens >= 1")
 
@@ -97,8 +100,7 @@ def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty
     else:
         parts = [state.tokens, clip] + ([protos] if protos is not None else [])
         scores = [s_mem, s_clip * boost] + ([protos.score * boost] if protos is not None else [])
-        tokens = in_arrival_order(compress_tokens(TokenSet.cat(parts), torch.cat(scores, dim=1),
-                                                  policy.working_tokens, policy.policy))
+        tokens = in_arrival_order(prune(TokenSet.cat(parts), torch.cat(scores, dim=1), policy.working_tokens, policy))
     new_state = WorkingState(tokens, enc.segment.next_pos, max(state.max_pos, enc.segment.max_pos),
                              state.next_serial + c, state.next_frame + enc.n_frames)
     return Step(new_state, chunk_of(clip, s_clip, protos, enc, policy), (state.next_serial, state.next_serial + c))
@@ -118,5 +120,14 @@ def chunk_of(clip: TokenSet, s_clip: torch.Tensor, protos: TokenSet | None, enc:
     if protos is not None:
         parts.append(protos)
         scores.append(protos.score)
-    return in_arrival_order(compress_tokens(TokenSet.cat(parts), torch.cat(scores, dim=1), policy.chunk_tokens,
-                                            policy.policy))
+    return in_arrival_order(prune(TokenSet.cat(parts), torch.cat(scores, dim=1), policy.chunk_tokens, policy))
+
+
+def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: MemoryPolicy) -> TokenSet:
+    """candidates with attention scores [L, N] -> at most `budget` per layer, the scores mixed with the
+    candidates' value novelty first when the policy asks for it (attention policy only)."""
+    scores = attention
+    if policy.redundancy_weight > 0 and policy.policy == "attention":
+        novelty = value_novelty(candidates.values, arrival_key(candidates.serial))  # [L, N]
+        scores = mix_scores(attention, novelty, policy.redundancy_weight)
+    return compress_tokens(candidates, scores, budget, policy.policy)

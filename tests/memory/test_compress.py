@@ -8,9 +8,9 @@ import torch
 
 from encoders.base import ClipEncoding, EncodedSegment
 from memory.assemble import answer_memory, covered, dedupe
-from memory.compress import arrival_key, frame_prototypes, proxy_attention, select
+from memory.compress import arrival_key, frame_prototypes, mix_scores, proxy_attention, select, value_novelty
 from memory.layout import TokenSet
-from memory.working import MemoryPolicy, WorkingState, context, step
+from memory.working import MemoryPolicy, WorkingState, context, prune, step
 
 D = 4
 
@@ -88,6 +88,60 @@ def test_frame_prototypes_by_hand():
     assert p.positions[0, 0].tolist() == [1, 2]  # the most attended token of each frame
     assert p.serial.tolist() == [[-12, -13]]  # -1 - anchor serial
     assert arrival_key(torch.tensor([11, -12, 12])).tolist() == [22, 23, 24]  # right after its anchor
+
+
+# ---- redundancy (value novelty) ------------------------------------------------------------------------
+
+
+def unit_values(rows: list[list[float]]) -> torch.Tensor:
+    """[1, 1, n, D] values, one row per token."""
+    return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+R = 2 ** -0.5
+E0, E1, E01 = [1.0, 0, 0, 0], [0, 1.0, 0, 0], [R, R, 0, 0]
+
+
+def test_value_novelty_by_hand():
+    # t0 = e0, t1 = a copy of t0 (scaled), t2 = e1, t3 = (e0 + e1) / sqrt 2
+    v = unit_values([E0, [3.0, 0, 0, 0], E1, E01])
+    got = value_novelty(v, torch.tensor([[0, 1, 2, 3]]))
+    assert torch.allclose(got, torch.tensor([[1.0, 0.0, 1.0, 1 - R]]), atol=1e-6)
+    # in reverse stream order t3 comes first; t2 and t1 each sit at 45 degrees to it; t0 repeats t1
+    got = value_novelty(v, torch.tensor([[3, 2, 1, 0]]))
+    assert torch.allclose(got, torch.tensor([[0.0, 1 - R, 1 - R, 1.0]]), atol=1e-6)
+
+
+def test_value_novelty_averages_the_heads_and_clamps():
+    # two KV heads: head 0 repeats, head 1 turns 90 degrees -> mean cosine 0.5; an opposite value -> 1, not 2
+    v = torch.tensor([[[E0, E0], [E0, E1]]])  # [1, 2, 2, 4]
+    assert torch.allclose(value_novelty(v, torch.tensor([[0, 1]])), torch.tensor([[1.0, 0.5]]))
+    opposite = unit_values([E0, [-1.0, 0, 0, 0]])
+    assert value_novelty(opposite, torch.tensor([[0, 1]])).tolist() == [[1.0, 1.0]]
+    assert value_novelty(unit_values([E0])[:, :, :0], torch.zeros(1, 0, dtype=torch.long)).shape == (1, 0)
+
+
+def test_mix_scores_by_hand():
+    a, v = torch.tensor([[2.0, 1.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]])
+    assert mix_scores(a, v, 0.0) is a  # weight 0: attention untouched
+    assert torch.allclose(mix_scores(a, v, 0.5), torch.tensor([[0.25, 0.375, 0.375]]))
+    assert torch.allclose(mix_scores(a, v, 1.0), torch.tensor([[0.0, 0.5, 0.5]]))
+
+
+def test_redundancy_lets_a_rare_token_replace_a_duplicate():
+    vals = unit_values([E0, E0, E1, E01])
+    cands = TokenSet(vals, vals, torch.arange(4)[None, None].expand(1, 3, 4).contiguous(),
+                     torch.arange(4)[None], torch.zeros(1, 4))
+    attention = torch.tensor([[0.4, 0.35, 0.05, 0.2]])
+    plain = MemoryPolicy(working_tokens=2, chunk_tokens=2)
+    assert prune(cands, attention, 2, plain).serial.tolist() == [[0, 1]]  # attention alone keeps both copies
+    # novelty [1, 0, 1, 1 - R]: mixed half and half -> [.418, .175, .243, .164]
+    mixed = MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=0.5)
+    assert prune(cands, attention, 2, mixed).serial.tolist() == [[0, 2]]
+    baseline = MemoryPolicy(working_tokens=2, chunk_tokens=2, policy="recency", redundancy_weight=0.5)
+    assert prune(cands, attention, 2, baseline).serial.tolist() == [[2, 3]]  # baselines ignore scores
+    with pytest.raises(ValueError):
+        MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=1.5)
 
 
 # ---- one working-memory step, by hand ---------------------------------------------------------------
