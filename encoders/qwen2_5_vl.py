@@ -19,6 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from encoders import attention_probe
+from encoders.retrieval import mean_key, mean_query
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
@@ -129,10 +130,7 @@ class Qwen25VLAdapter:
 
     def _retrieval_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
         """hidden [S, Hd] at the retrieval layer's input -> mean pre-RoPE key of masked tokens, unit norm."""
-        layer = self.model.model.language_model.layers[self.retrieval_layer]
-        keys = layer.self_attn.k_proj(layer.input_layernorm(hidden[mask]))  # [n, Hkv*D]
-        vec = keys.float().mean(0)
-        return (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()
+        return mean_key(self.model.model.language_model.layers[self.retrieval_layer], hidden[mask])
 
     # ---- the VideoLM protocol -----------------------------------------------------------
     @torch.inference_mode()
@@ -218,11 +216,8 @@ class Qwen25VLAdapter:
         ids = torch.tensor(self._text(question), device=self.device)
         lm = self.model.model.language_model
         out = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False)
-        layer = lm.layers[self.retrieval_layer]
-        q = layer.self_attn.q_proj(layer.input_layernorm(out.hidden_states[self.retrieval_layer][0]))  # [S, H*D]
-        q = q.view(-1, self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim)  # [S, Hkv, G, D]
-        vec = q.float().mean(dim=(0, 2)).reshape(-1)  # [Hkv*D]
-        return (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()
+        return mean_query(lm.layers[self.retrieval_layer], out.hidden_states[self.retrieval_layer][0],
+                          self.num_kv_heads, self.num_heads, self.head_dim)
 
     @torch.inference_mode()
     def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:

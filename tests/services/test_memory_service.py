@@ -7,6 +7,7 @@ import av
 import grpc
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from services.wire import ingest_pb2
@@ -154,3 +155,21 @@ def test_bad_memory_options_are_refused_before_a_stream_exists(make_server, need
             c.start(str(needle_video), fps=FPS, clip_frames=CLIP, memory=opts)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and needle in err.value.details()
         assert c.list() == []
+
+
+def test_redundancy_weight_reaches_the_working_memory_through_the_service(make_server, needle_video):
+    """VIGIL_MEMORY__REDUNDANCY_WEIGHT is a server setting: the same footage through a server with it and one
+    without gives working memories of the same budget that keep different tokens."""
+    from services.config import MemorySettings
+
+    kept = {}
+    for weight in (0.0, 0.5):
+        srv, addr = make_server(media_roots=(needle_video.parent,),
+                                memory=MemorySettings(working_tokens=64, redundancy_weight=weight))
+        with Client(addr) as c:
+            info = wait_done(c, c.start(str(needle_video), fps=FPS, clip_frames=CLIP).stream_id)
+            assert state_name(info.state) == "finished", info.error
+            assert info.memory.working_tokens == 64 and info.working_memory_tokens == 64
+            assert c.ask(info.stream_id, "What happened?", top_k=2, max_new_tokens=2).evidence
+        kept[weight] = srv.rt.store.get_working(info.stream_id).tokens.serial
+    assert kept[0.0].shape == kept[0.5].shape and not torch.equal(kept[0.0], kept[0.5])
