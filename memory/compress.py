@@ -121,25 +121,41 @@ def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, pol
     return candidates.with_scores(scores).take(idx)
 
 
-def value_novelty(values: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """How unlike every earlier candidate each token is: values [L, Hkv, N, D], order [L, N] (a stream-order
+def value_novelty(values: torch.Tensor, order: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """How unlike the candidates before it each token is: values [L, Hkv, N, D], order [L, N] (a stream-order
     sort key, e.g. `arrival_key`) -> novelty [L, N] in [0, 1].
 
     Per layer, two tokens' similarity is the cosine of their values averaged over the KV heads; a token's
-    novelty is 1 - its largest similarity to a token earlier in stream order (the first token: 1). A scene
-    that repeats scores high once, then low, so a budget can keep one copy of it and room for rare content.
-    Values, not keys: stored keys are rotated, so their cosine would depend on how far apart tokens sit.
-    Builds one [N, N] similarity per layer.
+    novelty is 1 - its largest similarity to an earlier token (the first token: 1). `window` 0 compares with
+    every earlier candidate ([N, N] per layer); window W with the earlier ones of its own block of W
+    candidates (in stream order) and the whole block before it: W to 2W - 1 predecessors, [N, 2W] per layer
+    (InfiniPot-V's temporal axis: redundancy against what came just before). A scene that repeats scores
+    high once, then low, so a budget can keep one copy of it and room for rare content. Values, not keys:
+    stored keys are rotated, so their cosine would depend on how far apart tokens sit.
     """
-    L, hkv = values.shape[0], values.shape[1]
-    unit = torch.nn.functional.normalize(values.float(), dim=-1)  # [L, Hkv, N, D]
+    L, hkv, N, D = values.shape
+    if N == 0:
+        return values.new_zeros(L, 0, dtype=torch.float32)
+    W = N if window <= 0 or window >= N else window
+    nb = -(-N // W)  # blocks
+    unit = torch.nn.functional.normalize(values.float(), dim=-1).permute(0, 2, 1, 3).reshape(L, N, hkv * D)
+    rank = torch.argsort(order, dim=1, stable=True)  # [L, N] candidate index of each stream-order slot
+    i = torch.arange(W)[:, None]  # [W, 1] row within its block
+    j = torch.arange(2 * W)[None, :]  # [1, 2W] column: previous block (0..W-1), own block (W..2W-1)
+    allowed = (j < W + i)[None].expand(nb, W, 2 * W).clone()  # [nb, W, 2W]: strictly earlier
+    allowed[0, :, :W] = False  # the first block has no block before it
+    if nb == 1:
+        allowed = allowed[:, :, W:]  # [1, W, W]: one block, nothing before it
     rows = []
     for layer in range(L):
-        sim = torch.einsum("knd,kmd->nm", unit[layer], unit[layer]) / hkv  # [N, N] mean cosine over heads
-        earlier = order[layer][None, :] < order[layer][:, None]  # [N, N]: column token came before row token
-        best = sim.masked_fill(~earlier, float("-inf")).max(dim=1).values if sim.shape[0] else sim.sum(1)  # [N]
-        rows.append((1.0 - best).clamp(0.0, 1.0))
-    return torch.stack(rows) if rows else values.new_zeros(0, values.shape[2])  # [L, N]
+        u = torch.nn.functional.pad(unit[layer][rank[layer]], (0, 0, 0, nb * W - N)).view(nb, W, -1)  # [nb, W, E]
+        cols = u if nb == 1 else torch.cat([torch.cat([u.new_zeros(1, W, u.shape[2]), u[:-1]]), u], dim=1)
+        sim = torch.bmm(u, cols.transpose(1, 2)) / hkv  # [nb, W, 2W] (one block: [1, N, N]) mean cosine
+        best = sim.masked_fill_(~allowed, float("-inf")).amax(dim=2).reshape(-1)[:N]  # [N] in stream order
+        nov = torch.empty(N, dtype=torch.float32, device=values.device)
+        nov[rank[layer]] = (1.0 - best).clamp_(0.0, 1.0)
+        rows.append(nov)
+    return torch.stack(rows)  # [L, N]
 
 
 def mix_scores(attention: torch.Tensor, novelty: torch.Tensor, weight: float) -> torch.Tensor:

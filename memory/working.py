@@ -8,6 +8,8 @@
     clip (+ its prototypes)                                 -> top `chunk_tokens` per layer (KV chunk)
                                                                or top visual embeddings (feature chunk)
 
+With `redundancy_weight` > 0 the attention scores of the KV candidates are mixed with their value novelty
+(`memory.compress.value_novelty`) before pruning; feature chunks keep attention alone.
 The prefix (system prompt, user turn opener) is never pruned and not counted in the budget.
 """
 from __future__ import annotations
@@ -31,7 +33,8 @@ class MemoryPolicy:
     policy: str = "attention"  # attention (query-agnostic) | recency | uniform
     prototypes: bool = True  # one attention-weighted prototype token per new frame
     novelty_weight: float = 1.0  # clip scores x (1 + weight * keyframe novelty)
-    redundancy_weight: float = 0.0  # share of the score given to value novelty (0: attention only)
+    redundancy_weight: float = 0.25  # share of the score given to value novelty (0: attention only)
+    redundancy_window: int = 256  # novelty against the previous 256..511 candidates in stream order (0: all)
     chunk_format: str = "kv"  # kv | features
     kv_int8: bool = False  # KV chunks stored as int8 with a scale per head and token
 
@@ -40,6 +43,8 @@ class MemoryPolicy:
             raise ValueError(f"unknown memory policy {self.policy!r}; one of {POLICIES}")
         if self.chunk_format not in FORMATS:
             raise ValueError(f"unknown chunk format {self.chunk_format!r}; one of {FORMATS}")
+        if self.redundancy_window < 0:
+            raise ValueError("redundancy_window must be >= 0")
         if not 0.0 <= self.redundancy_weight <= 1.0:
             raise ValueError(f"redundancy_weight {self.redundancy_weight} is outside [0, 1]")
         if self.working_tokens < 0 or self.chunk_tokens < 1:
@@ -128,6 +133,6 @@ def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: Me
     candidates' value novelty first when the policy asks for it (attention policy only)."""
     scores = attention
     if policy.redundancy_weight > 0 and policy.policy == "attention":
-        novelty = value_novelty(candidates.values, arrival_key(candidates.serial))  # [L, N]
+        novelty = value_novelty(candidates.values, arrival_key(candidates.serial), policy.redundancy_window)  # [L, N]
         scores = mix_scores(attention, novelty, policy.redundancy_weight)
     return compress_tokens(candidates, scores, budget, policy.policy)

@@ -73,8 +73,10 @@ class MemorySettings(BaseModel):
                         description="attention: query-agnostic proxy scores; recency/uniform: baselines")
     prototypes: bool = Field(True, description="one attention-weighted prototype token per frame")
     novelty_weight: float = Field(1.0, ge=0, le=100, description="clip scores x (1 + weight x keyframe novelty)")
-    redundancy_weight: float = Field(0.0, ge=0, le=1, description="share of each token's score given to how unlike "
+    redundancy_weight: float = Field(0.25, ge=0, le=1, description="share of each token's score given to how unlike "
                                      "earlier tokens its values are (InfiniPot-V's redundancy); 0: attention only")
+    redundancy_window: int = Field(256, ge=0, le=1 << 16, description="novelty is measured against the previous "
+                                   "window..2 x window - 1 tokens in stream order (0: against all, quadratic)")
     chunk_format: str = Field("kv", pattern="^(kv|features)$",
                               description="kv: fast answers; features: fewer bytes, prefilled at question time")
     kv_int8: bool = Field(False, description="store KV chunks as int8 (scale per head and token)")

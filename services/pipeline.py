@@ -42,7 +42,8 @@ def memory_policy(rec: StreamRecord, rt: Runtime) -> MemoryPolicy:
     m = rt.settings.memory
     return MemoryPolicy(working_tokens=rec.working_tokens, chunk_tokens=rec.chunk_tokens, policy=rec.policy,
                         prototypes=m.prototypes, novelty_weight=m.novelty_weight,
-                        redundancy_weight=m.redundancy_weight, chunk_format=rec.chunk_format, kv_int8=rec.kv_int8)
+                        redundancy_weight=m.redundancy_weight, redundancy_window=m.redundancy_window,
+                        chunk_format=rec.chunk_format, kv_int8=rec.kv_int8)
 
 
 class _End:

@@ -121,6 +121,21 @@ def test_value_novelty_averages_the_heads_and_clamps():
     assert value_novelty(unit_values([E0])[:, :, :0], torch.zeros(1, 0, dtype=torch.long)).shape == (1, 0)
 
 
+def test_value_novelty_window_by_hand():
+    # stream order t0..t4 with values e0, e1, e0, e1, e0. Window 2: t2, t3 (block 1) see block 0 and their own
+    # block; t4 (block 2) sees block 1 (t2, t3) only. Window 1: each token sees just the one before it.
+    v = unit_values([E0, E1, E0, E1, E0])
+    order = torch.tensor([[0, 1, 2, 3, 4]])
+    assert value_novelty(v, order, 0).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
+    assert value_novelty(v, order, 2).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
+    assert value_novelty(v, order, 1).tolist() == [[1.0, 1.0, 1.0, 1.0, 1.0]]
+    # t0 = e0 recurs at t4 after three e1 copies: window 2 no longer sees it, window 0 does
+    v = unit_values([E0, E1, E1, E1, E0])
+    assert value_novelty(v, order, 0).tolist() == [[1.0, 1.0, 0.0, 0.0, 0.0]]
+    assert value_novelty(v, order, 2).tolist() == [[1.0, 1.0, 0.0, 0.0, 1.0]]
+    assert value_novelty(v, order, 9).tolist() == value_novelty(v, order, 0).tolist()  # a window over N: all
+
+
 def test_mix_scores_by_hand():
     a, v = torch.tensor([[2.0, 1.0, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]])
     assert mix_scores(a, v, 0.0) is a  # weight 0: attention untouched
@@ -133,7 +148,7 @@ def test_redundancy_lets_a_rare_token_replace_a_duplicate():
     cands = TokenSet(vals, vals, torch.arange(4)[None, None].expand(1, 3, 4).contiguous(),
                      torch.arange(4)[None], torch.zeros(1, 4))
     attention = torch.tensor([[0.4, 0.35, 0.05, 0.2]])
-    plain = MemoryPolicy(working_tokens=2, chunk_tokens=2)
+    plain = MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=0.0)
     assert prune(cands, attention, 2, plain).serial.tolist() == [[0, 1]]  # attention alone keeps both copies
     # novelty [1, 0, 1, 1 - R]: mixed half and half -> [.418, .175, .243, .164]
     mixed = MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=0.5)
@@ -162,7 +177,7 @@ def toy_step(budget: int, policy: str = "attention", prototypes: bool = True, ch
                           next_pos=7, max_pos=6, retrieval=None)
     enc = ClipEncoding(clip, torch.tensor([0, 0, 1, 1]), 2, torch.zeros(4, 8), q, keys_along_x([0.0]))
     pol = MemoryPolicy(working_tokens=budget, chunk_tokens=chunk, policy=policy, prototypes=prototypes,
-                       novelty_weight=weight)
+                       novelty_weight=weight, redundancy_weight=0.0)  # attention alone: checked by hand
     return step(prefix, state, enc, novelty, pol), state, prefix
 
 
