@@ -14,7 +14,8 @@ prefilled behind:
 
     context(prefix, state) -> adapter.ingest_clip(...) -> memory.working.step(...) -> (state, chunk)
 
-* (c) "attention": the query-agnostic memory (proxy-query attention scores, frame prototypes):
+* (c) "attention": the query-agnostic memory with the service's defaults (proxy-query attention scores
+  mixed with value novelty at `redundancy_weight` 0.25, frame prototypes):
   a working memory of `--working` tokens per layer, and one chunk of `--chunk` tokens per layer
   stored per clip.
 * (b) "recency" and "uniform": the same structure and budgets, pruned by recency or evenly spaced.

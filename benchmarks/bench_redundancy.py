@@ -82,7 +82,7 @@ def main(argv=None) -> None:
     for name, (L, H, hkv, D, params, clip, frames) in LAYOUTS.items():
         for budget in (int(b) for b in args.budgets.split(",")):
             prefix, state, enc = inputs(L, H, hkv, D, budget, clip, frames)
-            base = time_step(args, prefix, state, enc, MemoryPolicy(budget, 32))
+            base = time_step(args, prefix, state, enc, MemoryPolicy(budget, 32, redundancy_weight=0.0))
             windowed = time_step(args, prefix, state, enc, MemoryPolicy(budget, 32, redundancy_weight=args.weight))
             full = time_step(args, prefix, state, enc,
                              MemoryPolicy(budget, 32, redundancy_weight=args.weight, redundancy_window=0))

@@ -140,8 +140,8 @@ def value_novelty(values: torch.Tensor, order: torch.Tensor, window: int = 0) ->
     nb = -(-N // W)  # blocks
     unit = torch.nn.functional.normalize(values.float(), dim=-1).permute(0, 2, 1, 3).reshape(L, N, hkv * D)
     rank = torch.argsort(order, dim=1, stable=True)  # [L, N] candidate index of each stream-order slot
-    i = torch.arange(W)[:, None]  # [W, 1] row within its block
-    j = torch.arange(2 * W)[None, :]  # [1, 2W] column: previous block (0..W-1), own block (W..2W-1)
+    i = torch.arange(W, device=values.device)[:, None]  # [W, 1] row within its block
+    j = torch.arange(2 * W, device=values.device)[None, :]  # [1, 2W] column: previous block, then own block
     allowed = (j < W + i)[None].expand(nb, W, 2 * W).clone()  # [nb, W, 2W]: strictly earlier
     allowed[0, :, :W] = False  # the first block has no block before it
     if nb == 1:
