@@ -76,6 +76,12 @@ class StreamRecord:
     max_bytes: int = 0  # retention limits (0: none)
     max_age_s: float = 0.0
     retention_mode: str = "consolidate"
+    # scoring, fixed at start so a resumed stream keeps it whatever the adopting server's settings;
+    # a record written before a field existed gets the behaviour of that time (no redundancy term)
+    prototypes: bool = True
+    novelty_weight: float = 1.0
+    redundancy_weight: float = 0.0
+    redundancy_window: int = 256
     # memory accounting
     chunk_bytes: int = 0  # bytes of the chunks stored now
     chunk_bytes_written: int = 0  # bytes of every chunk ever stored (retention does not lower it)

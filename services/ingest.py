@@ -60,7 +60,9 @@ class IngestManager:
         m = self.rt.settings.memory
         out = {"policy": m.policy, "working_tokens": m.working_tokens, "chunk_tokens": m.chunk_tokens,
                "chunk_format": m.chunk_format, "kv_int8": m.kv_int8, "max_bytes": m.max_bytes,
-               "max_age_s": m.max_age_s, "retention_mode": m.retention_mode}
+               "max_age_s": m.max_age_s, "retention_mode": m.retention_mode, "prototypes": m.prototypes,
+               "novelty_weight": m.novelty_weight, "redundancy_weight": m.redundancy_weight,
+               "redundancy_window": m.redundancy_window}
         out.update({k: v for k, v in (overrides or {}).items() if v is not None})
         if out["chunk_format"] not in ("kv", "features"):
             raise InvalidRequest(f"chunk format must be kv or features, got {out['chunk_format']!r}")

@@ -38,11 +38,11 @@ class _Memory:
         self.prefix, self.state = prefix, state
 
 
-def memory_policy(rec: StreamRecord, rt: Runtime) -> MemoryPolicy:
-    m = rt.settings.memory
+def memory_policy(rec: StreamRecord) -> MemoryPolicy:
+    """The stream's own memory policy, as recorded when it started (not this server's settings)."""
     return MemoryPolicy(working_tokens=rec.working_tokens, chunk_tokens=rec.chunk_tokens, policy=rec.policy,
-                        prototypes=m.prototypes, novelty_weight=m.novelty_weight,
-                        redundancy_weight=m.redundancy_weight, redundancy_window=m.redundancy_window,
+                        prototypes=rec.prototypes, novelty_weight=rec.novelty_weight,
+                        redundancy_weight=rec.redundancy_weight, redundancy_window=rec.redundancy_window,
                         chunk_format=rec.chunk_format, kv_int8=rec.kv_int8)
 
 
@@ -104,7 +104,7 @@ class StreamWorker:
         s = rt.settings
         self.detector_cfg = DetectorConfig(**s.detector.model_dump())
         self.queue = FrameQueue(s.queue_frames, live=plan.live, is_frame=_is_frame)
-        self.policy = memory_policy(rec, rt)
+        self.policy = memory_policy(rec)
         self.ending = controls.ending
 
     # ---- decode side (its own thread) -------------------------------------------------------

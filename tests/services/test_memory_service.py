@@ -10,6 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
+from memory.store import StreamRecord
+from services.pipeline import memory_policy
 from services.wire import ingest_pb2
 from services.client import Client, state_name
 from tests.conftest import wait_done
@@ -172,4 +174,17 @@ def test_redundancy_weight_reaches_the_working_memory_through_the_service(make_s
             assert info.memory.working_tokens == 64 and info.working_memory_tokens == 64
             assert c.ask(info.stream_id, "What happened?", top_k=2, max_new_tokens=2).evidence
         kept[weight] = srv.rt.store.get_working(info.stream_id).tokens.serial
+        rec = srv.rt.store.get_stream(info.stream_id)
+        assert (rec.redundancy_weight, rec.redundancy_window) == (weight, 256)
+        # the stream keeps the scoring it started with, whatever the server that resumes it is set to
+        assert memory_policy(rec).redundancy_weight == weight
     assert kept[0.0].shape == kept[0.5].shape and not torch.equal(kept[0.0], kept[0.5])
+
+
+def test_a_record_from_before_the_scoring_fields_keeps_attention_alone():
+    """Streams stored before redundancy existed resume with the scoring they were started with."""
+    old = StreamRecord(stream_id="old1", source="x.mp4", working_tokens=64, chunk_tokens=8)
+    h = {k.encode(): v.encode() for k, v in old.to_hash().items()
+         if k not in ("prototypes", "novelty_weight", "redundancy_weight", "redundancy_window")}
+    pol = memory_policy(StreamRecord.from_hash(h))
+    assert (pol.redundancy_weight, pol.prototypes, pol.novelty_weight) == (0.0, True, 1.0)
