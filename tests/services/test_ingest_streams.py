@@ -137,14 +137,18 @@ def _serve(cache_dir, media_dir, redis_url, namespace, port):
 def _wait_serving(proc: subprocess.Popen, addr: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(addr) as ch:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"vigil serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
-            try:
-                grpc.channel_ready_future(ch).result(timeout=1)
-                return
-            except grpc.FutureTimeoutError:
-                continue
+        ready = grpc.channel_ready_future(ch)  # one poller, cancelled before the channel closes
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise AssertionError(f"vigil serve exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+                try:
+                    ready.result(timeout=1)
+                    return
+                except grpc.FutureTimeoutError:
+                    continue
+        finally:
+            ready.cancel()
     raise AssertionError(f"vigil serve did not listen on {addr} within {timeout_s}s")
 
 
