@@ -18,7 +18,7 @@ kept and not counted in any budget. Each seed gives its own facts, answers and f
 Ingest (StreamMem's query-agnostic compression, re-derived for text). The stream is fed in chunks of C
 tokens. Each chunk is prefilled behind prefix + memory at the positions a real stream would give it
 (right after everything streamed so far; kept keys stay rotated at their original positions). Then
-the chat template's assistant opener (the proxy, "<|im_end|>\n<|im_start|>assistant\n") is run
+the chat template's assistant opener (the proxy, "<|im_end|>\\n<|im_start|>assistant\\n") is run
 behind prefix + memory + chunk inside `attention_probe.capture()`; `memory.compress.proxy_attention`
 turns its queries into the attention mass each memory and chunk token receives (summed over KV
 heads), and `memory.working.prune` (the service's own pruning) cuts old memory and new chunk together
@@ -36,7 +36,7 @@ to B tokens per layer. Memories compared, all at B tokens per layer when the que
   (its mean pre-RoPE query) picks k chunks through FAISS (`memory.index.StreamIndex`) and
   `memory.assemble.answer_memory` joins them with the working memory, as the service does.
 
-The proxy's own KV is dropped again. Questions come after the memory: "\n\nQuestion: <question>"
+The proxy's own KV is dropped again. Questions come after the memory: "\\n\\nQuestion: <question>"
 closing the user turn, then the assistant opener, prefilled at the positions right after the stream's
 last token (the number of tokens streamed, not the memory length), then greedy decoding of up to 24
 tokens at max position + 1 + i.
@@ -72,7 +72,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Dynami
 
 from encoders import attention_probe  # noqa: E402
 from encoders.base import EncodedSegment  # noqa: E402
-from encoders.retrieval import mean_key, mean_query  # noqa: E402
+from encoders.retrieval import mean_key, middle_layer, question_vector  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from memory.compress import in_arrival_order, proxy_attention  # noqa: E402
 from memory.index import StreamIndex  # noqa: E402
@@ -372,7 +372,7 @@ def ingest_full(model, prefix_kv, stream: list[int], chunk: int) -> Memory:
 
 
 def retrieval_layer(model) -> int:
-    return model.config.num_hidden_layers // 2  # the service's choice (encoders.qwen2_5_vl)
+    return middle_layer(model.config.num_hidden_layers)  # the service's choice
 
 
 @torch.inference_mode()
@@ -394,7 +394,7 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: V
         ids = stream[first:first + chunk]
         cache = cache_of(torch.cat([pk, mem.keys], 2), torch.cat([pv, mem.values], 2), model.config)
         past = p0 + mem.length
-        _, hidden = run_tokens(model, cache, ids, p0 + first, hidden_at=layer)  # hidden [c, Hd]
+        hidden = run_tokens(model, cache, ids, p0 + first, hidden_at=layer if index is not None else None)
         new = chunk_set(*cache_slice(cache, past), p0 + first, first)  # [L, Hkv, c, D]
         scores = proxy_scores(model, cache, prompt.proxy, p0 + first + len(ids), p0)  # [L, n + c]
         if index is not None:
@@ -403,23 +403,12 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: V
             chunks.append((kept, span))
             rec = ChunkRecord(len(chunks) - 1, float(first), float(first + len(ids)), 0, kept.length, float(first),
                               span_start=span[0], span_end=span[1])
-            index.add([(rec, mean_key(model.model.layers[layer], hidden))])
+            index.add([(rec, mean_key(model.model.layers[layer], hidden[1]))])  # hidden: (logits, [c, Hd])
         mem = in_arrival_order(prune(TokenSet.cat([mem, new]), scores, v.budget, pol))
     return Memory(pk, pv, mem, p0 + len(stream), time.perf_counter() - t0, v.top_k, chunks, index)
 
 
 # ---- questions ---------------------------------------------------------------------------------
-
-@torch.inference_mode()
-def question_vector(model, tok, question: str) -> "np.ndarray":
-    """The question alone through the model; mean pre-RoPE query at the retrieval layer (as the service)."""
-    layer = retrieval_layer(model)
-    ids = torch.tensor([tok(question, add_special_tokens=False).input_ids])  # [1, S]
-    hidden = model.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[layer][0]
-    cfg = model.config
-    return mean_query(model.model.layers[layer], hidden, cfg.num_key_value_heads, cfg.num_attention_heads,
-                      cfg.head_dim)
-
 
 @torch.inference_mode()
 def recall(model, tok, memory: Memory, question: str) -> tuple[torch.Tensor, torch.Tensor, list[TokenSet], list[int]]:
@@ -429,7 +418,11 @@ def recall(model, tok, memory: Memory, question: str) -> tuple[torch.Tensor, tor
     if memory.index is None:
         return (torch.cat([memory.prefix_k, memory.tokens.keys], 2), torch.cat([memory.prefix_v, memory.tokens.values], 2),
                 [memory.tokens], [])
-    hits = memory.index.search(question_vector(model, tok, question), memory.top_k)
+    cfg = model.config
+    ids = torch.tensor(tok(question, add_special_tokens=False).input_ids)  # [S]: the question alone, as the service
+    qvec = question_vector(model.model, retrieval_layer(model), ids, cfg.num_key_value_heads,
+                           cfg.num_attention_heads, cfg.head_dim)
+    hits = memory.index.search(qvec, memory.top_k)
     hits.sort(key=lambda h: h.chunk.start_s)
     picked = [memory.chunks[h.chunk.chunk_id] for h in hits]
     p0 = memory.prefix_k.shape[2]

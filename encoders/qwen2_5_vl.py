@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from encoders import attention_probe
-from encoders.retrieval import mean_key, mean_query
+from encoders.retrieval import mean_key, middle_layer, question_vector
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
@@ -45,7 +45,7 @@ class Qwen25VLAdapter:
         self.num_heads = tcfg.num_attention_heads
         self.num_kv_heads = tcfg.num_key_value_heads
         self.head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads
-        self.retrieval_layer = tcfg.num_hidden_layers // 2 if retrieval_layer is None else retrieval_layer
+        self.retrieval_layer = middle_layer(tcfg.num_hidden_layers) if retrieval_layer is None else retrieval_layer
         self.video_token_id = cfg.video_token_id
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
@@ -214,10 +214,8 @@ class Qwen25VLAdapter:
     def question_vector(self, question: str) -> np.ndarray:
         """Mean pre-RoPE query of the question at the retrieval layer, averaged within each KV group."""
         ids = torch.tensor(self._text(question), device=self.device)
-        lm = self.model.model.language_model
-        out = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False)
-        return mean_query(lm.layers[self.retrieval_layer], out.hidden_states[self.retrieval_layer][0],
-                          self.num_kv_heads, self.num_heads, self.head_dim)
+        return question_vector(self.model.model.language_model, self.retrieval_layer, ids, self.num_kv_heads,
+                               self.num_heads, self.head_dim)
 
     @torch.inference_mode()
     def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:
