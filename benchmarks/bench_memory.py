@@ -73,7 +73,8 @@ import torch  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from memory.layout import KVLayout, concat_segments  # noqa: E402
-from memory.working import MemoryPolicy, WorkingState, context, step  # noqa: E402
+from memory.options import MemoryOptions  # noqa: E402
+from memory.working import WorkingState, context, step  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 
 FPS = 1.0
@@ -179,7 +180,7 @@ class SyntheticStream:
 @dataclass
 class PolicyRun:
     name: str
-    policy: MemoryPolicy
+    policy: MemoryOptions
     state: WorkingState
     chunks: list = field(default_factory=list)  # [(TokenSet, span)] one per clip
     vectors: list = field(default_factory=list)  # [E] retrieval vector of each clip (this run's KV)
@@ -353,12 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     warm_frames = stream.clip(n_clips + 1)
     warm = WorkingState.empty(prefix)
     enc = ad.ingest_clip(warm_frames, FPS, 0.0, CLIP_FRAMES / FPS, context(prefix, warm))
-    step(prefix, warm, enc, 0.0, MemoryPolicy(args.working, args.chunk))
+    step(prefix, warm, enc, 0.0, MemoryOptions(args.working, args.chunk))
     ad.encode_clip(warm_frames, FPS, 0.0, CLIP_FRAMES / FPS, context(prefix, warm))
     ad.question_vector(QUESTIONS[0])
     list(ad.answer_ids(concat_segments([prefix, enc.segment]), QUESTIONS[0], 2))
 
-    runs = {name: PolicyRun(name, MemoryPolicy(args.working, args.chunk, name), WorkingState.empty(prefix))
+    runs = {name: PolicyRun(name, MemoryOptions(args.working, args.chunk, name), WorkingState.empty(prefix))
             for name in POLICIES}
     full_segments: list = []
     clip_tokens: list[int] = []

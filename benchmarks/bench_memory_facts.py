@@ -78,7 +78,8 @@ from memory.compress import in_arrival_order, proxy_attention  # noqa: E402
 from memory.index import StreamIndex  # noqa: E402
 from memory.layout import TokenSet  # noqa: E402
 from memory.store import ChunkRecord  # noqa: E402
-from memory.working import MemoryPolicy, prune  # noqa: E402
+from memory.options import MemoryOptions  # noqa: E402
+from memory.working import prune  # noqa: E402
 
 SYSTEM = "You are a helpful assistant. Read the user's text carefully and answer questions about it."
 QUESTION = "Question: {q}"
@@ -333,8 +334,8 @@ class Variant:
     name: str
     policy: str  # full | attention | recency | uniform
     budget: int  # working-memory tokens per layer (retrieval variants: budget minus the retrieved chunks)
-    redundancy: float = 0.0  # memory.working.MemoryPolicy.redundancy_weight
-    window: int = 256  # memory.working.MemoryPolicy.redundancy_window
+    redundancy: float = 0.0  # memory.options.MemoryOptions.redundancy_weight
+    window: int = 256  # memory.options.MemoryOptions.redundancy_window
     top_k: int = 0  # chunks retrieved per question (0: none stored)
     chunk_tokens: int = 0  # per-layer tokens kept of each chunk
 
@@ -385,7 +386,7 @@ def ingest(model, prefix_kv, stream: list[int], prompt: Prompt, chunk: int, v: V
     pk, pv = prefix_kv
     p0 = pk.shape[2]
     mem = empty_set(pk)
-    pol = MemoryPolicy(working_tokens=v.budget, chunk_tokens=max(1, v.chunk_tokens), policy=v.policy,
+    pol = MemoryOptions(working_tokens=v.budget, chunk_tokens=max(1, v.chunk_tokens), policy=v.policy,
                        redundancy_weight=v.redundancy, redundancy_window=v.window)
     layer = retrieval_layer(model)
     index = StreamIndex(model.config.num_key_value_heads * model.config.head_dim) if v.top_k else None
@@ -566,7 +567,7 @@ def variants(args) -> list[Variant]:
     out += [Variant("recency", "recency", args.budget), Variant("uniform", "uniform", args.budget)]
     if args.top_k:
         working = args.budget - args.top_k * args.chunk_tokens
-        service = MemoryPolicy(working_tokens=working, chunk_tokens=args.chunk_tokens)  # the service's defaults
+        service = MemoryOptions(working_tokens=working, chunk_tokens=args.chunk_tokens)  # the service's defaults
         out.append(Variant(f"attention + redundancy {service.redundancy_weight:g} {working} + top-{args.top_k} chunks "
                            f"of {args.chunk_tokens}", "attention", working, redundancy=service.redundancy_weight,
                            window=service.redundancy_window, top_k=args.top_k, chunk_tokens=args.chunk_tokens))

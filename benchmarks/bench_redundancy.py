@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from encoders.base import ClipEncoding, EncodedSegment  # noqa: E402
 from memory.layout import TokenSet  # noqa: E402
-from memory.working import MemoryPolicy, WorkingState, step  # noqa: E402
+from memory.options import MemoryOptions  # noqa: E402
+from memory.working import WorkingState, step  # noqa: E402
 
 # name: (layers, query heads, KV heads, head dim, LM parameters, clip tokens, frames per clip)
 LAYOUTS = {
@@ -58,7 +59,7 @@ def inputs(L: int, H: int, hkv: int, D: int, budget: int, clip: int, frames: int
     return prefix, state, enc
 
 
-def time_step(args, prefix, state, enc, policy: MemoryPolicy) -> float:
+def time_step(args, prefix, state, enc, policy: MemoryOptions) -> float:
     step(prefix, state, enc, 0.3, policy)  # warm-up
     runs = []
     for _ in range(args.repeats):
@@ -82,10 +83,10 @@ def main(argv=None) -> None:
     for name, (L, H, hkv, D, params, clip, frames) in LAYOUTS.items():
         for budget in (int(b) for b in args.budgets.split(",")):
             prefix, state, enc = inputs(L, H, hkv, D, budget, clip, frames)
-            base = time_step(args, prefix, state, enc, MemoryPolicy(budget, 32, redundancy_weight=0.0))
-            windowed = time_step(args, prefix, state, enc, MemoryPolicy(budget, 32, redundancy_weight=args.weight))
+            base = time_step(args, prefix, state, enc, MemoryOptions(budget, 32, redundancy_weight=0.0))
+            windowed = time_step(args, prefix, state, enc, MemoryOptions(budget, 32, redundancy_weight=args.weight))
             full = time_step(args, prefix, state, enc,
-                             MemoryPolicy(budget, 32, redundancy_weight=args.weight, redundancy_window=0))
+                             MemoryOptions(budget, 32, redundancy_weight=args.weight, redundancy_window=0))
             n = budget + clip + frames
             nov_flops = 2 * L * hkv * D * (n * n + (clip + frames) ** 2)
             rows.append({"layout": name, "budget": budget, "clip_tokens": clip, "attention_ms": 1000 * base,

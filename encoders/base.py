@@ -7,6 +7,8 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 
+from encoders.retrieval import BlockKeys, QueryKeys
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -20,10 +22,11 @@ class ModelSpec:
     head_dim: int
     position_dims: int  # rows of position ids per token (3 for multimodal RoPE)
     dtype: str  # torch dtype name of the KV, e.g. "float32"
-    retrieval_dim: int  # size of the retrieval vector
+    retrieval_dim: int  # size of the mean-key baseline vector (Hkv * D)
     feature_dim: int  # size of one input embedding (a visual feature as the language model reads it)
     num_heads: int  # query heads; num_heads // num_kv_heads share each KV head (GQA group)
     random_weights: bool  # True for the seeded tiny model: its answers are noise
+    retrieval_layers: tuple[int, ...] = ()  # decoder layers whose representative keys retrieve blocks
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class EncodedSegment:
     positions: torch.Tensor  # [P, S] int64 position ids the model used
     next_pos: int  # first text position after this segment (the model's own rule)
     max_pos: int  # largest position id in the segment
-    retrieval: np.ndarray | None  # [E] float32, unit norm; None for text-only segments
+    retrieval: BlockKeys | None  # the block's retrieval vectors; None for text-only segments
 
     @property
     def length(self) -> int:
@@ -79,18 +82,19 @@ class VideoLM(Protocol):
         """Prefill one clip behind `past` (which ends at past.next_pos); returns only the clip's KV."""
 
     def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment) -> ClipEncoding:
-        """`encode_clip` plus the proxy query's view of `past` + the clip, for query-agnostic scoring."""
+                    past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
+        """`encode_clip` plus the proxy query's view of `past` + the clip, for query-agnostic scoring;
+        the clip's retrieval keys keep `key_rows` representative keys per KV head and layer."""
 
     def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
                        next_pos: int, max_pos: int) -> EncodedSegment:
         """Prefill stored input embeddings [S, F] at their stored positions [P, S] behind `past`."""
 
-    def question_vector(self, question: str) -> np.ndarray:
-        """[E] float32 unit vector in the same space as the clips' retrieval vectors."""
+    def question_keys(self, question: str) -> QueryKeys:
+        """The question's retrieval queries, in the same spaces as the clips' `BlockKeys`."""
 
-    def example_vector(self, image: np.ndarray) -> np.ndarray:
-        """[E] float32 unit vector of a still image [H, W, 3] uint8 in the clips' retrieval space."""
+    def example_keys(self, image: np.ndarray) -> QueryKeys:
+        """A still image [H, W, 3] uint8 as retrieval rows: its own keys, centred (search by example)."""
 
     def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
         """Greedy answer tokens (decoded text pieces) generated on `memory` followed by the question."""

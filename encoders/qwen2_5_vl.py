@@ -19,7 +19,8 @@ import torch
 from transformers import DynamicCache
 
 from encoders import attention_probe
-from encoders.retrieval import mean_key, middle_layer, question_vector
+from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
+                                 retrieval_layers)
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
@@ -46,6 +47,7 @@ class Qwen25VLAdapter:
         self.num_kv_heads = tcfg.num_key_value_heads
         self.head_dim = getattr(tcfg, "head_dim", None) or tcfg.hidden_size // tcfg.num_attention_heads
         self.retrieval_layer = middle_layer(tcfg.num_hidden_layers) if retrieval_layer is None else retrieval_layer
+        self.retrieval_layers = retrieval_layers(tcfg.num_hidden_layers)
         self.video_token_id = cfg.video_token_id
         self.vision_start_id = cfg.vision_start_token_id
         self.vision_end_id = cfg.vision_end_token_id
@@ -53,15 +55,20 @@ class Qwen25VLAdapter:
         if self.tok.eos_token_id is not None:
             self.eos_ids.add(self.tok.eos_token_id)
         digest = hashlib.sha256(
-            (cfg.to_json_string(use_diff=False) + name + system_prompt + str(self.retrieval_layer)).encode()
+            (cfg.to_json_string(use_diff=False) + name + system_prompt + str(self.retrieval_layer)
+             + str(self.retrieval_layers)).encode()
         ).hexdigest()[:16]
         self.spec = ModelSpec(
             family=self.family, name=name, fingerprint=digest,
             num_layers=tcfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
             position_dims=3, dtype=str(self.dtype).removeprefix("torch."),
             retrieval_dim=self.num_kv_heads * self.head_dim, random_weights=random_weights,
-            feature_dim=tcfg.hidden_size, num_heads=self.num_heads,
+            feature_dim=tcfg.hidden_size, num_heads=self.num_heads, retrieval_layers=self.retrieval_layers,
         )
+        with torch.inference_mode():
+            self._calibration = calibration_mean(  # [C, G, D] what every question's queries share
+                self.model.model.language_model, lambda t: torch.tensor(self._text(t), device=self.device),
+                self.retrieval_layers, self.num_kv_heads, self.num_heads, self.head_dim)
 
     # ---- prompt pieces (token ids) -------------------------------------------------------
     def _text(self, text: str) -> list[int]:
@@ -128,9 +135,10 @@ class Qwen25VLAdapter:
         values = torch.stack([layer.values[0, :, start:] for layer in cache.layers])  # [L, Hkv, S, D]
         return keys, values
 
-    def _retrieval_from_hidden(self, hidden: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        """hidden [S, Hd] at the retrieval layer's input -> mean pre-RoPE key of masked tokens, unit norm."""
-        return mean_key(self.model.model.language_model.layers[self.retrieval_layer], hidden[mask])
+    def _retrieval_from_hidden(self, hidden_states, mask: torch.Tensor, key_rows: int) -> BlockKeys:
+        """The hidden states entering each layer ([1, S, Hd] each) -> the masked tokens' `BlockKeys`."""
+        return block_keys(self.model.model.language_model.layers, [h[0] for h in hidden_states], mask,
+                          self.retrieval_layers, self.retrieval_layer, key_rows, self.num_kv_heads, self.head_dim)
 
     # ---- the VideoLM protocol -----------------------------------------------------------
     @torch.inference_mode()
@@ -144,7 +152,7 @@ class Qwen25VLAdapter:
 
     @torch.inference_mode()
     def encode_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment) -> EncodedSegment:
+                    past: EncodedSegment, key_rows: int = 64) -> EncodedSegment:
         pv, grid_thw, spg = self.video_inputs(frames, fps)
         ids = torch.tensor(self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s), device=self.device)
         pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
@@ -154,13 +162,12 @@ class Qwen25VLAdapter:
             position_ids=pos[:, None], past_key_values=cache, use_cache=True, output_hidden_states=True,
         )
         keys, values = self._tail(cache, past.length)
-        hidden = out.hidden_states[self.retrieval_layer][0]  # [S, Hd]
-        retrieval = self._retrieval_from_hidden(hidden, ids == self.video_token_id)
+        retrieval = self._retrieval_from_hidden(out.hidden_states, ids == self.video_token_id, key_rows)
         return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
 
     @torch.inference_mode()
     def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment) -> ClipEncoding:
+                    past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
         """The clip's KV (as `encode_clip`), its input embeddings, and the proxy opener's queries
         read behind past + clip (a second, few-token pass whose KV is dropped again)."""
         pv, grid_thw, spg = self.video_inputs(frames, fps)
@@ -176,8 +183,7 @@ class Qwen25VLAdapter:
         out = core.language_model(inputs_embeds=embeds[None], position_ids=pos[:, None], past_key_values=cache,
                                   use_cache=True, output_hidden_states=True)
         keys, values = self._tail(cache, past.length)
-        hidden = out.hidden_states[self.retrieval_layer][0]  # [S, Hd]
-        retrieval = self._retrieval_from_hidden(hidden, is_video)
+        retrieval = self._retrieval_from_hidden(out.hidden_states, is_video, key_rows)
         segment = EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
         # proxy opener at the text positions a question would take
         proxy = torch.tensor(self.proxy_ids(), device=self.device)
@@ -203,19 +209,22 @@ class Qwen25VLAdapter:
         return EncodedSegment(keys.cpu(), values.cpu(), positions.cpu(), next_pos, max_pos, None)
 
     @torch.inference_mode()
-    def example_vector(self, image: np.ndarray) -> np.ndarray:
-        """[E] retrieval vector of a still (shown as a clip of identical frames behind the prompt prefix),
-        in the clips' own key space: search by example."""
+    def example_keys(self, image: np.ndarray) -> QueryKeys:
+        """A still, shown as a clip of identical frames behind the prompt prefix: every one of its visual
+        tokens' keys at the retrieval layers, minus their own mean (what all keys share would otherwise
+        decide), as rows scored against the clips' keys: search by example."""
         frames = np.repeat(image[None], self.geo.temporal_patch_size, axis=0)  # [T, H, W, 3]
-        prefix = self.encode_prefix()
-        return self.encode_clip(frames, 1.0, 0.0, 0.0, prefix).retrieval
+        keys = self.encode_clip(frames, 1.0, 0.0, 0.0, self.encode_prefix(), key_rows=0).retrieval
+        rows = keys.tokens.astype(np.float32)  # [C, S, D]
+        return QueryKeys(rows - rows.mean(axis=1, keepdims=True), keys.mean)
 
     @torch.inference_mode()
-    def question_vector(self, question: str) -> np.ndarray:
-        """Mean pre-RoPE query of the question at the retrieval layer, averaged within each KV group."""
+    def question_keys(self, question: str) -> QueryKeys:
+        """The question alone (no memory) through the language model: its pre-RoPE queries at the retrieval
+        layers, the calibration mean removed (`encoders.retrieval`)."""
         ids = torch.tensor(self._text(question), device=self.device)
-        return question_vector(self.model.model.language_model, self.retrieval_layer, ids, self.num_kv_heads,
-                               self.num_heads, self.head_dim)
+        return question_keys(self.model.model.language_model, ids, self.retrieval_layers, self.retrieval_layer,
+                             self._calibration, self.num_kv_heads, self.num_heads, self.head_dim)
 
     @torch.inference_mode()
     def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:

@@ -1,23 +1,93 @@
-"""Retrieval vectors (ReKV's idea, re-derived): a block of tokens is represented by the mean of its
-pre-RoPE keys at one decoder layer, a question by the mean of its pre-RoPE queries at the same layer,
-averaged within each KV head's group of query heads. Their inner product is the mean attention logit
-the question's tokens would give the block's tokens, without the positions.
+"""Retrieval vectors: how a block of tokens (a clip, a text chunk) is found again by a question.
+
+Two representations, both read from the language model's own pre-RoPE keys and queries:
+
+* **mean key** (ReKV's idea, the baseline): a block is the mean of its pre-RoPE keys at the middle decoder
+  layer, a question the mean of its pre-RoPE queries there (averaged within each KV head's group of query
+  heads). One vector each; their inner product is the mean attention logit without positions. Measured on
+  real SmolLM2 weights it barely beats chance: every key and query shares a large common direction (the
+  q/k projection biases of Qwen2-style models), so all blocks look alike.
+* **representative keys, late interaction** (the default; re-derived from InfLLM's representative tokens
+  and ColBERT's max-sim): a block keeps the pre-RoPE keys of `m` of its tokens per KV head at a few layers
+  (`retrieval_layers`), chosen by farthest-point sampling over the block's own centred, unit keys, so they
+  cover what the block contains rather than what it shares with every other block. A question keeps its
+  per-token queries at the same layers (every query head, scored against its KV head's keys), **minus each
+  head's mean query over a fixed set of generic questions** (`CALIBRATION_QUESTIONS`): what every question shares, the direction
+  that made all blocks score alike, is removed. A block scores sum over query tokens of the max over its
+  keys (`memory.multivec`). Centring the keys would not change the ranking (q . mu is the same for every
+  block), centring the queries does.
 
 Works for any decoder layer with `input_layernorm` and `self_attn.{q,k}_proj` (Qwen2/2.5(-VL), Llama).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
+# Depths (fractions of the decoder stack) whose keys retrieve. Chosen by measurement on real weights
+# (SmolLM2-135M, 30 layers, two ~7.5K-token planted-fact streams, 30 questions; README "Retrieval"): layer 8
+# alone finds a 15-token fact's 256-token chunk at hit@1 0.70 / hit@4 0.90 with 64 covering keys per head,
+# layers 8 + 17 together 0.73 / 0.97 (0.93 / 1.00 with 128); the mean key is at 0.07 / 0.17 on the same
+# streams, and the first and last layers are near chance.
+RETRIEVAL_DEPTHS = (0.27, 0.57)
+
+# The question-independent part of a question's queries is estimated from these (and removed).
+CALIBRATION_QUESTIONS = (
+    "What happened?", "When did it happen?", "Who was there?", "Where did they go?", "What is the name of the dog?",
+    "What colour was the car?", "How many people were in the room?", "What was written on the sign?",
+    "What did the man in the red jacket carry?", "Which door did they use?", "Was there a truck at the gate?",
+    "What happens at the start of the video?",
+)
+
 
 def middle_layer(num_layers: int) -> int:
-    """The decoder layer whose keys and queries retrieve (the middle one)."""
+    """The decoder layer of the mean-key baseline (the middle one)."""
     return num_layers // 2
 
 
+def retrieval_layers(num_layers: int) -> tuple[int, ...]:
+    """The decoder layers whose keys represent a block (`RETRIEVAL_DEPTHS` of the stack, distinct)."""
+    out = []
+    for d in RETRIEVAL_DEPTHS:
+        layer = min(num_layers - 1, max(0, round(d * num_layers)))
+        if layer not in out:
+            out.append(layer)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BlockKeys:
+    """A stored block's retrieval vectors."""
+
+    tokens: np.ndarray  # [C, m, D] float16 representative pre-RoPE keys; C = retrieval layers x KV heads
+    # (layer-major), rows in selection order (any prefix is itself a covering selection)
+    mean: np.ndarray  # [Hkv*D] float32 unit mean pre-RoPE key at the middle layer (the baseline)
+
+
+@dataclass(frozen=True)
+class QueryKeys:
+    """A question's (or an example image's) retrieval vectors, in the same spaces as `BlockKeys`."""
+
+    tokens: np.ndarray  # [C, Q*G, D] float32 pre-RoPE queries of every question token and query head of each
+    # KV head's group, each head's calibration mean removed
+    mean: np.ndarray  # [Hkv*D] float32 unit mean query at the middle layer (the baseline)
+
+
 def _unit(vec: torch.Tensor) -> np.ndarray:
-    return (vec / vec.norm().clamp_min(1e-12)).cpu().numpy()
+    return (vec / vec.norm().clamp_min(1e-12)).float().cpu().numpy()
+
+
+def pre_rope_keys(layer, hidden: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """hidden [S, Hd] at the layer's input -> pre-RoPE keys [S, Hkv, D]."""
+    return layer.self_attn.k_proj(layer.input_layernorm(hidden)).view(-1, num_kv_heads, head_dim)
+
+
+def pre_rope_queries(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: int, head_dim: int) -> torch.Tensor:
+    """hidden [S, Hd] -> pre-RoPE queries [S, Hkv, G, D], grouped by the KV head they attend with."""
+    q = layer.self_attn.q_proj(layer.input_layernorm(hidden))  # [S, H*D]
+    return q.view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
 
 
 def mean_key(layer, hidden: torch.Tensor) -> np.ndarray:
@@ -29,13 +99,81 @@ def mean_key(layer, hidden: torch.Tensor) -> np.ndarray:
 def mean_query(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: int, head_dim: int) -> np.ndarray:
     """hidden [S, Hd] at the layer's input -> [Hkv*D] float32 unit mean pre-RoPE query, each KV head's
     query group averaged so it lines up with `mean_key`."""
-    q = layer.self_attn.q_proj(layer.input_layernorm(hidden))  # [S, H*D]
-    q = q.view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
-    return _unit(q.float().mean(dim=(0, 2)).reshape(-1))  # [Hkv*D]
+    q = pre_rope_queries(layer, hidden, num_kv_heads, num_heads, head_dim)  # [S, Hkv, G, D]
+    return _unit(q.float().mean(dim=(0, 2)).reshape(-1))
+
+
+def covering_rows(keys: torch.Tensor, m: int) -> torch.Tensor:
+    """keys [S, Hkv, D] -> indices [Hkv, min(m, S)] of the rows farthest-point sampling picks per head, over
+    the keys centred by their own mean and made unit length; the first pick is the key farthest from the
+    mean. Stays on the keys' device (no host sync)."""
+    S, hkv, _ = keys.shape
+    m = min(m, S)
+    x = keys.float() - keys.float().mean(0, keepdim=True)  # [S, Hkv, D]
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x = x.transpose(0, 1)  # [Hkv, S, D]
+    heads = torch.arange(hkv, device=keys.device)
+    first = (keys.float() - keys.float().mean(0, keepdim=True)).norm(dim=-1).argmax(0)  # [Hkv]
+    picks = [first]
+    dist = 1 - torch.einsum("hsd,hd->hs", x, x[heads, first])  # [Hkv, S] cosine distance to the picked set
+    for _ in range(m - 1):
+        nxt = dist.argmax(1)  # [Hkv]
+        picks.append(nxt)
+        dist = torch.minimum(dist, 1 - torch.einsum("hsd,hd->hs", x, x[heads, nxt]))
+    return torch.stack(picks, 1)  # [Hkv, m]
+
+
+def block_keys(layers, hidden_states, mask: torch.Tensor, which: tuple[int, ...], middle: int, m: int,
+               num_kv_heads: int, head_dim: int) -> BlockKeys:
+    """A block's `BlockKeys` from the hidden states entering each decoder layer (`hidden_states[l]` [S, Hd])
+    of the tokens where `mask` [S] is set: `m` covering keys per KV head at each layer in `which` (m <= 0:
+    every token), and the mean key at `middle`."""
+    rows = []
+    for layer in which:
+        k = pre_rope_keys(layers[layer], hidden_states[layer][mask], num_kv_heads, head_dim)  # [S, Hkv, D]
+        if m > 0:
+            idx = covering_rows(k, m)  # [Hkv, m]
+            rows.append(torch.stack([k[idx[h], h] for h in range(num_kv_heads)]))  # [Hkv, m, D]
+        else:
+            rows.append(k.transpose(0, 1))  # [Hkv, S, D]
+    tokens = torch.cat(rows).to(torch.float16).cpu().numpy()  # [C, m, D]
+    return BlockKeys(tokens, mean_key(layers[middle], hidden_states[middle][mask]))
+
+
+def question_keys(lm, ids: torch.Tensor, which: tuple[int, ...], middle: int, calibration: torch.Tensor | None,
+                  num_kv_heads: int, num_heads: int, head_dim: int) -> QueryKeys:
+    """Token ids [S] run alone through the decoder stack `lm` (no memory) -> `QueryKeys`. The first token
+    is dropped from the late-interaction rows when there are others (it attends like a sink).
+    `calibration` [C, G, D]: each query head's mean query, removed from its rows (None: nothing removed)."""
+    hs = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False).hidden_states
+    rows = []
+    for layer in which:
+        q = pre_rope_queries(lm.layers[layer], hs[layer][0], num_kv_heads, num_heads, head_dim)  # [S, Hkv, G, D]
+        rows.append((q[1:] if q.shape[0] > 1 else q).permute(1, 0, 2, 3).float())  # [Hkv, S', G, D]
+    q = torch.cat(rows)  # [C, S', G, D]
+    if calibration is not None:
+        q = q - calibration[:, None].to(q)
+    tokens = q.reshape(q.shape[0], -1, q.shape[-1])  # [C, S'*G, D]
+    mean = mean_query(lm.layers[middle], hs[middle][0], num_kv_heads, num_heads, head_dim)
+    return QueryKeys(tokens.cpu().numpy(), mean)
+
+
+def calibration_mean(lm, encode, which: tuple[int, ...], num_kv_heads: int, num_heads: int,
+                     head_dim: int) -> torch.Tensor:
+    """[C, G, D] mean pre-RoPE query of each query head over every token (but the first) of
+    `CALIBRATION_QUESTIONS` at each retrieval layer; `encode(text) -> token ids [S]`."""
+    per_layer: list[list[torch.Tensor]] = [[] for _ in which]
+    for text in CALIBRATION_QUESTIONS:
+        ids = encode(text)
+        hs = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False).hidden_states
+        for i, layer in enumerate(which):
+            q = pre_rope_queries(lm.layers[layer], hs[layer][0], num_kv_heads, num_heads, head_dim)  # [S, Hkv, G, D]
+            per_layer[i].append(q[1:] if q.shape[0] > 1 else q)
+    return torch.cat([torch.cat(qs).float().mean(0) for qs in per_layer])  # [C, G, D]
 
 
 def question_vector(lm, layer: int, ids: torch.Tensor, num_kv_heads: int, num_heads: int, head_dim: int) -> np.ndarray:
     """Token ids [S] of a question, run alone through the decoder stack `lm` (no memory) -> `mean_query` at
-    `layer`."""
+    `layer` (the baseline)."""
     hidden = lm(input_ids=ids[None], output_hidden_states=True, use_cache=False).hidden_states[layer][0]  # [S, Hd]
     return mean_query(lm.layers[layer], hidden, num_kv_heads, num_heads, head_dim)

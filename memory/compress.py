@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 
 from memory.layout import TokenSet
-
-POLICIES = ("attention", "recency", "uniform")
+from memory.options import POLICIES  # the names live with the memory options
 
 
 def proxy_attention(q: torch.Tensor, k_ctx: torch.Tensor, k_proxy: torch.Tensor) -> torch.Tensor:

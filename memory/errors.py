@@ -12,3 +12,7 @@ class IncompatibleBlob(StoreError):
 
 class ChunksGone(StoreError):
     """Chunks a search found were deleted or merged (by retention) before they were read; search again."""
+
+
+class InvalidMemoryOptions(ValueError):
+    """A memory option is out of range, of the wrong type, unknown, or conflicts with another one."""

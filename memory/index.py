@@ -1,64 +1,201 @@
-"""Per-stream FAISS inner-product indexes over chunk retrieval vectors, derived from the store.
+"""Per-stream search indexes over chunk retrieval vectors, derived from the store.
 
-An index is brought up to date from Redis before each search (only chunks it has not seen are
-read; everything again after retention deleted or merged chunks, which bumps the stream's
-epoch), so a QA replica started after ingest, or restarted, serves the same top-k.
+One `StreamIndex` per stream holds, for every stored chunk: its representative keys (late interaction,
+`memory.multivec`; exact while small, candidates from a FAISS HNSW index per channel above
+`exact_max_rows` keys per channel (about 2 hours of 8-s chunks at 64 keys), then exact rescoring), its mean key (the baseline, FAISS inner product), and one
+vector per frame-index signal (on-screen text, labels, image embedding; FAISS inner product). Each
+signal ranks what it can score; `memory.fusion` combines them.
+
+An index is brought up to date from Redis before each search (only chunks it has not seen are read;
+everything again after retention deleted or merged chunks, which bumps the stream's epoch), so a QA
+replica started after ingest, or restarted, serves the same top-k.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 
-from memory.store import ChunkRecord, MemoryStore
+from encoders.retrieval import QueryKeys
+from memory.fusion import SearchOptions, Ranked, SignalScore, fuse
+from memory.multivec import combined, pad_rows
+from memory.store import ChunkRecord, IndexRow, MemoryStore
+
+HNSW_NEIGHBOURS = 32
+HNSW_CANDIDATES = 64  # keys fetched per query row and channel on the approximate path
 
 
 @dataclass(frozen=True)
 class Hit:
     chunk: ChunkRecord
-    score: float
+    score: float  # fused score
+    signals: tuple[SignalScore, ...] = ()  # every signal that ranked the chunk, with its own rank and score
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a question (or an example image) is searched with: any subset of the signals."""
+    keys: QueryKeys | None = None  # late interaction over the model's keys (+ the mean-key baseline)
+    dense: dict[str, np.ndarray] = field(default_factory=dict)  # frame-index signal -> [d] unit vector
+
+
+class _Dense:
+    """One unit vector per chunk, FAISS inner product."""
+
+    def __init__(self, dim: int) -> None:
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.ids: set[int] = set()
+
+    def add(self, cids: list[int], vecs: list[np.ndarray]) -> None:
+        self.index.add_with_ids(np.stack(vecs).astype(np.float32), np.array(cids, dtype=np.int64))
+        self.ids.update(cids)
+
+    def rank(self, vec: np.ndarray, allowed: list[int]) -> list[tuple[int, float]]:
+        ok = [c for c in allowed if c in self.ids]
+        if not ok:
+            return []
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(ok, dtype=np.int64)))
+        scores, ids = self.index.search(vec.reshape(1, -1).astype(np.float32), len(ok), params=params)
+        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+
+
+class _Keys:
+    """Every chunk's representative keys [N, C, m, D]; HNSW per channel once the stream is large."""
+
+    def __init__(self, n_layers: int, exact_max_rows: int) -> None:
+        self.n_layers = n_layers
+        self.exact_max_rows = exact_max_rows
+        self.cids: list[int] = []
+        self.parts: list[np.ndarray] = []  # [C, m, D] float16 each
+        self._stack: np.ndarray | None = None
+        self.hnsw: list[faiss.Index] | None = None
+        self._hnsw_rows = 0  # chunks added to the HNSW indexes
+
+    @property
+    def m(self) -> int:
+        return self.parts[0].shape[1] if self.parts else 0
+
+    def add(self, cids: list[int], keys: list[np.ndarray]) -> None:
+        m = self.m or keys[0].shape[1]
+        self.cids += cids
+        self.parts += [pad_rows(k, m) for k in keys]
+        self._stack = None
+
+    def stack(self) -> np.ndarray:
+        if self._stack is None:
+            self._stack = np.stack(self.parts)  # [N, C, m, D]
+        return self._stack
+
+    @property
+    def approximate(self) -> bool:
+        return len(self.cids) * self.m > self.exact_max_rows
+
+    def _sync_hnsw(self) -> list[faiss.Index]:
+        st = self.stack()
+        N, C, m, D = st.shape
+        if self.hnsw is None:
+            self.hnsw = []
+            for _ in range(C):
+                idx = faiss.IndexHNSWFlat(D, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+                idx.hnsw.efSearch = 128
+                self.hnsw.append(idx)
+        if self._hnsw_rows < N:
+            for c, idx in enumerate(self.hnsw):
+                idx.add(st[self._hnsw_rows:, c].reshape(-1, D).astype(np.float32))  # row r -> chunk r // m
+            self._hnsw_rows = N
+        return self.hnsw
+
+    def rank(self, q: QueryKeys, allowed: list[int], mode: str = "auto") -> list[tuple[int, float]]:
+        if not self.cids:
+            return []
+        pos_of = {c: i for i, c in enumerate(self.cids)}
+        pos = np.array([pos_of[c] for c in allowed if c in pos_of], dtype=np.int64)
+        if pos.size == 0:
+            return []
+        approx = mode == "approx" or (mode == "auto" and self.approximate and pos.size * self.m > self.exact_max_rows)
+        if approx:
+            pos = self._candidates(q, pos)
+        scores = combined(q.tokens, self.stack()[pos], self.n_layers)  # [n]
+        order = np.argsort(-scores, kind="stable")
+        return [(self.cids[int(pos[i])], float(scores[i])) for i in order]
+
+    def _candidates(self, q: QueryKeys, pos: np.ndarray) -> np.ndarray:
+        """Positions (within `pos`) of the chunks whose keys the HNSW indexes return for any query row."""
+        m = self.m
+        found: set[int] = set()
+        for c, idx in enumerate(self._sync_hnsw()):
+            _, rows = idx.search(q.tokens[c].astype(np.float32), min(HNSW_CANDIDATES, idx.ntotal))
+            found.update(int(r) // m for r in rows.ravel() if r >= 0)
+        keep = pos[np.isin(pos, np.fromiter(found, dtype=np.int64, count=len(found)))]
+        return keep if keep.size else pos
 
 
 class StreamIndex:
-    def __init__(self, dim: int, epoch: int = 0) -> None:
+    def __init__(self, n_layers: int, epoch: int = 0, exact_max_rows: int = SearchOptions().exact_max_rows) -> None:
         self.epoch = epoch
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self.records: dict[int, ChunkRecord] = {}
         self.last_id = -1
+        self.keys = _Keys(n_layers, exact_max_rows)
+        self.dense: dict[str, _Dense] = {}  # signal -> index ("mean" is the mean-key baseline)
 
-    def add(self, rows: list[tuple[ChunkRecord, np.ndarray]]) -> None:
+    def add(self, rows: list[IndexRow]) -> None:
         if not rows:
             return
-        vecs = np.stack([v for _, v in rows]).astype(np.float32)  # [N, E]
-        ids = np.array([r.chunk_id for r, _ in rows], dtype=np.int64)  # [N]
-        self.index.add_with_ids(vecs, ids)
-        for r, _ in rows:
-            self.records[r.chunk_id] = r
-        self.last_id = max(self.last_id, int(ids.max()))
+        for r in rows:
+            self.records[r.record.chunk_id] = r.record
+            self.last_id = max(self.last_id, r.record.chunk_id)
+        with_keys = [r for r in rows if r.keys is not None]
+        if with_keys:
+            self.keys.add([r.record.chunk_id for r in with_keys], [r.keys for r in with_keys])
+        vectors: dict[str, list[tuple[int, np.ndarray]]] = {}
+        for r in rows:
+            vectors.setdefault("mean", []).append((r.record.chunk_id, r.mean))
+            for name, v in r.dense.items():
+                vectors.setdefault(name, []).append((r.record.chunk_id, v))
+        for name, items in vectors.items():
+            if name not in self.dense:
+                self.dense[name] = _Dense(items[0][1].shape[0])
+            self.dense[name].add([c for c, _ in items], [v for _, v in items])
 
-    def search(self, query: np.ndarray, k: int, window: tuple[float, float] | None = None) -> list[Hit]:
-        """Top-k chunks by inner product, optionally only those overlapping [start_s, end_s]."""
+    def allowed(self, window: tuple[float, float] | None) -> list[int]:
         if window is None:
-            allowed = list(self.records)
-        else:
-            lo, hi = window
-            allowed = [cid for cid, r in self.records.items() if r.end_s > lo and r.start_s < hi]
-        if not allowed or k <= 0:
+            return sorted(self.records)
+        lo, hi = window
+        return sorted(cid for cid, r in self.records.items() if r.end_s > lo and r.start_s < hi)
+
+    def ranked(self, query: Query, window: tuple[float, float] | None = None, mode: str = "auto") -> Ranked:
+        """Each signal's ranking of the chunks overlapping `window` that it can score."""
+        allowed = self.allowed(window)
+        out: Ranked = {}
+        if not allowed:
+            return out
+        if query.keys is not None:
+            out["kv"] = self.keys.rank(query.keys, allowed, mode)
+            if "mean" in self.dense:
+                out["mean"] = self.dense["mean"].rank(query.keys.mean, allowed)
+        for name, vec in query.dense.items():
+            if name in self.dense:
+                out[name] = self.dense[name].rank(vec, allowed)
+        return {k: v for k, v in out.items() if v}
+
+    def search(self, query: Query, k: int, window: tuple[float, float] | None = None,
+               fusion: SearchOptions = SearchOptions(), mode: str = "auto") -> list[Hit]:
+        """Top-k chunks by the fused ranking, best first, only those overlapping [start_s, end_s]."""
+        if k <= 0:
             return []
-        k = min(k, len(allowed))
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(allowed, dtype=np.int64)))
-        scores, ids = self.index.search(query.reshape(1, -1).astype(np.float32), k, params=params)
-        return [Hit(self.records[int(i)], float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        fused = fuse(self.ranked(query, window, mode), fusion)
+        return [Hit(self.records[cid], score, signals) for cid, score, signals in fused[:k]]
 
 
 class IndexRegistry:
     """Keeps one StreamIndex per stream in this process, synced from Redis on use."""
 
-    def __init__(self, store: MemoryStore, dim: int) -> None:
+    def __init__(self, store: MemoryStore, n_layers: int, exact_max_rows: int = SearchOptions().exact_max_rows) -> None:
         self.store = store
-        self.dim = dim
+        self.n_layers = n_layers
+        self.exact_max_rows = exact_max_rows
         self._indexes: dict[str, StreamIndex] = {}
         self._lock = threading.Lock()
 
@@ -67,7 +204,7 @@ class IndexRegistry:
             epoch = self.store.epoch(sid)
             idx = self._indexes.get(sid)
             if idx is None or idx.epoch != epoch:
-                idx = self._indexes[sid] = StreamIndex(self.dim, epoch)
+                idx = self._indexes[sid] = StreamIndex(self.n_layers, epoch, self.exact_max_rows)
             new_ids = self.store.chunk_ids(sid, after=idx.last_id)
             if new_ids:
                 idx.add(self.store.chunk_index_rows(sid, new_ids))

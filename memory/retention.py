@@ -14,8 +14,7 @@ import numpy as np
 
 from memory.compress import compress_tokens, in_arrival_order, select
 from memory.layout import FeatureSet, TokenSet
-
-MODES = ("consolidate", "delete")
+from memory.options import RETENTION_MODES as MODES  # the names live with the memory options
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,24 @@
 Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
 
     {ns}:streams                       sorted set  stream id -> created (unix s)
-    {ns}:s:{<id>}:meta                 hash        StreamRecord fields
+    {ns}:s:{<id>}:meta                 hash        StreamRecord fields, JSON each (`memory`: one object)
     {ns}:s:{<id>}:prefix               string      KV blob of the prompt prefix
     {ns}:s:{<id>}:chunks               sorted set  chunk id -> start_s
-    {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv (chunk blob: KV or features), vec (float32), jpeg
+    {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv (chunk blob: KV or features), vec (mean key, float32),
+                                                   keys (representative keys, .npy float16 [C, m, D]), jpeg,
+                                                   d:<signal> (frame-index vector, float32: d:ocr, d:labels, d:image)
     {ns}:s:{<id>}:wm                   string      working memory blob (written with each chunk)
     {ns}:s:{<id>}:ckpt                 hash        json (where ingest resumes), detector (bytes)
     {ns}:s:{<id>}:gaps                 list        JSON gaps, oldest first
     {ns}:s:{<id>}:events               stream      state changes, progress, gaps (capped), for WatchStream
     {ns}:s:{<id>}:lease                string      the ingest worker that owns the stream (expires)
 
-Redis is the one source of truth; the FAISS index is derived from the `vec` fields.
+Redis is the one source of truth; the search indexes (`memory.index`) are derived from the `vec`, `keys`
+and `d:*` fields.
 """
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -26,16 +30,20 @@ import numpy as np
 import redis
 
 from encoders.base import EncodedSegment
+from encoders.retrieval import BlockKeys
 from memory.codec import (decode_chunk, decode_segment, decode_tokens, encode_features, encode_segment,
                           encode_tokens)
 from memory.errors import ChunksGone, StreamNotFound
 from memory.layout import FeatureSet, KVLayout, TokenSet
+from memory.options import MemoryOptions, option_names
+from memory.multivec import merged_keys
 from memory.retention import Chunk, Retention, merge_features, merge_tokens, merge_vectors, plan
 from memory.working import WorkingState
 
 STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 ACTIVE = ("starting", "running", "reconnecting")  # states an ingest worker owns
 EVENTS_MAXLEN = 1000
+DENSE_SIGNALS = ("ocr", "labels", "image")  # frame-index vectors a chunk may carry (`d:<signal>` fields)
 
 # compare-and-act on the lease, so a worker never renews or drops a lease another one took
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
@@ -67,21 +75,9 @@ class StreamRecord:
     reconnects: int = 0
     lag_s: float = 0.0
     scene_cuts: int = 0
-    # memory (chosen at start; see services.config.MemorySettings)
-    policy: str = "attention"
-    working_tokens: int = 0
-    chunk_tokens: int = 0
-    chunk_format: str = "kv"  # kv | features
-    kv_int8: bool = False
-    max_bytes: int = 0  # retention limits (0: none)
-    max_age_s: float = 0.0
-    retention_mode: str = "consolidate"
-    # scoring, fixed at start so a resumed stream keeps it whatever the adopting server's settings;
-    # a record written before a field existed gets the behaviour of that time (no redundancy term)
-    prototypes: bool = True
-    novelty_weight: float = 1.0
-    redundancy_weight: float = 0.0
-    redundancy_window: int = 256
+    # memory options, chosen at start (server defaults + the request's overrides) and kept for the stream's
+    # life, so a resumed stream keeps them whatever the adopting server's settings; one JSON hash field
+    memory: MemoryOptions = field(default_factory=MemoryOptions)
     # memory accounting
     chunk_bytes: int = 0  # bytes of the chunks stored now
     chunk_bytes_written: int = 0  # bytes of every chunk ever stored (retention does not lower it)
@@ -91,17 +87,22 @@ class StreamRecord:
     deleted: int = 0  # chunks deleted by retention
     epoch: int = 0  # bumped when retention rewrites chunks (search indexes rebuild)
 
-    def retention(self) -> Retention:
-        return Retention(max_bytes=self.max_bytes, max_age_s=self.max_age_s, mode=self.retention_mode)
-
     def to_hash(self) -> dict[str, str]:
-        return {k: json.dumps(v) for k, v in asdict(self).items()}
+        h = {f.name: json.dumps(getattr(self, f.name)) for f in fields(self) if f.name != "memory"}
+        h["memory"] = self.memory.to_json()
+        return h
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> "StreamRecord":
-        known = {f.name for f in fields(cls)}
-        vals = {k.decode(): json.loads(v) for k, v in h.items() if k.decode() in known}
-        return cls(**vals)
+        raw = {k.decode(): v for k, v in h.items()}
+        known = {f.name for f in fields(cls)} - {"memory"}
+        vals = {k: json.loads(v) for k, v in raw.items() if k in known}
+        if "memory" in raw:
+            memory = MemoryOptions.from_json(raw["memory"])
+        else:  # written before the options were one field: flat fields, the scoring ones possibly missing
+            flat = set(option_names())
+            memory = MemoryOptions.from_dict({k: json.loads(v) for k, v in raw.items() if k in flat})
+        return cls(**vals, memory=memory)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,27 @@ class ChunkRecord:
     span_end: int = 0
     level: int = 0  # 0: one clip; n: merged n times by retention
     format: str = "kv"  # kv | kv-int8 | features
+    text: str = ""  # text read on screen (OCR), lines joined with " | "
+    labels: str = ""  # top image labels of the keyframe, "name (p), ..."
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    """What the search index keeps of one chunk."""
+    record: ChunkRecord
+    mean: np.ndarray  # [E] float32 unit mean key (the baseline)
+    keys: np.ndarray | None  # [C, m, D] float16 representative keys (None: a chunk stored before they existed)
+    dense: dict[str, np.ndarray]  # frame-index signal -> [d] float32 unit vector
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
 
 
 class MemoryStore:
@@ -203,16 +225,21 @@ class MemoryStore:
             return encode_features(payload, self.layout, self.fingerprint)
         return encode_tokens(payload, self.layout, self.fingerprint, int8=int8)
 
-    def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, vec: np.ndarray,
-                  keyframe_jpeg: bytes, frames_total: int, *, working: WorkingState | None = None,
-                  int8: bool = False, checkpoint: dict | None = None, detector_state: bytes = b"",
-                  progress: dict | None = None) -> int:
-        """Store one chunk and the working memory after it, advance the stream's counters and move its
-        resume checkpoint, in one transaction (a crash leaves either all of it or none).
-        Returns the chunk's bytes."""
+    def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
+                  keyframe_jpeg: bytes, frames_total: int, *, dense: dict[str, np.ndarray] | None = None,
+                  working: WorkingState | None = None, int8: bool = False, checkpoint: dict | None = None,
+                  detector_state: bytes = b"", progress: dict | None = None) -> int:
+        """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and the working
+        memory after it, advance the stream's counters and move its resume checkpoint, in one transaction (a
+        crash leaves either all of it or none). Returns the chunk's bytes."""
         blob = self.encode_payload(payload, int8)
-        vec_bytes = np.asarray(vec, dtype=np.float32).tobytes()
-        size = len(blob) + len(vec_bytes) + len(keyframe_jpeg)
+        vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
+        extra = {"keys": _npy(keys.tokens.astype(np.float16))}
+        for name, v in (dense or {}).items():
+            if name not in DENSE_SIGNALS:
+                raise ValueError(f"unknown frame-index signal {name!r}; one of {DENSE_SIGNALS}")
+            extra[f"d:{name}"] = np.asarray(v, dtype=np.float32).tobytes()
+        size = len(blob) + len(vec_bytes) + len(keyframe_jpeg) + sum(len(b) for b in extra.values())
         fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
         meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
         wm_blob = b""
@@ -223,7 +250,7 @@ class MemoryStore:
         old_wm = json.loads(self.r.hget(self._k(sid, "meta"), "working_bytes") or b"0")  # one writer per stream
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(self._chunk_key(sid, chunk.chunk_id),
-                  mapping={"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg})
+                  mapping={"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg, **extra})
         pipe.zadd(self._k(sid, "chunks"), {str(chunk.chunk_id): chunk.start_s})
         pipe.hincrby(self._k(sid, "meta"), "bytes", size + (len(wm_blob) - old_wm if working is not None else 0))
         pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size)
@@ -273,7 +300,10 @@ class MemoryStore:
         return len(actions)
 
     def chunk_records(self, sid: str) -> list[ChunkRecord]:
-        return [r for r, _ in self.chunk_index_rows(sid, self.chunk_ids(sid))]
+        pipe = self.r.pipeline(transaction=False)
+        for cid in self.chunk_ids(sid):
+            pipe.hget(self._chunk_key(sid, cid), "meta")
+        return [ChunkRecord(**json.loads(m)) for m in pipe.execute() if m is not None]
 
     def _delete_chunks(self, sid: str, recs: list[ChunkRecord]) -> None:
         size = sum(r.bytes for r in recs)
@@ -291,10 +321,11 @@ class MemoryStore:
     def _merge_chunks(self, sid: str, recs: list[ChunkRecord]) -> ChunkRecord:
         ids = [r.chunk_id for r in recs]
         pipe = self.r.pipeline(transaction=False)
+        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS]
         for cid in ids:
-            pipe.hmget(self._chunk_key(sid, cid), ["kv", "vec", "jpeg"])
+            pipe.hmget(self._chunk_key(sid, cid), names)
         got = pipe.execute()
-        payloads = [decode_chunk(kv, self.layout, self.fingerprint)[0] for kv, _, _ in got]
+        payloads = [decode_chunk(g[0], self.layout, self.fingerprint)[0] for g in got]
         first = payloads[0]
         int8 = recs[0].format == "kv-int8"
         if isinstance(first, FeatureSet):
@@ -302,25 +333,34 @@ class MemoryStore:
         else:
             merged = merge_tokens(payloads, first.length)
         blob = self.encode_payload(merged, int8)
-        vec = merge_vectors([np.frombuffer(v, dtype=np.float32) for _, v, _ in got]).tobytes()
+        vec = merge_vectors([np.frombuffer(g[1], dtype=np.float32) for g in got]).tobytes()
         key = max(range(len(recs)), key=lambda i: recs[i].novelty)
         jpeg_bytes = got[key][2] or b""
-        size = len(blob) + len(vec) + len(jpeg_bytes)
+        extra = {}
+        if all(g[3] is not None for g in got):
+            extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got]))
+        for j, name in enumerate(DENSE_SIGNALS):  # a signal any part has: the normalised mean of those that have it
+            vs = [np.frombuffer(g[4 + j], dtype=np.float32) for g in got if g[4 + j] is not None]
+            if vs:
+                extra[f"d:{name}"] = merge_vectors(vs).tobytes()
+        size = len(blob) + len(vec) + len(jpeg_bytes) + sum(len(b) for b in extra.values())
+        texts = list(dict.fromkeys(t for r in recs for t in r.text.split(" | ") if t))
         rec = ChunkRecord(
             chunk_id=ids[0], start_s=recs[0].start_s, end_s=recs[-1].end_s, frames=sum(r.frames for r in recs),
             tokens=merged.length, keyframe_s=recs[key].keyframe_s, bytes=size, wall_start=recs[0].wall_start,
             wall_end=recs[-1].wall_end, cuts=sum(r.cuts for r in recs), novelty=recs[key].novelty,
             redundant=sum(r.redundant for r in recs), static=round(sum(r.static for r in recs) / len(recs), 4),
             span_start=recs[0].span_start, span_end=recs[-1].span_end, level=max(r.level for r in recs) + 1,
-            format=recs[0].format,
+            format=recs[0].format, text=" | ".join(texts), labels=recs[key].labels,
         )
         old = sum(r.bytes for r in recs)
         pipe = self.r.pipeline(transaction=True)
-        for cid in ids[1:]:
+        for cid in ids:
             pipe.delete(self._chunk_key(sid, cid))
+        for cid in ids[1:]:
             pipe.zrem(self._k(sid, "chunks"), str(cid))
         pipe.hset(self._chunk_key(sid, ids[0]),
-                  mapping={"meta": json.dumps(asdict(rec)), "kv": blob, "vec": vec, "jpeg": jpeg_bytes})
+                  mapping={"meta": json.dumps(asdict(rec)), "kv": blob, "vec": vec, "jpeg": jpeg_bytes, **extra})
         pipe.hincrby(self._k(sid, "meta"), "bytes", size - old)
         pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size - old)
         pipe.hincrby(self._k(sid, "meta"), "consolidated", 1)
@@ -384,16 +424,19 @@ class MemoryStore:
         ids = sorted(int(i) for i in self.r.zrange(self._k(sid, "chunks"), 0, -1))
         return [i for i in ids if i > after]
 
-    def chunk_index_rows(self, sid: str, ids: list[int]) -> list[tuple[ChunkRecord, np.ndarray]]:
-        """(record, retrieval vector) for each id, for building the search index."""
+    def chunk_index_rows(self, sid: str, ids: list[int]) -> list[IndexRow]:
+        """What the search index keeps of each id (ids gone meanwhile are skipped)."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hmget(self._chunk_key(sid, cid), ["meta", "vec"])
+            pipe.hmget(self._chunk_key(sid, cid), ["meta", "vec", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS])
         rows = []
-        for meta, vec in pipe.execute():
+        for meta, vec, keys, *dense in pipe.execute():
             if meta is None:
                 continue
-            rows.append((ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32)))
+            rows.append(IndexRow(ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32),
+                                 _from_npy(keys) if keys is not None else None,
+                                 {n: np.frombuffer(d, dtype=np.float32) for n, d in zip(DENSE_SIGNALS, dense)
+                                  if d is not None}))
         return rows
 
     def chunk_payloads(self, sid: str, ids: list[int]) -> list[TokenSet | FeatureSet]:

@@ -19,36 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from encoders.base import ClipEncoding, EncodedSegment
-from memory.compress import (POLICIES, arrival_key, compress_tokens, frame_prototypes, in_arrival_order,
-                             mix_scores, novelty_boost, proxy_attention, select, value_novelty)
+from memory.compress import (arrival_key, compress_tokens, frame_prototypes, in_arrival_order, mix_scores,
+                             novelty_boost, proxy_attention, select, value_novelty)
 from memory.layout import FeatureSet, TokenSet, concat_segments, layered
-
-FORMATS = ("kv", "features")
-
-
-@dataclass(frozen=True)
-class MemoryPolicy:
-    working_tokens: int  # per-layer budget of the working memory (0: none, clips see only the prefix)
-    chunk_tokens: int  # per-layer token budget of every stored chunk
-    policy: str = "attention"  # attention (query-agnostic) | recency | uniform
-    prototypes: bool = True  # one attention-weighted prototype token per new frame
-    novelty_weight: float = 1.0  # clip scores x (1 + weight * keyframe novelty)
-    redundancy_weight: float = 0.25  # share of the score given to value novelty (0: attention only)
-    redundancy_window: int = 256  # novelty against the previous 256..511 candidates in stream order (0: all)
-    chunk_format: str = "kv"  # kv | features
-    kv_int8: bool = False  # KV chunks stored as int8 with a scale per head and token
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown memory policy {self.policy!r}; one of {POLICIES}")
-        if self.chunk_format not in FORMATS:
-            raise ValueError(f"unknown chunk format {self.chunk_format!r}; one of {FORMATS}")
-        if self.redundancy_window < 0:
-            raise ValueError("redundancy_window must be >= 0")
-        if not 0.0 <= self.redundancy_weight <= 1.0:
-            raise ValueError(f"redundancy_weight {self.redundancy_weight} is outside [0, 1]")
-        if self.working_tokens < 0 or self.chunk_tokens < 1:
-            raise ValueError("working_tokens must be >= 0 and chunk_tokens >= 1")
+from memory.options import MemoryOptions  # step's options: budgets, scoring, chunk format
 
 
 @dataclass(frozen=True)
@@ -87,7 +61,7 @@ def context(prefix: EncodedSegment, state: WorkingState) -> EncodedSegment:
 
 
 def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty: float,
-         policy: MemoryPolicy) -> Step:
+         policy: MemoryOptions) -> Step:
     clip = TokenSet.from_segment(enc.segment, state.next_serial)
     p0, n, c = prefix.length, state.tokens.length, clip.length
     k_ctx = torch.cat([prefix.keys, state.tokens.keys, clip.keys], dim=2)  # [L, Hkv, p0 + n + c, D]
@@ -112,7 +86,7 @@ def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty
 
 
 def chunk_of(clip: TokenSet, s_clip: torch.Tensor, protos: TokenSet | None, enc: ClipEncoding,
-             policy: MemoryPolicy) -> TokenSet | FeatureSet:
+             policy: MemoryOptions) -> TokenSet | FeatureSet:
     """The clip compressed to `chunk_tokens` per layer (KV), or to its top visual embeddings (features)."""
     if policy.chunk_format == "features":
         total = s_clip.sum(dim=0)  # [c] over layers
@@ -128,7 +102,7 @@ def chunk_of(clip: TokenSet, s_clip: torch.Tensor, protos: TokenSet | None, enc:
     return in_arrival_order(prune(TokenSet.cat(parts), torch.cat(scores, dim=1), policy.chunk_tokens, policy))
 
 
-def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: MemoryPolicy) -> TokenSet:
+def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: MemoryOptions) -> TokenSet:
     """candidates with attention scores [L, N] -> at most `budget` per layer, the scores mixed with the
     candidates' value novelty first when the policy asks for it (attention policy only)."""
     scores = attention

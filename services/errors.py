@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 
 from encoders.loading import ModelUnavailable
-from memory.errors import ChunksGone, IncompatibleBlob, StreamNotFound
+from memory.errors import ChunksGone, IncompatibleBlob, InvalidMemoryOptions, StreamNotFound
 from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
                              UnsupportedCodec)
 
@@ -35,6 +35,7 @@ class NotServedHere(Exception):
 
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    InvalidMemoryOptions: grpc.StatusCode.INVALID_ARGUMENT,
     NotAVideo: grpc.StatusCode.INVALID_ARGUMENT,
     CorruptVideo: grpc.StatusCode.INVALID_ARGUMENT,
     UnsupportedCodec: grpc.StatusCode.INVALID_ARGUMENT,

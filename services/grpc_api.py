@@ -10,7 +10,7 @@ import time
 import grpc
 
 from memory.store import StreamRecord
-from services import qa
+from services import memory_wire, qa
 from services.errors import InvalidRequest, NotServedHere, status_for
 from services.ingest import IngestManager
 from streamer.push import FeedClosed
@@ -31,6 +31,8 @@ EVENT_KINDS = {
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
 }
 TERMINAL = ("finished", "stopped", "failed")
+WINDOW_SOURCES = {qa.ALL: qa_pb2.WINDOW_SOURCE_ALL, qa.REQUEST: qa_pb2.WINDOW_SOURCE_REQUEST,
+                  qa.QUESTION: qa_pb2.WINDOW_SOURCE_QUESTION}
 MAX_GAPS_SHOWN = 100
 
 
@@ -71,28 +73,6 @@ def rpc_stream(fn):
     return wrapper
 
 
-_FORMATS = {ingest_pb2.CHUNK_FORMAT_KV: "kv", ingest_pb2.CHUNK_FORMAT_FEATURES: "features"}
-_MODES = {ingest_pb2.RETENTION_MODE_CONSOLIDATE: "consolidate", ingest_pb2.RETENTION_MODE_DELETE: "delete"}
-
-
-def memory_overrides(m: ingest_pb2.MemoryOptions) -> dict:
-    """The fields a request set (None: the server default)."""
-    def opt(name):
-        return getattr(m, name) if m.HasField(name) else None
-    return {"chunk_format": _FORMATS.get(m.chunk_format), "kv_int8": opt("kv_int8"),
-            "working_tokens": opt("working_tokens"), "chunk_tokens": opt("chunk_tokens"),
-            "max_bytes": opt("max_bytes"), "max_age_s": opt("max_age_s"), "retention_mode": _MODES.get(m.retention)}
-
-
-def memory_options(rec: StreamRecord) -> ingest_pb2.MemoryOptions:
-    fmt = {v: k for k, v in _FORMATS.items()}
-    mode = {v: k for k, v in _MODES.items()}
-    return ingest_pb2.MemoryOptions(
-        chunk_format=fmt.get(rec.chunk_format, 0), kv_int8=rec.kv_int8, working_tokens=rec.working_tokens,
-        chunk_tokens=rec.chunk_tokens, max_bytes=rec.max_bytes, max_age_s=rec.max_age_s,
-        retention=mode.get(rec.retention_mode, 0))
-
-
 def stream_info(rec: StreamRecord, gaps: list[dict] = ()) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
@@ -102,7 +82,7 @@ def stream_info(rec: StreamRecord, gaps: list[dict] = ()) -> ingest_pb2.StreamIn
         bytes_per_hour=rec.chunk_bytes_written / covered * 3600 if covered > 0 else 0.0,
         model=rec.model, random_weights=rec.random_weights, created_unix=rec.created, updated_unix=rec.updated,
         kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
-        gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_options(rec),
+        gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_wire.to_proto(rec.memory),
         chunk_bytes=rec.chunk_bytes, working_memory_bytes=rec.working_bytes, working_memory_tokens=rec.working_used,
         consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted,
     )
@@ -125,7 +105,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     @rpc
     async def StartStream(self, request, context):
         rec = await asyncio.to_thread(self._manager().start, request.source, request.fps, request.clip_frames,
-                                      memory_overrides(request.memory))
+                                      memory_wire.overrides_from_proto(request.memory))
         return await asyncio.to_thread(self._info, rec.stream_id)
 
     @rpc
@@ -136,7 +116,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidRequest("the first PushStream message must be a PushConfig")
         c = first.config
         rec, feed = await asyncio.to_thread(manager.start_push, c.name, c.format, c.fps, c.clip_frames, c.live,
-                                            memory_overrides(c.memory))
+                                            memory_wire.overrides_from_proto(c.memory))
         try:
             async for msg in request_iterator:
                 if msg.WhichOneof("msg") != "data":
@@ -213,15 +193,21 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
         ans = await asyncio.to_thread(
             qa.ask, self.rt, request.stream_id, request.question, top_k=request.top_k, window=window,
             max_new_tokens=request.max_new_tokens, include_keyframes=request.include_keyframes,
-            example_image=request.example_image,
+            example_image=request.example_image, signals=list(request.signals),
         )
         spec = self.rt.adapter.spec
+        w = ans.window
         return qa_pb2.AskResponse(
             answer=ans.text, model=spec.name, random_weights=spec.random_weights, latency_ms=ans.latency_ms,
             memory_tokens=ans.memory_tokens, gaps=[gap_msg(g) for g in ans.gaps],
             evidence=[
                 qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
-                                score=h.score, keyframe_s=h.chunk.keyframe_s, keyframe_jpeg=jpg)
-                for h, jpg in zip(ans.hits, ans.keyframes)
+                                score=h.score, keyframe_s=h.chunk.keyframe_s, keyframe_jpeg=jpg, rank=rank,
+                                on_screen_text=h.chunk.text, labels=h.chunk.labels,
+                                signals=[qa_pb2.SignalScore(signal=x.name, rank=x.rank, score=x.score)
+                                         for x in h.signals])
+                for h, jpg, rank in zip(ans.hits, ans.keyframes, ans.ranks)
             ],
+            searched_window=qa_pb2.TimeWindow(start_s=w.start_s, end_s=w.end_s if w.end_s < float("inf") else 0.0),
+            window_source=WINDOW_SOURCES[w.source], window_phrase=w.phrase,
         )

@@ -13,6 +13,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
+from memory.options import MemoryOptions
 from memory.store import ACTIVE, StreamRecord
 from services.errors import InvalidRequest, LimitExceeded
 from services.paths import confine
@@ -55,36 +56,18 @@ class IngestManager:
             raise InvalidRequest(f"clip_frames must be an even number in [2, 64], got {clip_frames}")
         return fps, clip_frames
 
-    def _memory(self, overrides: dict | None) -> dict:
-        """The stream's memory fields: server defaults with the request's overrides, checked."""
-        m = self.rt.settings.memory
-        out = {"policy": m.policy, "working_tokens": m.working_tokens, "chunk_tokens": m.chunk_tokens,
-               "chunk_format": m.chunk_format, "kv_int8": m.kv_int8, "max_bytes": m.max_bytes,
-               "max_age_s": m.max_age_s, "retention_mode": m.retention_mode, "prototypes": m.prototypes,
-               "novelty_weight": m.novelty_weight, "redundancy_weight": m.redundancy_weight,
-               "redundancy_window": m.redundancy_window}
-        out.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        if out["chunk_format"] not in ("kv", "features"):
-            raise InvalidRequest(f"chunk format must be kv or features, got {out['chunk_format']!r}")
-        if out["retention_mode"] not in ("consolidate", "delete"):
-            raise InvalidRequest(f"retention must be consolidate or delete, got {out['retention_mode']!r}")
-        if not 1 <= out["chunk_tokens"] <= 1 << 16:
-            raise InvalidRequest(f"chunk_tokens must be in [1, 65536], got {out['chunk_tokens']}")
-        if not 0 <= out["working_tokens"] <= 1 << 20:
-            raise InvalidRequest(f"working_tokens must be in [0, 1048576], got {out['working_tokens']}")
-        if out["max_bytes"] < 0 or out["max_age_s"] < 0:
-            raise InvalidRequest("retention limits must be >= 0")
-        if out["chunk_format"] == "features" and out["kv_int8"]:
-            raise InvalidRequest("kv_int8 applies to KV chunks; a features stream stores no KV chunks")
-        return out
+    def _memory(self, overrides: dict | None) -> MemoryOptions:
+        """The stream's memory options: the server's defaults with the request's overrides (None: keep),
+        validated by MemoryOptions itself (InvalidMemoryOptions: INVALID_ARGUMENT)."""
+        return self.rt.settings.memory.with_overrides(**(overrides or {}))
 
     def _record(self, source: str, fps: float, clip_frames: int, kind: str, live: bool,
-                duration_s: float = 0.0, memory: dict | None = None) -> StreamRecord:
+                duration_s: float = 0.0, memory: MemoryOptions | None = None) -> StreamRecord:
         spec = self.rt.adapter.spec
         return StreamRecord(
             stream_id=uuid.uuid4().hex[:12], source=source, fps=fps, clip_frames=clip_frames, model=spec.name,
             random_weights=spec.random_weights, source_duration_s=duration_s, kind=kind, live=live,
-            **self._memory(memory),
+            memory=memory or self.rt.settings.memory,
         )
 
     def start(self, source: str, fps: float = 0.0, clip_frames: int = 0, memory: dict | None = None) -> StreamRecord:
@@ -92,7 +75,7 @@ class IngestManager:
         `memory`: per-stream overrides of the memory settings (None values: server default)."""
         s = self.rt.settings
         fps, clip_frames = self._check(fps, clip_frames)
-        self._memory(memory)  # bad memory options fail before the source is touched
+        memory = self._memory(memory)  # bad memory options fail before the source is touched
         if is_live_url(source):
             if len(source) > 2048 or any(c.isspace() for c in source):
                 raise InvalidRequest("the URL is too long or contains whitespace")
@@ -118,7 +101,7 @@ class IngestManager:
                    memory: dict | None = None) -> tuple[StreamRecord, ByteFeed]:
         """Create a pushed stream; the caller writes its bytes into the returned feed, then closes it."""
         fps, clip_frames = self._check(fps, clip_frames)
-        self._memory(memory)
+        memory = self._memory(memory)
         fmt = fmt or "mpegts"
         if fmt not in PUSH_FORMATS:
             raise InvalidRequest(f"push format must be one of {PUSH_FORMATS}, got {fmt!r}")

@@ -17,7 +17,7 @@ from queue import Empty
 
 from encoders.base import EncodedSegment
 from memory.store import ChunkRecord, StreamRecord
-from memory.working import MemoryPolicy, WorkingState, context, step
+from memory.working import WorkingState, context, step
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
 from streamer.errors import SourceError
@@ -36,14 +36,6 @@ class _Memory:
 
     def __init__(self, prefix: EncodedSegment, state: WorkingState) -> None:
         self.prefix, self.state = prefix, state
-
-
-def memory_policy(rec: StreamRecord) -> MemoryPolicy:
-    """The stream's own memory policy, as recorded when it started (not this server's settings)."""
-    return MemoryPolicy(working_tokens=rec.working_tokens, chunk_tokens=rec.chunk_tokens, policy=rec.policy,
-                        prototypes=rec.prototypes, novelty_weight=rec.novelty_weight,
-                        redundancy_weight=rec.redundancy_weight, redundancy_window=rec.redundancy_window,
-                        chunk_format=rec.chunk_format, kv_int8=rec.kv_int8)
 
 
 class _End:
@@ -104,7 +96,7 @@ class StreamWorker:
         s = rt.settings
         self.detector_cfg = DetectorConfig(**s.detector.model_dump())
         self.queue = FrameQueue(s.queue_frames, live=plan.live, is_frame=_is_frame)
-        self.policy = memory_policy(rec)
+        self.memory = rec.memory  # the stream's own options, recorded at start (not this server's settings)
         self.ending = controls.ending
 
     # ---- decode side (its own thread) -------------------------------------------------------
@@ -230,14 +222,20 @@ class StreamWorker:
         novelty = clip.novelty[key] if clip.novelty else 0.0
         with rt.model_lock:
             enc = rt.adapter.ingest_clip(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
-                                         context(mem.prefix, mem.state))
-            done = step(mem.prefix, mem.state, enc, novelty, self.policy)
+                                         context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys)
+            done = step(mem.prefix, mem.state, enc, novelty, self.memory)
+        desc = None
+        if self.memory.frame_index and rt.describer is not None:
+            one = max(rt.describer.options.ocr_frames, rt.describer.options.label_frames) <= 1
+            desc = rt.describer.describe([clip.frames[key]] if one else list(clip.frames))  # one: the keyframe
         self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
             tokens=done.chunk.length, keyframe_s=clip.times[key], wall_start=clip.wall_start,
             wall_end=clip.wall_end, cuts=clip.cuts, novelty=novelty, redundant=clip.redundant,
             static=round(clip.static, 4), span_start=done.span[0], span_end=done.span[1],
+            text=" | ".join(desc.text.splitlines()) if desc else "",
+            labels=", ".join(f"{name} ({p:.2f})" for name, p in desc.labels) if desc else "",
         )
         d = clip.checkpoint
         checkpoint = {
@@ -249,10 +247,10 @@ class StreamWorker:
         if clip.wall_end is not None and self.plan.live:
             progress["lag_s"] = max(0.0, time.time() - clip.wall_end)
         rt.store.put_chunk(sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
-                           working=done.state, int8=self.policy.kv_int8, checkpoint=checkpoint,
+                           dense=dict(desc.vectors) if desc else None, working=done.state, int8=self.memory.kv_int8, checkpoint=checkpoint,
                            detector_state=d.detector if d else b"", progress=progress)
         mem.state = done.state  # only once stored: what resumes is what ingest continues from
-        rt.store.enforce_retention(sid, self.rec.retention())
+        rt.store.enforce_retention(sid, self.memory.retention())
 
 
 def resume_point(checkpoint: tuple[dict, bytes] | None) -> Resume | None:

@@ -1,10 +1,12 @@
-"""The QA path: question -> retrieval vector -> top-k chunks -> prefix + working memory + chunks in
-time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory."""
+"""The QA path: question -> searched window (request, or the question's time words) -> retrieval signals
+(late interaction over the model's keys, the frame index) -> fused top-k -> prefix + working memory + chunks
+in time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory."""
 from __future__ import annotations
 
 import io
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -12,20 +14,39 @@ from PIL import Image
 from encoders.base import EncodedSegment
 from memory.assemble import answer_memory
 from memory.errors import ChunksGone
-from memory.index import Hit
+from memory.fusion import SIGNALS, SearchOptions
+from memory.index import Hit, Query
 from memory.layout import FeatureSet, TokenSet, concat_segments
+from memory.timewords import window_from_question
 from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
+
+ALL, REQUEST, QUESTION = "all", "request", "question"  # what set the searched window
+
+
+@dataclass(frozen=True)
+class Searched:
+    """The media-time window a question searched, and what set it."""
+    start_s: float
+    end_s: float  # inf: to the end
+    source: str  # all | request | question
+    phrase: str = ""  # the question's time words (source "question")
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        return None if self.source == ALL else (self.start_s, self.end_s)
 
 
 @dataclass(frozen=True)
 class Answer:
     text: str
     hits: list[Hit]  # time order
+    ranks: list[int]  # each hit's 1-based rank in the fused ranking
     keyframes: list[bytes]
     memory_tokens: int
     latency_ms: float
     gaps: list[dict]  # outages that overlap the searched window
+    window: Searched
 
 
 def validate_question(question: str, max_chars: int) -> str:
@@ -37,28 +58,57 @@ def validate_question(question: str, max_chars: int) -> str:
     return q
 
 
+def searched_window(rt: Runtime, sid: str, question: str, window: tuple[float, float] | None,
+                    media_end_s: float) -> Searched:
+    """An explicit window wins; else the question's time words (wall-clock words read through the stream's
+    chunks' wall times, live streams only); else everything."""
+    if window is not None:
+        lo, hi = window
+        if not (math.isfinite(lo) and lo >= 0 and not math.isnan(hi) and hi > lo):
+            raise InvalidRequest(f"time window [{lo}, {hi}] is empty or invalid")
+        return Searched(lo, hi, REQUEST)
+    anchors = [(r.start_s, r.wall_start) for r in rt.indexes.synced(sid).records.values() if r.wall_start]
+    tw = window_from_question(question, duration_s=media_end_s, wall_anchor=anchors or None)
+    if tw is None:
+        return Searched(0.0, math.inf, ALL)
+    return Searched(tw.start_s, tw.end_s, QUESTION, tw.phrase)
+
+
+def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
+    """The server's search options, restricted to `signals` when given (each then weighs 1 unless set)."""
+    opts = rt.settings.retrieval
+    if not signals:
+        return opts
+    unknown = sorted(set(signals) - set(SIGNALS))
+    if unknown:
+        raise InvalidRequest(f"unknown retrieval signal(s) {unknown}; known: {list(SIGNALS)}")
+    return replace(opts, **{f"{s}_weight": ((opts.weight(s) or 1.0) if s in signals else 0.0) for s in SIGNALS})
+
+
 def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
-        max_new_tokens: int = 0, include_keyframes: bool = False, example_image: bytes = b"") -> Answer:
+        max_new_tokens: int = 0, include_keyframes: bool = False, example_image: bytes = b"",
+        signals: list[str] | None = None) -> Answer:
     t0 = time.perf_counter()
     s = rt.settings
     q = validate_question(question, s.max_question_chars)
     if top_k > s.max_top_k:
         raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
-    if window is not None and window[1] <= window[0]:
-        raise InvalidRequest(f"time window [{window[0]}, {window[1]}] is empty")
-    rt.store.get_stream(sid)  # NOT_FOUND before any model work
+    opts = search_options(rt, list(signals or []))
+    rec = rt.store.get_stream(sid)  # NOT_FOUND before any model work
+    searched = searched_window(rt, sid, q, window, rec.media_end_s)
     example = decode_example(example_image, s.max_example_bytes, s.frame_max_side) if example_image else None
-    with rt.model_lock:
-        qvec = rt.adapter.question_vector(q) if example is None else rt.adapter.example_vector(example)
+    query = question_query(rt, q, example)
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         index = rt.indexes.synced(sid)
         rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
         if not index.records:
             raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
-        hits = index.search(qvec, top_k or s.top_k, window)
-        if not hits:
-            raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window {window}")
-        hits.sort(key=lambda h: h.chunk.start_s)
+        ranked = index.search(query, top_k or s.top_k, searched.bounds, opts)
+        if not ranked:
+            where = f" (from {searched.phrase!r})" if searched.phrase else ""
+            raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window "
+                                 f"[{searched.start_s:g}, {searched.end_s:g}]{where}")
+        hits = sorted(ranked, key=lambda h: h.chunk.start_s)
         ids = [h.chunk.chunk_id for h in hits]
         try:
             payloads = rt.store.chunk_payloads(sid, ids)
@@ -67,6 +117,7 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         except ChunksGone:
             if attempt == 2:
                 raise
+    rank_of = {h.chunk.chunk_id: i + 1 for i, h in enumerate(ranked)}
     prefix = rt.store.get_prefix(sid)
     kv = [(p, (h.chunk.span_start, h.chunk.span_end)) for p, h in zip(payloads, hits) if isinstance(p, TokenSet)]
     memory = answer_memory(prefix, working.tokens if working else None, kv, rec.next_pos, rec.max_pos)
@@ -78,9 +129,21 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     with rt.model_lock:
         text = "".join(rt.adapter.answer(memory, q, budget))
     keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
-    lo, hi = window or (0.0, float("inf"))
+    lo, hi = searched.start_s, searched.end_s
     gaps = [g for g in rt.store.gaps(sid) if g["end_s"] > lo and g["start_s"] < hi]
-    return Answer(text.strip(), hits, keyframes, memory.length, (time.perf_counter() - t0) * 1000, gaps)
+    return Answer(text.strip(), hits, [rank_of[i] for i in ids], keyframes, memory.length,
+                  (time.perf_counter() - t0) * 1000, gaps, searched)
+
+
+def question_query(rt: Runtime, question: str, example: np.ndarray | None) -> Query:
+    """What the search runs with: the question's (or the example image's) keys for the KV signals, and its
+    frame-index vectors (the question embedded as text; an example image described like a keyframe)."""
+    with rt.model_lock:
+        keys = rt.adapter.question_keys(question) if example is None else rt.adapter.example_keys(example)
+    dense: dict[str, np.ndarray] = {}
+    if rt.describer is not None:
+        dense = rt.describer.embed_query(question) if example is None else dict(rt.describer.describe([example]).vectors)
+    return Query(keys, dense)
 
 
 def decode_example(data: bytes, max_bytes: int, max_side: int) -> np.ndarray:

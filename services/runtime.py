@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import redis
 
 from encoders.base import VideoLM
+from encoders.describe import FrameDescriber, load_describer
 from memory.index import IndexRegistry
 from memory.layout import KVLayout
 from memory.store import MemoryStore
@@ -20,11 +21,16 @@ class Runtime:
     store: MemoryStore
     indexes: IndexRegistry
     model_lock: threading.Lock  # one forward pass at a time per model (CPU: no gain from overlap)
+    describer: FrameDescriber | None = None  # the frame index (None: its packages are missing, or it is off)
 
     @classmethod
-    def create(cls, settings: Settings, adapter: VideoLM, redis_url: str) -> "Runtime":
+    def create(cls, settings: Settings, adapter: VideoLM, redis_url: str,
+               describer: FrameDescriber | None = None) -> "Runtime":
+        """`describer`: an already loaded frame describer to share (None: load one from the settings)."""
         client = redis.Redis.from_url(redis_url)
         client.ping()
         spec = adapter.spec
         store = MemoryStore(client, settings.namespace, KVLayout.from_spec(spec), spec.fingerprint)
-        return cls(settings, adapter, store, IndexRegistry(store, spec.retrieval_dim), threading.Lock())
+        indexes = IndexRegistry(store, len(spec.retrieval_layers), settings.retrieval.exact_max_rows)
+        return cls(settings, adapter, store, indexes, threading.Lock(),
+                   describer if describer is not None else load_describer(settings.frames))

@@ -46,9 +46,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
 class VigilServer:
     """One process: optional private Redis, the model, the runtime, and the gRPC server."""
 
-    def __init__(self, settings: Settings, adapter=None) -> None:
+    def __init__(self, settings: Settings, adapter=None, describer=None) -> None:
+        """`adapter`, `describer`: already loaded models to share (None: load them from the settings)."""
         self.settings = settings
         self._adapter = adapter
+        self._describer = describer
         self.redis: EmbeddedRedis | None = None
         self.rt: Runtime | None = None
         self.ingest: IngestManager | None = None
@@ -66,7 +68,8 @@ class VigilServer:
             self.redis = EmbeddedRedis(data_dir=s.redis_dir).start()
             url = self.redis.url
             log.info("started a private redis-server at %s", url)
-        self.rt = Runtime.create(s, adapter, url)
+        describer = self._describer if s.frames.enabled else None
+        self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer)
         self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
         interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),

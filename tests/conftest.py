@@ -60,6 +60,17 @@ def tiny_adapter(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def describer():
+    """The real frame describer (OCR, labels, MiniLM), loaded once; scripts/setup.sh installs its packages,
+    so a missing one fails here rather than skipping the frame-index tests."""
+    from encoders.describe import load_describer
+
+    d = load_describer()
+    assert d is not None and {"ocr", "labels"} <= set(d.signals), "frame-index packages missing: run scripts/setup.sh"
+    return d
+
+
+@pytest.fixture(scope="session")
 def media_dir(cache_dir) -> Path:
     d = cache_dir / "media"
     d.mkdir(parents=True, exist_ok=True)
@@ -77,7 +88,7 @@ def pattern_video(media_dir) -> Path:
 
 
 @pytest.fixture
-def make_server(redis_url, namespace, tiny_adapter, media_dir, cache_dir):
+def make_server(redis_url, namespace, tiny_adapter, describer, media_dir, cache_dir):
     """Start VigilServer instances in threads on 127.0.0.1:0; all are stopped at teardown."""
     from services.config import Settings
     from services.server import VigilServer
@@ -88,7 +99,7 @@ def make_server(redis_url, namespace, tiny_adapter, media_dir, cache_dir):
         roots = overrides.pop("media_roots", (str(media_dir), str(cache_dir)))
         s = Settings(host="127.0.0.1", port=0, redis_url=redis_url, namespace=namespace,
                      media_roots=roots, cache_dir=cache_dir / "vigil", **overrides)
-        srv = VigilServer(s, adapter=tiny_adapter)
+        srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
         port = srv.start_in_thread()
         servers.append(srv)
         return srv, f"127.0.0.1:{port}"

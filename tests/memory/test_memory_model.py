@@ -13,7 +13,8 @@ from memory.assemble import answer_memory
 from memory.compress import proxy_attention
 from memory.layout import TokenSet, concat_segments
 from memory.quant import dequantize_int8, quantize_int8, relative_error
-from memory.working import MemoryPolicy, WorkingState, context, step
+from memory.options import MemoryOptions
+from memory.working import WorkingState, context, step
 
 FPS = 1.0
 
@@ -27,7 +28,7 @@ def clips(n: int, seed: int = 0, size=(84, 112)) -> list[np.ndarray]:
     return out
 
 
-def ingest(adapter, frames_list, policy: MemoryPolicy):
+def ingest(adapter, frames_list, policy: MemoryOptions):
     prefix = adapter.encode_prefix()
     state, encs, steps = WorkingState.empty(prefix), [], []
     for i, frames in enumerate(frames_list):
@@ -76,7 +77,7 @@ def test_retrieved_memory_positions_agree_with_the_models_forward_over_the_whole
     same mRoPE positions for every token, same logits, same greedy tokens."""
     ad = tiny_adapter
     frames = clips(3, seed=5)
-    everything = MemoryPolicy(working_tokens=10 ** 6, chunk_tokens=10 ** 6)
+    everything = MemoryOptions(working_tokens=10 ** 6, chunk_tokens=1 << 16)
     prefix, state, encs, steps = ingest(ad, frames, everything)
     question = "What changed between the clips?"
     chosen = [(steps[i].chunk, steps[i].span) for i in (0, 2)]
@@ -133,7 +134,7 @@ def test_retrieved_memory_positions_agree_with_the_models_forward_over_the_whole
 
 def test_feature_chunk_prefills_back_to_the_clips_kv(tiny_adapter):
     ad = tiny_adapter
-    pol = MemoryPolicy(working_tokens=10 ** 6, chunk_tokens=10 ** 6, chunk_format="features")
+    pol = MemoryOptions(working_tokens=10 ** 6, chunk_tokens=1 << 16, chunk_format="features")
     prefix, state, encs, steps = ingest(ad, clips(2, seed=9), pol)
     fs = steps[1].chunk
     assert fs.length == encs[1].segment.length  # kept everything: the budget holds the clip
@@ -142,7 +143,7 @@ def test_feature_chunk_prefills_back_to_the_clips_kv(tiny_adapter):
     assert torch.allclose(seg.keys, encs[1].segment.keys, atol=1e-5)
     assert torch.allclose(seg.values, encs[1].segment.values, atol=1e-5)
     # compressed: the most attended tokens, one selection for all layers, a fraction of the KV bytes
-    small = MemoryPolicy(working_tokens=64, chunk_tokens=8, chunk_format="features")
+    small = MemoryOptions(working_tokens=64, chunk_tokens=8, chunk_format="features")
     _, _, _, steps = ingest(ad, clips(2, seed=9), small)
     assert [s.chunk.length for s in steps] == [8, 8]
     assert steps[1].chunk.serial.tolist() == sorted(steps[1].chunk.serial.tolist())
@@ -150,7 +151,7 @@ def test_feature_chunk_prefills_back_to_the_clips_kv(tiny_adapter):
 
 def test_int8_kv_error_on_real_clip_kv_and_the_answer_it_gives(tiny_adapter):
     ad = tiny_adapter
-    prefix, state, encs, steps = ingest(ad, clips(3, seed=2), MemoryPolicy(working_tokens=0, chunk_tokens=10 ** 6))
+    prefix, state, encs, steps = ingest(ad, clips(3, seed=2), MemoryOptions(working_tokens=0, chunk_tokens=1 << 16))
     errs = []
     chunks8 = []
     for s in steps:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from memory.working import MemoryPolicy, WorkingState, context, step
+from memory.options import MemoryOptions
+from memory.working import WorkingState, context, step
 
 FPS = 1.0
 BUDGET = 48
@@ -26,7 +27,7 @@ ORDER = [0, 0, 1, 0, 0, 2, 0, 0, 3, 0, 0, 0]
 def run(adapter, weight: float):
     prefix = adapter.encode_prefix()
     state = WorkingState.empty(prefix)
-    policy = MemoryPolicy(working_tokens=BUDGET, chunk_tokens=8, prototypes=False, redundancy_weight=weight)
+    policy = MemoryOptions(working_tokens=BUDGET, chunk_tokens=8, prototypes=False, redundancy_weight=weight)
     clip_of: dict[int, int] = {}  # serial -> index in ORDER
     for i, s in enumerate(ORDER):
         enc = adapter.ingest_clip(scene(s), FPS, 4.0 * i, 4.0 * i + 4, context(prefix, state))

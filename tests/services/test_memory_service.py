@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from memory.store import StreamRecord
-from services.pipeline import memory_policy
 from services.wire import ingest_pb2
 from services.client import Client, state_name
 from tests.conftest import wait_done
@@ -162,29 +161,35 @@ def test_bad_memory_options_are_refused_before_a_stream_exists(make_server, need
 def test_redundancy_weight_reaches_the_working_memory_through_the_service(make_server, needle_video):
     """VIGIL_MEMORY__REDUNDANCY_WEIGHT is a server setting: the same footage through a server with it and one
     without gives working memories of the same budget that keep different tokens."""
-    from services.config import MemorySettings
+    from memory.options import MemoryOptions
 
     kept = {}
     for weight in (0.0, 0.5):
         srv, addr = make_server(media_roots=(needle_video.parent,),
-                                memory=MemorySettings(working_tokens=64, redundancy_weight=weight))
+                                memory=MemoryOptions(working_tokens=64, redundancy_weight=weight))
         with Client(addr) as c:
             info = wait_done(c, c.start(str(needle_video), fps=FPS, clip_frames=CLIP).stream_id)
             assert state_name(info.state) == "finished", info.error
             assert info.memory.working_tokens == 64 and info.working_memory_tokens == 64
+            assert info.memory.redundancy_weight == weight and info.memory.HasField("redundancy_window")
             assert c.ask(info.stream_id, "What happened?", top_k=2, max_new_tokens=2).evidence
         kept[weight] = srv.rt.store.get_working(info.stream_id).tokens.serial
         rec = srv.rt.store.get_stream(info.stream_id)
-        assert (rec.redundancy_weight, rec.redundancy_window) == (weight, 256)
         # the stream keeps the scoring it started with, whatever the server that resumes it is set to
-        assert memory_policy(rec).redundancy_weight == weight
+        assert (rec.memory.redundancy_weight, rec.memory.redundancy_window) == (weight, 256)
     assert kept[0.0].shape == kept[0.5].shape and not torch.equal(kept[0.0], kept[0.5])
 
 
 def test_a_record_from_before_the_scoring_fields_keeps_attention_alone():
     """Streams stored before redundancy existed resume with the scoring they were started with."""
-    old = StreamRecord(stream_id="old1", source="x.mp4", working_tokens=64, chunk_tokens=8)
-    h = {k.encode(): v.encode() for k, v in old.to_hash().items()
-         if k not in ("prototypes", "novelty_weight", "redundancy_weight", "redundancy_window")}
-    pol = memory_policy(StreamRecord.from_hash(h))
+    import json
+
+    # the flat memory fields a record had before the scoring fields (and before `memory` was one field)
+    flat = {"policy": "attention", "working_tokens": 64, "chunk_tokens": 8, "chunk_format": "kv", "kv_int8": False,
+            "max_bytes": 0, "max_age_s": 0.0, "retention_mode": "consolidate"}
+    new = StreamRecord(stream_id="old1", source="x.mp4").to_hash()
+    h = {k.encode(): v.encode() for k, v in {**new, **{k: json.dumps(v) for k, v in flat.items()}}.items()
+         if k != "memory"}
+    pol = StreamRecord.from_hash(h).memory
+    assert (pol.working_tokens, pol.chunk_tokens) == (64, 8)
     assert (pol.redundancy_weight, pol.prototypes, pol.novelty_weight) == (0.0, True, 1.0)

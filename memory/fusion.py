@@ -1,0 +1,76 @@
+"""Fusing the retrieval signals' rankings into one (weighted reciprocal rank fusion). Pure functions.
+
+Each signal ranks the chunks it can score: `kv` (late interaction over the model's own keys), `ocr` (the
+text on screen, embedded), `labels` (image labels, embedded), `image` (an image-text model), `mean` (the
+mean-key baseline, weight 0 by default). A text signal lists only chunks whose cosine with the question
+reaches its floor, so a chunk with some unrelated text on screen is not promoted. A chunk's fused score
+is the sum over signals of weight / (rrf_k + rank); the signals it was found by travel with it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SIGNALS = ("kv", "ocr", "labels", "image", "mean")
+
+
+@dataclass(frozen=True)
+class SignalScore:
+    name: str  # one of SIGNALS
+    rank: int  # 1-based rank within the signal's own list
+    score: float  # the signal's own score (kv: standard deviations above the typical chunk; others: cosine)
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How questions search (query time; `VIGIL_RETRIEVAL__*`): the fused ranking's weights and floors, and
+    where late interaction turns approximate."""
+
+    kv_weight: float = 1.0
+    ocr_weight: float = 1.0
+    labels_weight: float = 0.5
+    image_weight: float = 1.0
+    mean_weight: float = 0.0
+    ocr_floor: float = 0.3  # cosine a chunk's on-screen text needs with the question to count
+    labels_floor: float = 0.3
+    image_floor: float = 0.2
+    rrf_k: int = 60
+    depth: int = 50  # ranks of each signal that count
+    exact_max_rows: int = 1 << 16  # keys per channel searched exactly; above: HNSW candidates, exact rescoring
+
+    def __post_init__(self) -> None:
+        for name in SIGNALS:
+            if not 0.0 <= self.weight(name) <= 100.0:
+                raise ValueError(f"retrieval weight of {name} must be in [0, 100], got {self.weight(name)}")
+        if self.rrf_k < 0 or self.depth < 1 or self.exact_max_rows < 1:
+            raise ValueError("rrf_k must be >= 0, depth and exact_max_rows >= 1")
+
+    def weight(self, signal: str) -> float:
+        return float(getattr(self, f"{signal}_weight"))
+
+    def floor(self, signal: str) -> float:
+        return float(getattr(self, f"{signal}_floor", float("-inf")))
+
+    def only(self, signal: str) -> "SearchOptions":
+        """The same options with every other signal's weight 0 (a signal measured alone)."""
+        return SearchOptions(**{**self.__dict__, **{f"{s}_weight": (self.weight(s) or 1.0) if s == signal else 0.0
+                                                    for s in SIGNALS}})
+
+
+Ranked = dict[str, list[tuple[int, float]]]  # signal -> [(chunk id, score)] best first
+
+
+def fuse(ranked: Ranked, opts: SearchOptions) -> list[tuple[int, float, tuple[SignalScore, ...]]]:
+    """Per-signal rankings -> [(chunk id, fused score, the signals that found it)] best first. Ties keep
+    the order of the first signal that listed them."""
+    fused: dict[int, float] = {}
+    found: dict[int, list[SignalScore]] = {}
+    for name, rows in ranked.items():
+        w = opts.weight(name)
+        floor = opts.floor(name)
+        kept = [(cid, s) for cid, s in rows if s >= floor][:opts.depth]
+        for rank, (cid, score) in enumerate(kept, start=1):
+            found.setdefault(cid, []).append(SignalScore(name, rank, float(score)))
+            if w > 0:
+                fused[cid] = fused.get(cid, 0.0) + w / (opts.rrf_k + rank)
+    order = sorted(fused, key=lambda c: -fused[c])
+    return [(cid, fused[cid], tuple(found[cid])) for cid in order]
