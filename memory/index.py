@@ -42,23 +42,32 @@ class Query:
 
 
 class _Dense:
-    """One unit vector per chunk, FAISS inner product."""
+    """Unit vectors of chunks (one each, several for a merged chunk), FAISS inner product; a chunk scores
+    its best vector."""
 
     def __init__(self, dim: int) -> None:
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self.ids: set[int] = set()
+        self.rows: dict[int, int] = {}  # chunk id -> vectors
 
     def add(self, cids: list[int], vecs: list[np.ndarray]) -> None:
-        self.index.add_with_ids(np.stack(vecs).astype(np.float32), np.array(cids, dtype=np.int64))
-        self.ids.update(cids)
+        mats = [np.asarray(v, np.float32).reshape(-1, self.index.d) for v in vecs]  # [n_i, d] each
+        ids = np.concatenate([np.full(len(m), c, dtype=np.int64) for c, m in zip(cids, mats)])
+        self.index.add_with_ids(np.concatenate(mats), ids)
+        for c, m in zip(cids, mats):
+            self.rows[c] = self.rows.get(c, 0) + len(m)
 
     def rank(self, vec: np.ndarray, allowed: list[int]) -> list[tuple[int, float]]:
-        ok = [c for c in allowed if c in self.ids]
+        ok = [c for c in allowed if c in self.rows]
         if not ok:
             return []
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(ok, dtype=np.int64)))
-        scores, ids = self.index.search(vec.reshape(1, -1).astype(np.float32), len(ok), params=params)
-        return [(int(i), float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        k = sum(self.rows[c] for c in ok)
+        scores, ids = self.index.search(vec.reshape(1, -1).astype(np.float32), k, params=params)
+        out: dict[int, float] = {}
+        for s, i in zip(scores[0], ids[0]):  # best first: a chunk's first row is its best
+            if i >= 0 and int(i) not in out:
+                out[int(i)] = float(s)
+        return list(out.items())
 
 
 class _Keys:
@@ -156,7 +165,7 @@ class StreamIndex:
                 vectors.setdefault(name, []).append((r.record.chunk_id, v))
         for name, items in vectors.items():
             if name not in self.dense:
-                self.dense[name] = _Dense(items[0][1].shape[0])
+                self.dense[name] = _Dense(items[0][1].shape[-1])
             self.dense[name].add([c for c, _ in items], [v for _, v in items])
 
     def allowed(self, window: tuple[float, float] | None) -> list[int]:

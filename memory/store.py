@@ -8,7 +8,8 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
     {ns}:s:{<id>}:chunks               sorted set  chunk id -> start_s
     {ns}:s:{<id>}:c:<n>                hash        meta (JSON), kv (chunk blob: KV or features), vec (mean key, float32),
                                                    keys (representative keys, .npy float16 [C, m, D]), jpeg,
-                                                   d:<signal> (frame-index vector, float32: d:ocr, d:labels, d:image)
+                                                   d:<signal> (frame-index vectors, .npy float32 [n, d]: d:ocr,
+                                                   d:labels, d:image; n > 1 once retention merged chunks)
     {ns}:s:{<id>}:wm                   string      working memory blob (written with each chunk)
     {ns}:s:{<id>}:ckpt                 hash        json (where ingest resumes), detector (bytes)
     {ns}:s:{<id>}:gaps                 list        JSON gaps, oldest first
@@ -134,7 +135,7 @@ class IndexRow:
     record: ChunkRecord
     mean: np.ndarray  # [E] float32 unit mean key (the baseline)
     keys: np.ndarray | None  # [C, m, D] float16 representative keys (None: a chunk stored before they existed)
-    dense: dict[str, np.ndarray]  # frame-index signal -> [d] float32 unit vector
+    dense: dict[str, np.ndarray]  # frame-index signal -> [n, d] float32 unit vectors (n > 1: merged chunks)
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -238,7 +239,7 @@ class MemoryStore:
         for name, v in (dense or {}).items():
             if name not in DENSE_SIGNALS:
                 raise ValueError(f"unknown frame-index signal {name!r}; one of {DENSE_SIGNALS}")
-            extra[f"d:{name}"] = np.asarray(v, dtype=np.float32).tobytes()
+            extra[f"d:{name}"] = _npy(np.asarray(v, dtype=np.float32).reshape(-1, np.shape(v)[-1]))
         size = len(blob) + len(vec_bytes) + len(keyframe_jpeg) + sum(len(b) for b in extra.values())
         fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
         meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
@@ -339,10 +340,10 @@ class MemoryStore:
         extra = {}
         if all(g[3] is not None for g in got):
             extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got]))
-        for j, name in enumerate(DENSE_SIGNALS):  # a signal any part has: the normalised mean of those that have it
-            vs = [np.frombuffer(g[4 + j], dtype=np.float32) for g in got if g[4 + j] is not None]
+        for j, name in enumerate(DENSE_SIGNALS):  # every part's vectors of a signal are kept (each can match)
+            vs = [_from_npy(g[4 + j]) for g in got if g[4 + j] is not None]
             if vs:
-                extra[f"d:{name}"] = merge_vectors(vs).tobytes()
+                extra[f"d:{name}"] = _npy(np.concatenate(vs))
         size = len(blob) + len(vec) + len(jpeg_bytes) + sum(len(b) for b in extra.values())
         texts = list(dict.fromkeys(t for r in recs for t in r.text.split(" | ") if t))
         rec = ChunkRecord(
@@ -435,8 +436,7 @@ class MemoryStore:
                 continue
             rows.append(IndexRow(ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32),
                                  _from_npy(keys) if keys is not None else None,
-                                 {n: np.frombuffer(d, dtype=np.float32) for n, d in zip(DENSE_SIGNALS, dense)
-                                  if d is not None}))
+                                 {n: _from_npy(d) for n, d in zip(DENSE_SIGNALS, dense) if d is not None}))
         return rows
 
     def chunk_payloads(self, sid: str, ids: list[int]) -> list[TokenSet | FeatureSet]:

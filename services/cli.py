@@ -65,23 +65,48 @@ def _memory_options(args):
     return memory_wire.overrides_to_proto(**{name: getattr(args, name, None) for name in option_names()})
 
 
+DEMO_QUESTION = "When did the sign say that the truck had arrived?"
+_WINDOW_SOURCES = {0: "all", 1: "all", 2: "request", 3: "question"}
+
+
+def _window_dict(resp) -> dict:
+    w = resp.searched_window
+    return {"start_s": round(w.start_s, 3), "end_s": round(w.end_s, 3) if w.end_s > 0 else None,
+            "source": _WINDOW_SOURCES.get(resp.window_source, "all"), "phrase": resp.window_phrase}
+
+
 def _answer_dict(resp) -> dict:
     return {
         "answer": resp.answer, "model": resp.model, "random_weights": resp.random_weights,
-        "latency_ms": round(resp.latency_ms, 1), "memory_tokens": resp.memory_tokens,
+        "latency_ms": round(resp.latency_ms, 1), "memory_tokens": resp.memory_tokens, "window": _window_dict(resp),
         "gaps": [{"start_s": round(g.start_s, 3), "end_s": round(g.end_s, 3), "reason": g.reason} for g in resp.gaps],
         "evidence": [{"chunk_id": e.chunk_id, "start_s": round(e.start_s, 3), "end_s": round(e.end_s, 3),
-                      "score": round(e.score, 4), "keyframe_s": round(e.keyframe_s, 3),
+                      "rank": e.rank, "score": round(e.score, 4), "keyframe_s": round(e.keyframe_s, 3),
+                      "on_screen_text": e.on_screen_text, "labels": e.labels,
+                      "signals": [{"signal": x.signal, "rank": x.rank, "score": round(x.score, 4)} for x in e.signals],
                       **({"keyframe_jpeg_b64": base64.b64encode(e.keyframe_jpeg).decode()} if e.keyframe_jpeg else {})}
                      for e in resp.evidence],
     }
 
 
+def _signals_line(e) -> str:
+    return ", ".join(f"{x.signal} #{x.rank} ({x.score:.2f})" for x in e.signals)
+
+
 def _print_answer(resp, keyframes_dir: Path | None) -> None:
     print(f"Answer: {resp.answer}")
-    print(f"Evidence ({len(resp.evidence)} chunks, {resp.memory_tokens} memory tokens, {resp.latency_ms:.0f} ms):")
+    w = _window_dict(resp)
+    searched = ("the whole stream" if w["source"] == "all" else
+                f"{w['start_s']:.1f}s - {'end' if w['end_s'] is None else format(w['end_s'], '.1f') + 's'}"
+                + (f" (from the question: {w['phrase']!r})" if w["source"] == "question" else " (from the request)"))
+    print(f"Searched: {searched}")
+    print(f"Evidence ({len(resp.evidence)} chunks in time order, {resp.memory_tokens} memory tokens, "
+          f"{resp.latency_ms:.0f} ms):")
     for e in resp.evidence:
-        line = f"  chunk {e.chunk_id:>4}  {e.start_s:8.2f}s - {e.end_s:8.2f}s  score {e.score:+.3f}  keyframe @ {e.keyframe_s:.2f}s"
+        line = (f"  #{e.rank:<2} chunk {e.chunk_id:>4}  {e.start_s:8.2f}s - {e.end_s:8.2f}s  keyframe @ {e.keyframe_s:.2f}s"
+                f"  found by {_signals_line(e) or '-'}")
+        if e.on_screen_text:
+            line += f"\n        on screen: {e.on_screen_text!r}"
         if keyframes_dir and e.keyframe_jpeg:
             keyframes_dir.mkdir(parents=True, exist_ok=True)
             out = keyframes_dir / f"chunk-{e.chunk_id:05d}.jpg"
@@ -229,7 +254,7 @@ def cmd_ask(args) -> int:
     with _client(args) as c:
         resp = c.ask(args.stream_id, args.question, top_k=args.top_k, window=window,
                      max_new_tokens=args.max_new_tokens, include_keyframes=bool(args.keyframes_dir) or args.json,
-                     example_image=example)
+                     example_image=example, signals=args.signals)
     if args.json:
         print(json.dumps(_answer_dict(resp)))
     else:
@@ -253,13 +278,19 @@ def cmd_demo(args) -> int:
     """One process: a server in a thread, a video ingested, one question answered with evidence."""
     from services.client import Client
     from services.server import VigilServer
-    from streamer.testpattern import synthetic_video
+    from streamer.testpattern import captioned_synthetic_video
 
     s = _settings(model=args.model)
     video = Path(args.video).expanduser().resolve() if args.video else None
+    question = args.question
+    captions = []
     if video is None:
-        video = synthetic_video(s.cache_dir / "demo" / "test-pattern.mp4", seconds=24, fps=10, scenes=4)
-        print(f"demo video: {video} (generated test pattern: 24 s, 4 coloured scenes)", file=sys.stderr)
+        video, captions = captioned_synthetic_video(s.cache_dir / "demo" / "test-pattern-captions.mp4")
+        shown = "; ".join(f"{c.text!r} at {c.start_s:g}-{c.end_s:g}s" for c in captions)
+        print(f"demo video: {video} (generated test pattern: 24 s, 4 coloured scenes; on screen: {shown})",
+              file=sys.stderr)
+        question = question or DEMO_QUESTION
+    question = question or "What happens at the start of the video?"
     # one process on a free loopback port; the video's folder is the only media root
     s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all"})
     print(f"loading model {s.model.name!r} and starting the server "
@@ -270,14 +301,24 @@ def cmd_demo(args) -> int:
         with Client(f"127.0.0.1:{port}", token=s.auth_token.get_secret_value() if s.auth_token else None) as c:
             info = c.start(str(video), fps=args.fps or 0.0)
             info = _wait(c, info, show_progress=not args.json and sys.stderr.isatty())
-            resp = c.ask(info.stream_id, args.question, include_keyframes=True)
+            resp = c.ask(info.stream_id, question, include_keyframes=True)
+        best = max(resp.evidence, key=lambda e: e.score)
+        truth = [c for c in captions if question and c.text.split()[0].lower() in question.lower()]
         if args.json:
-            print(json.dumps({"stream": _info_dict(info), **_answer_dict(resp)}))
+            print(json.dumps({"stream": _info_dict(info), "question": question, **_answer_dict(resp),
+                              "best_evidence": {"chunk_id": best.chunk_id, "start_s": best.start_s, "end_s": best.end_s},
+                              "on_screen": [{"text": c.text, "start_s": c.start_s, "end_s": c.end_s} for c in captions]}))
         else:
             print(f"ingested {info.frames} frames into {info.chunks} chunks "
                   f"({info.duration_s:.1f}s of video, {info.memory_bytes / 1e6:.2f} MB of memory)")
-            print(f"Q: {args.question}")
+            print(f"Q: {question}")
             _print_answer(resp, Path(args.keyframes_dir) if args.keyframes_dir else None)
+            print(f"Best evidence: {best.start_s:.1f}s - {best.end_s:.1f}s"
+                  + (f" (on screen: {best.on_screen_text!r})" if best.on_screen_text else ""))
+            for c in truth:
+                hit = best.end_s > c.start_s and best.start_s < c.end_s
+                print(f"The video showed {c.text!r} at {c.start_s:g}-{c.end_s:g}s: the best evidence "
+                      + ("points at that moment." if hit else "does NOT point at that moment."))
     finally:
         server.stop_thread()
     return 0
@@ -357,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=0)
     sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")
     sp.add_argument("--example", help="search by example: a JPEG/PNG still; chunks are retrieved by similarity to it")
+    sp.add_argument("--signals", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
+                    help="retrieval signals to use, comma-separated: kv, ocr, labels, image, mean (default: all, fused)")
     server_opt(sp)
     sp.set_defaults(fn=cmd_ask)
 
@@ -366,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("demo", help="one process: start a server, ingest a video, ask, print answer and evidence")
     sp.add_argument("--video", help="a video file (default: a generated test pattern)")
-    sp.add_argument("--question", default="What colour is the scene at the start of the video?")
+    sp.add_argument("--question", help=f"default for the generated video: {DEMO_QUESTION!r}")
     sp.add_argument("--fps", type=float, default=2.0)
     sp.add_argument("--model", help='"tiny" (default), a local directory or a Hugging Face id')
     sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")

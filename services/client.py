@@ -61,10 +61,10 @@ class Client:
 
     def ask(self, stream_id: str, question: str, top_k: int = 0, window: tuple[float, float] | None = None,
             max_new_tokens: int = 0, include_keyframes: bool = False, timeout: float | None = None,
-            example_image: bytes = b"") -> qa_pb2.AskResponse:
+            example_image: bytes = b"", signals: list[str] | tuple[str, ...] = ()) -> qa_pb2.AskResponse:
         req = qa_pb2.AskRequest(stream_id=stream_id, question=question, top_k=top_k,
                                 max_new_tokens=max_new_tokens, include_keyframes=include_keyframes,
-                                example_image=example_image)
+                                example_image=example_image, signals=list(signals))
         if window is not None:
             req.window.start_s, req.window.end_s = window
         return self.qa.Ask(req, metadata=self.metadata, timeout=timeout)
