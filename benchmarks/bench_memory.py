@@ -28,7 +28,7 @@ the same questions (`--repeats` rounds, policy order rotating), greedy, `--max-n
 
 * (a): `adapter.answer_ids` on the full KV, which is joined once per checkpoint beforehand. The join
   is not counted (reported as "join ms"), which favours (a).
-* (b), (c): question vector + inner-product search over the policy's own clip retrieval vectors
+* (b), (c): question keys + late-interaction search (`memory.index.StreamIndex`) over the policy's own clips
   (top `--top-k`) + `memory.assemble.answer_memory` (prefix + working memory + retrieved chunks) +
   `answer_ids`, all counted.
 
@@ -72,8 +72,10 @@ import torch  # noqa: E402
 
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
+from memory.index import Query, StreamIndex  # noqa: E402
 from memory.layout import KVLayout, concat_segments  # noqa: E402
 from memory.options import MemoryOptions  # noqa: E402
+from memory.store import ChunkRecord, IndexRow  # noqa: E402
 from memory.working import WorkingState, context, step  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 
@@ -183,7 +185,7 @@ class PolicyRun:
     policy: MemoryOptions
     state: WorkingState
     chunks: list = field(default_factory=list)  # [(TokenSet, span)] one per clip
-    vectors: list = field(default_factory=list)  # [E] retrieval vector of each clip (this run's KV)
+    index: StreamIndex | None = None  # every clip's retrieval keys (this run's KV), as the service indexes them
     chunk_tokens: int = 0  # sum of chunk lengths (tokens per layer)
     context_s: list = field(default_factory=list)  # per clip
     ingest_s: list = field(default_factory=list)
@@ -199,7 +201,12 @@ class PolicyRun:
         t3 = time.perf_counter()
         self.state = r.state
         self.chunks.append((r.chunk, r.span))
-        self.vectors.append(enc.segment.retrieval)
+        if self.index is None:
+            self.index = StreamIndex(len(ad.spec.retrieval_layers))
+        keys = enc.segment.retrieval
+        i = len(self.chunks) - 1
+        self.index.add([IndexRow(ChunkRecord(i, start_s, end_s, len(frames), r.chunk.length, start_s),
+                                 keys.mean, keys.tokens, {})])
         self.chunk_tokens += r.chunk.length
         self.context_s.append(t1 - t0)
         self.ingest_s.append(t2 - t1)
@@ -220,15 +227,12 @@ def timed_answer(ad, memory, question: str, max_new: int) -> tuple[float, float,
     return first, time.perf_counter() - t0, n
 
 
-def answer_with_memory(ad, prefix, run: PolicyRun, vectors: np.ndarray, question: str, top_k: int,
-                       max_new: int) -> dict:
-    """Question vector, search, assembly and answer, each timed."""
+def answer_with_memory(ad, prefix, run: PolicyRun, question: str, top_k: int, max_new: int) -> dict:
+    """Question keys, search (the service's StreamIndex), assembly and answer, each timed."""
     t0 = time.perf_counter()
-    qv = ad.question_vector(question)
+    qk = ad.question_keys(question)
     t1 = time.perf_counter()
-    scores = vectors @ qv  # [clips]
-    k = min(top_k, scores.shape[0])
-    top = np.sort(np.argpartition(-scores, k - 1)[:k]) if k else np.zeros(0, dtype=np.int64)  # time order
+    top = sorted(h.chunk.chunk_id for h in run.index.search(Query(qk), top_k))  # time order
     t2 = time.perf_counter()
     st = run.state
     mem = answer_memory(prefix, st.tokens, [run.chunks[i] for i in top], st.next_pos, st.max_pos)
@@ -244,11 +248,10 @@ def measure_qa(ad, prefix, runs: dict[str, PolicyRun], full_segments: list, ques
     t0 = time.perf_counter()
     full = concat_segments([prefix, *full_segments])
     join_s = time.perf_counter() - t0
-    vectors = {name: np.stack(run.vectors) for name, run in runs.items()}  # the index, built during ingest
     # untimed warm-up at this size: one answer per policy
     timed_answer(ad, full, questions[0], 2)
     for name, run in runs.items():
-        answer_with_memory(ad, prefix, run, vectors[name], questions[0], top_k, 2)
+        answer_with_memory(ad, prefix, run, questions[0], top_k, 2)
     order = ["full"] + list(runs)
     samples: dict[str, list[dict]] = {k: [] for k in order}
     turn = 0
@@ -260,7 +263,7 @@ def measure_qa(ad, prefix, runs: dict[str, PolicyRun], full_segments: list, ques
                     samples[name].append({"total_s": total, "first_token_s": first, "answer_s": total,
                                           "new_tokens": n, "memory_tokens": full.length})
                 else:
-                    samples[name].append(answer_with_memory(ad, prefix, runs[name], vectors[name], q, top_k, max_new))
+                    samples[name].append(answer_with_memory(ad, prefix, runs[name], q, top_k, max_new))
             turn += 1
     out = {"join_full_s": join_s, "policies": {}}
     base = med([s["total_s"] for s in samples["full"]])
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = ad.ingest_clip(warm_frames, FPS, 0.0, CLIP_FRAMES / FPS, context(prefix, warm))
     step(prefix, warm, enc, 0.0, MemoryOptions(args.working, args.chunk))
     ad.encode_clip(warm_frames, FPS, 0.0, CLIP_FRAMES / FPS, context(prefix, warm))
-    ad.question_vector(QUESTIONS[0])
+    ad.question_keys(QUESTIONS[0])
     list(ad.answer_ids(concat_segments([prefix, enc.segment]), QUESTIONS[0], 2))
 
     runs = {name: PolicyRun(name, MemoryOptions(args.working, args.chunk, name), WorkingState.empty(prefix))

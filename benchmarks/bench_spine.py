@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
+from services import qa  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
@@ -258,10 +259,10 @@ def where_time_goes(rt, sid: str, question: str, top_k: int, max_new_tokens: int
     rec = rt.store.get_stream(sid)
     t["sync_index"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    qvec = rt.adapter.question_vector(question)
+    query = qa.question_query(rt, question, None)
     t["question_vector"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    hits = sorted(index.search(qvec, top_k), key=lambda h: h.chunk.start_s)
+    hits = sorted(index.search(query, top_k, fusion=rt.settings.retrieval), key=lambda h: h.chunk.start_s)
     t["search"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     chunks = rt.store.chunk_payloads(sid, [h.chunk.chunk_id for h in hits])

@@ -113,7 +113,7 @@ def test_step_keeps_its_budget(adapter):
         # kept tokens keep the positions they were encoded at
         assert torch.equal(done.state.tokens.positions[:, 0], done.state.tokens.serial + prefix.next_pos)
     assert state.next_pos == prefix.next_pos + len(ids)
-    memory = answer_memory(prefix, state.tokens, [(steps[0][1].chunk, steps[0][1].span)], state.next_pos,
-                           state.max_pos)
-    assert prefix.length + 64 < memory.length <= prefix.length + 64 + 16
+    memory = answer_memory(prefix, state.tokens, [(done.chunk, done.span) for _, done in steps], state.next_pos,
+                           state.max_pos)  # copies of working-memory tokens count once
+    assert prefix.length + 64 <= memory.length <= prefix.length + 64 + 16 * len(steps)
     assert isinstance("".join(adapter.answer(memory, QUESTION, 4)), str)

@@ -11,9 +11,11 @@ from safetensors.torch import load, save
 from encoders.base import EncodedSegment
 from memory.codec import FORMAT, VERSION, decode_segment, encode_segment
 from memory.errors import IncompatibleBlob
-from memory.index import StreamIndex
+from encoders.retrieval import QueryKeys
+from memory.fusion import SearchOptions
+from memory.index import Query, StreamIndex
 from memory.layout import KVLayout, concat_segments
-from memory.store import ChunkRecord
+from memory.store import ChunkRecord, IndexRow
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4, position_dims=3, dtype="float32", feature_dim=6)
 FP = "model-fingerprint-abc123"
@@ -222,7 +224,10 @@ def test_concat_segments_overrides_and_empty():
         concat_segments([])
 
 
-# ---- StreamIndex -------------------------------------------------------------------------------
+# ---- StreamIndex: the mean-key baseline signal (one vector per chunk, FAISS inner product) ----------
+# (late interaction and fusion: tests/memory/test_multivec.py)
+
+MEAN_ONLY = SearchOptions().only("mean")
 
 
 def _rec(cid: int, start: float, end: float) -> ChunkRecord:
@@ -234,61 +239,73 @@ def _unit(v) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
+def _row(cid, start, end, vec) -> IndexRow:
+    return IndexRow(_rec(cid, start, end), vec, None, {})
+
+
+def _q(v) -> Query:
+    return Query(QueryKeys(np.zeros((1, 1, 3), np.float32), _unit(v)))
+
+
+def _search(index, v, k, window=None):
+    """(chunk id, mean-key score) of the top-k by the mean signal alone."""
+    hits = index.search(_q(v), k, window, MEAN_ONLY)
+    return [(h.chunk.chunk_id, next(s.score for s in h.signals if s.name == "mean")) for h in hits]
+
+
 @pytest.fixture
 def index() -> StreamIndex:
-    idx = StreamIndex(3)
+    idx = StreamIndex(1)
     idx.add([
-        (_rec(10, 0.0, 4.0), _unit([1, 0, 0])),
-        (_rec(11, 4.0, 8.0), _unit([0, 1, 0])),
-        (_rec(12, 8.0, 12.0), _unit([0, 0, 1])),
-        (_rec(13, 12.0, 16.0), _unit([3, 4, 0])),  # (0.6, 0.8, 0)
+        _row(10, 0.0, 4.0, _unit([1, 0, 0])),
+        _row(11, 4.0, 8.0, _unit([0, 1, 0])),
+        _row(12, 8.0, 12.0, _unit([0, 0, 1])),
+        _row(13, 12.0, 16.0, _unit([3, 4, 0])),  # (0.6, 0.8, 0)
     ])
     return idx
 
 
 def test_index_add_bookkeeping(index):
-    assert index.index.ntotal == 4
+    assert index.dense["mean"].index.ntotal == 4
     assert index.last_id == 13
     assert sorted(index.records) == [10, 11, 12, 13]
     index.add([])
-    assert index.index.ntotal == 4
-    index.add([(_rec(20, 16.0, 20.0), _unit([1, 1, 1]))])
-    assert index.last_id == 20 and index.index.ntotal == 5
+    assert index.dense["mean"].index.ntotal == 4
+    index.add([_row(20, 16.0, 20.0, _unit([1, 1, 1]))])
+    assert index.last_id == 20 and index.dense["mean"].index.ntotal == 5
+    assert index.keys.cids == []  # rows without representative keys are not in the late-interaction signal
 
 
 def test_index_topk_order_and_scores(index):
-    q = _unit([4, 3, 0])  # (0.8, 0.6, 0)
-    # inner products: 10 -> 0.8, 11 -> 0.6, 12 -> 0.0, 13 -> 0.48 + 0.48 = 0.96
-    hits = index.search(q, 3)
-    assert [h.chunk.chunk_id for h in hits] == [13, 10, 11]
-    np.testing.assert_allclose([h.score for h in hits], [0.96, 0.8, 0.6], atol=1e-6)
+    # inner products with (0.8, 0.6, 0): 10 -> 0.8, 11 -> 0.6, 12 -> 0.0, 13 -> 0.48 + 0.48 = 0.96
+    got = _search(index, [4, 3, 0], 3)
+    assert [c for c, _ in got] == [13, 10, 11]
+    np.testing.assert_allclose([s for _, s in got], [0.96, 0.8, 0.6], atol=1e-6)
+    hits = index.search(_q([4, 3, 0]), 3, fusion=MEAN_ONLY)
     assert hits[0].chunk == _rec(13, 12.0, 16.0)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # fused: best first
 
 
 def test_index_k_larger_than_candidates_returns_all(index):
-    hits = index.search(_unit([4, 3, 0]), 50)
-    assert [h.chunk.chunk_id for h in hits] == [13, 10, 11, 12]
-    np.testing.assert_allclose([h.score for h in hits], [0.96, 0.8, 0.6, 0.0], atol=1e-6)
+    got = _search(index, [4, 3, 0], 50)
+    assert [c for c, _ in got] == [13, 10, 11, 12]
+    np.testing.assert_allclose([s for _, s in got], [0.96, 0.8, 0.6, 0.0], atol=1e-6)
 
 
 def test_index_window_filter(index):
-    q = _unit([4, 3, 0])
     # [3.9, 8.5] overlaps chunks 10 ([0, 4]), 11 ([4, 8]) and 12 ([8, 12]), not 13 ([12, 16])
-    hits = index.search(q, 10, window=(3.9, 8.5))
-    assert [h.chunk.chunk_id for h in hits] == [10, 11, 12]
-    np.testing.assert_allclose([h.score for h in hits], [0.8, 0.6, 0.0], atol=1e-6)
+    got = _search(index, [4, 3, 0], 10, window=(3.9, 8.5))
+    assert [c for c, _ in got] == [10, 11, 12]
+    np.testing.assert_allclose([s for _, s in got], [0.8, 0.6, 0.0], atol=1e-6)
     # touching an edge is not overlapping: [4, 8] excludes [0, 4] and [8, 12]
-    assert [h.chunk.chunk_id for h in index.search(q, 10, window=(4.0, 8.0))] == [11]
+    assert [c for c, _ in _search(index, [4, 3, 0], 10, window=(4.0, 8.0))] == [11]
     # the best chunk overall is found when the window allows it, with k=1
-    hits = index.search(q, 1, window=(13.0, 100.0))
-    assert [h.chunk.chunk_id for h in hits] == [13]
+    assert [c for c, _ in _search(index, [4, 3, 0], 1, window=(13.0, 100.0))] == [13]
     # k=1 inside a window that excludes the global best
-    hits = index.search(q, 1, window=(0.0, 12.0))
-    assert [h.chunk.chunk_id for h in hits] == [10]
+    assert [c for c, _ in _search(index, [4, 3, 0], 1, window=(0.0, 12.0))] == [10]
 
 
 def test_index_empty_results(index):
-    q = _unit([1, 0, 0])
-    assert index.search(q, 5, window=(100.0, 200.0)) == []
-    assert index.search(q, 0) == []
-    assert StreamIndex(3).search(q, 5) == []
+    assert _search(index, [1, 0, 0], 5, window=(100.0, 200.0)) == []
+    assert _search(index, [1, 0, 0], 0) == []
+    assert StreamIndex(1).search(_q([1, 0, 0]), 5) == []

@@ -22,10 +22,10 @@ from services.wire import ingest_pb2
 
 SERVER_DEFAULTS = dict(working_tokens=2048, chunk_tokens=32, policy="attention", prototypes=True, novelty_weight=1.0,
                        redundancy_weight=0.25, redundancy_window=256, chunk_format="kv", kv_int8=False, max_bytes=0,
-                       max_age_s=0.0, retention_mode="consolidate")
+                       max_age_s=0.0, retention_mode="consolidate", retrieval_keys=64, frame_index=True)
 CUSTOM = MemoryOptions(working_tokens=64, chunk_tokens=8, policy="recency", prototypes=False, novelty_weight=2.5,
                        redundancy_weight=0.5, redundancy_window=0, chunk_format="features", kv_int8=False,
-                       max_bytes=12345, max_age_s=60.0, retention_mode="delete")
+                       max_bytes=12345, max_age_s=60.0, retention_mode="delete", retrieval_keys=0, frame_index=False)
 
 
 @pytest.fixture
@@ -148,9 +148,10 @@ def test_a_record_written_by_the_older_code_still_loads(store):
         store.r.hset(store._k(sid, "meta"), mapping=mapping)
         store.r.zadd(f"{store.ns}:streams", {sid: 1.0})
     before, after = store.get_stream("legacy1").memory, store.get_stream("legacy2").memory
+    # absent then: no redundancy term, no frame index (the record's chunks have none)
     assert before == MemoryOptions(**flat, prototypes=True, novelty_weight=1.0, redundancy_weight=0.0,
-                                   redundancy_window=256)
-    assert after == MemoryOptions(**flat, **scoring)
+                                   redundancy_window=256, frame_index=False)
+    assert after == MemoryOptions(**flat, **scoring, frame_index=False)
     assert before.retention() == Retention(max_bytes=1000, max_age_s=30.0, mode="delete")
     store.set_state("legacy1", "running")  # later writes leave the old layout readable
     assert store.get_stream("legacy1").memory == before
