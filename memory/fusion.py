@@ -3,8 +3,9 @@
 Each signal ranks the chunks it can score: `kv` (late interaction over the model's own keys), `ocr` (the
 text on screen, embedded), `labels` (image labels, embedded), `image` (an image-text model), `mean` (the
 mean-key baseline, weight 0 by default). A text signal lists only chunks whose cosine with the question
-reaches its floor, so a chunk with some unrelated text on screen is not promoted. A chunk's fused score
-is the sum over signals of weight / (rrf_k + rank); the signals it was found by travel with it.
+reaches its floor and `relative_floor` x the best cosine of that signal, so a chunk with some unrelated text
+on screen is not promoted. A chunk's fused score is the sum over signals of weight / (rrf_k + rank); the
+signals it was found by travel with it. Defaults chosen by benchmarks/bench_footage_needles.py (README).
 """
 from __future__ import annotations
 
@@ -26,14 +27,15 @@ class SearchOptions:
     where late interaction turns approximate."""
 
     kv_weight: float = 1.0
-    ocr_weight: float = 1.0
+    ocr_weight: float = 2.0
     labels_weight: float = 0.5
     image_weight: float = 1.0
     mean_weight: float = 0.0
     ocr_floor: float = 0.3  # cosine a chunk's on-screen text needs with the question to count
     labels_floor: float = 0.3
     image_floor: float = 0.2
-    rrf_k: int = 60
+    relative_floor: float = 0.75  # a text signal also drops rows under this share of its best cosine
+    rrf_k: int = 10
     depth: int = 50  # ranks of each signal that count
     exact_max_rows: int = 1 << 16  # keys per channel searched exactly; above: HNSW candidates, exact rescoring
 
@@ -43,12 +45,18 @@ class SearchOptions:
                 raise ValueError(f"retrieval weight of {name} must be in [0, 100], got {self.weight(name)}")
         if self.rrf_k < 0 or self.depth < 1 or self.exact_max_rows < 1:
             raise ValueError("rrf_k must be >= 0, depth and exact_max_rows >= 1")
+        if not 0.0 <= self.relative_floor <= 1.0:
+            raise ValueError(f"relative_floor must be in [0, 1], got {self.relative_floor}")
 
     def weight(self, signal: str) -> float:
         return float(getattr(self, f"{signal}_weight"))
 
     def floor(self, signal: str) -> float:
         return float(getattr(self, f"{signal}_floor", float("-inf")))
+
+    def floored(self, signal: str) -> bool:
+        """A cosine signal with a floor (the frame index's), not a ranking-only one (kv, mean)."""
+        return hasattr(self, f"{signal}_floor")
 
     def only(self, signal: str) -> "SearchOptions":
         """The same options with every other signal's weight 0 (a signal measured alone)."""
@@ -67,6 +75,8 @@ def fuse(ranked: Ranked, opts: SearchOptions) -> list[tuple[int, float, tuple[Si
     for name, rows in ranked.items():
         w = opts.weight(name)
         floor = opts.floor(name)
+        if opts.floored(name) and rows:
+            floor = max(floor, opts.relative_floor * max(s for _, s in rows))
         kept = [(cid, s) for cid, s in rows if s >= floor][:opts.depth]
         for rank, (cid, score) in enumerate(kept, start=1):
             found.setdefault(cid, []).append(SignalScore(name, rank, float(score)))

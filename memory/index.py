@@ -2,7 +2,8 @@
 
 One `StreamIndex` per stream holds, for every stored chunk: its representative keys (late interaction,
 `memory.multivec`; exact while small, candidates from a FAISS HNSW index per channel above
-`exact_max_rows` keys per channel (about 2 hours of 8-s chunks at 64 keys), then exact rescoring), its mean key (the baseline, FAISS inner product), and one
+`exact_max_rows` keys per channel, then exact rescoring; 65 536 keys are 1 024 chunks of 64 keys: 2.3 h of
+full 8-s clips, under an hour of busy footage whose clips close early at scene cuts), its mean key (the baseline, FAISS inner product), and one
 vector per frame-index signal (on-screen text, labels, image embedding; FAISS inner product). Each
 signal ranks what it can score; `memory.fusion` combines them.
 
@@ -78,7 +79,8 @@ class _Keys:
         self.exact_max_rows = exact_max_rows
         self.cids: list[int] = []
         self.parts: list[np.ndarray] = []  # [C, m, D] float16 each
-        self._stack: np.ndarray | None = None
+        self._stack: np.ndarray | None = None  # [N, C, m, D] float16
+        self._channels: np.ndarray | None = None  # [C, N, m, D] float32: what scoring reads
         self.hnsw: list[faiss.Index] | None = None
         self._hnsw_rows = 0  # chunks added to the HNSW indexes
 
@@ -90,12 +92,17 @@ class _Keys:
         m = self.m or keys[0].shape[1]
         self.cids += cids
         self.parts += [pad_rows(k, m) for k in keys]
-        self._stack = None
+        self._stack = self._channels = None
 
     def stack(self) -> np.ndarray:
         if self._stack is None:
             self._stack = np.stack(self.parts)  # [N, C, m, D]
         return self._stack
+
+    def channels(self) -> np.ndarray:
+        if self._channels is None:
+            self._channels = np.ascontiguousarray(self.stack().transpose(1, 0, 2, 3), dtype=np.float32)
+        return self._channels
 
     @property
     def approximate(self) -> bool:
@@ -126,7 +133,10 @@ class _Keys:
         approx = mode == "approx" or (mode == "auto" and self.approximate and pos.size * self.m > self.exact_max_rows)
         if approx:
             pos = self._candidates(q, pos)
-        scores = combined(q.tokens, self.stack()[pos], self.n_layers)  # [n]
+        keys = self.channels()  # [C, N, m, D]
+        if pos.size != len(self.cids) or (pos != np.arange(len(self.cids))).any():
+            keys = keys[:, pos]  # a window or candidates: only those chunks
+        scores = combined(q.tokens, keys, self.n_layers, channel_major=True)  # [n]
         order = np.argsort(-scores, kind="stable")
         return [(self.cids[int(pos[i])], float(scores[i])) for i in order]
 

@@ -23,14 +23,19 @@ def pad_rows(keys: np.ndarray, m: int) -> np.ndarray:
     return np.concatenate([keys, np.repeat(keys[:, :1], m - k, axis=1)], axis=1)
 
 
-def maxsim(queries: np.ndarray, keys: np.ndarray, n_layers: int) -> np.ndarray:
-    """queries [C, Q, D], keys [N, C, m, D] -> per-layer scores [N, R] (R = n_layers, C = R x heads)."""
-    N, C, m, D = keys.shape
+def maxsim(queries: np.ndarray, keys: np.ndarray, n_layers: int, channel_major: bool = False) -> np.ndarray:
+    """queries [C, Q, D], keys [N, C, m, D] (or [C, N, m, D] float32 with `channel_major`, the search index's
+    layout: each channel's keys contiguous) -> per-layer scores [N, R] (R = n_layers, C = R x heads)."""
+    if channel_major:
+        C, N, m, D = keys.shape
+    else:
+        N, C, m, D = keys.shape
     if N == 0:
         return np.zeros((0, n_layers), np.float32)
     out = np.empty((N, C), np.float32)
     for c in range(C):  # one channel at a time keeps the [N*m, Q] product small
-        sim = keys[:, c].reshape(N * m, D).astype(np.float32) @ queries[c].astype(np.float32).T  # [N*m, Q]
+        kc = keys[c] if channel_major else keys[:, c]  # [N, m, D]
+        sim = kc.reshape(N * m, D).astype(np.float32, copy=False) @ queries[c].astype(np.float32).T  # [N*m, Q]
         out[:, c] = sim.reshape(N, m, -1).max(axis=1).sum(axis=1)  # [N]
     return out.reshape(N, n_layers, C // n_layers).sum(axis=2)  # [N, R]
 
@@ -45,9 +50,9 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     return np.where(sd > 1e-9, (scores - mu) / np.maximum(sd, 1e-9), 0.0).astype(np.float32)
 
 
-def combined(queries: np.ndarray, keys: np.ndarray, n_layers: int) -> np.ndarray:
+def combined(queries: np.ndarray, keys: np.ndarray, n_layers: int, channel_major: bool = False) -> np.ndarray:
     """[N] late-interaction score of each block: per-layer max-sim, standardised, summed over layers."""
-    return standardise(maxsim(queries, keys, n_layers)).sum(axis=1)
+    return standardise(maxsim(queries, keys, n_layers, channel_major)).sum(axis=1)
 
 
 def merged_keys(parts: list[np.ndarray]) -> np.ndarray:

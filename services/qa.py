@@ -104,10 +104,12 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         if not index.records:
             raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
         ranked = index.search(query, top_k or s.top_k, searched.bounds, opts)
-        if not ranked:
+        if not index.allowed(searched.bounds):
             where = f" (from {searched.phrase!r})" if searched.phrase else ""
             raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window "
                                  f"[{searched.start_s:g}, {searched.end_s:g}]{where}")
+        # no signal found anything (e.g. only `ocr` asked and no text on screen reaches its floor): the
+        # answer comes from the working memory alone, with no evidence
         hits = sorted(ranked, key=lambda h: h.chunk.start_s)
         ids = [h.chunk.chunk_id for h in hits]
         try:

@@ -63,7 +63,7 @@ def test_covering_rows_picks_the_outlier_first_then_spreads():
 
 def test_fusion_by_hand():
     ranked = {"kv": [(1, 2.0), (2, 1.0), (3, 0.5)], "ocr": [(3, 0.8), (2, 0.1)]}
-    opts = SearchOptions(kv_weight=1.0, ocr_weight=1.0, ocr_floor=0.3, rrf_k=0)
+    opts = SearchOptions(kv_weight=1.0, ocr_weight=1.0, ocr_floor=0.3, relative_floor=0.0, rrf_k=0)
     out = fuse(ranked, opts)
     # kv: 1/1, 1/2, 1/3; ocr keeps only chunk 3 (0.1 is under the floor): 1/1
     assert [c for c, _, _ in out] == [3, 1, 2]
@@ -73,6 +73,11 @@ def test_fusion_by_hand():
     assert [c for c, _, _ in fuse(ranked, opts.only("ocr"))] == [3]  # a signal alone
     with pytest.raises(ValueError):
         SearchOptions(kv_weight=-1)
+    # the relative floor: a text row far under the signal's best is not evidence either
+    near = {"ocr": [(5, 0.8), (6, 0.65), (7, 0.35)]}
+    assert [c for c, _, _ in fuse(near, SearchOptions(relative_floor=0.75))] == [5, 6]  # 0.35 < 0.6
+    assert [c for c, _, _ in fuse(near, SearchOptions(relative_floor=0.0))] == [5, 6, 7]
+    assert [c for c, _, _ in fuse({"kv": [(1, -5.0), (2, -9.0)]}, SearchOptions())] == [1, 2]  # kv: no floors
 
 
 # ---- real chunks in a real Redis ------------------------------------------------------------------

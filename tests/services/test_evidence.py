@@ -64,6 +64,9 @@ def test_text_questions_find_their_moment_and_say_how(stream):
         assert all({s.signal for s in e.signals} >= {"kv"} for e in kv_only.evidence)
         ocr_only = c.ask(sid, QUESTIONS["GATE 7 CLOSED"], top_k=3, signals=["ocr"])
         assert ocr_only.evidence and overlaps(best(ocr_only), 12.0, 17.0)
+        # a signal that finds nothing: an answer from the working memory, with no evidence (not an error)
+        nothing = c.ask(sid, "Is there a giraffe wearing a hat?", top_k=3, signals=["ocr"])
+        assert nothing.answer and not nothing.evidence
         with pytest.raises(Exception, match="INVALID_ARGUMENT.*unknown retrieval signal"):
             c.ask(sid, "what?", signals=["smell"])
 
