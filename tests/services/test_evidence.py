@@ -109,3 +109,32 @@ def test_same_top_k_after_a_restart_and_after_retention(make_server, stream):
         for lo, hi, text in CAPTIONS:
             assert overlaps(best(c1.ask(sid, QUESTIONS[text], top_k=4)), lo, hi), (text, [
                 (r.chunk_id, r.start_s, r.end_s, r.level, r.text) for r in store.chunk_records(sid)])
+
+
+def test_an_image_text_model_plugs_in_as_one_more_signal(tmp_path, redis_url, namespace, tiny_adapter, footage):
+    """A local CLIP checkpoint (tiny, seeded random weights: the ranking is noise, the path is real) adds the
+    `image` signal beside the text ones, end to end: stored with each chunk, searched, fused, named in evidence."""
+    from encoders.describe import DescriberOptions, load_describer
+    from services.config import Settings
+    from services.server import VigilServer
+    from tests.encoders.test_describe import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "clip", "clip")
+    frames = DescriberOptions(image_text_model=str(ckpt))
+    d = load_describer(frames)
+    assert set(d.signals) == {"ocr", "labels", "image"}
+    s = Settings(host="127.0.0.1", port=0, redis_url=redis_url, namespace=namespace, frames=frames,
+                 media_roots=(str(footage.parent),), cache_dir=tmp_path / "vigil")
+    srv = VigilServer(s, adapter=tiny_adapter, describer=d)
+    port = srv.start_in_thread()
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            sid = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id).stream_id
+            row = srv.rt.store.chunk_index_rows(sid, [0])[0]
+            assert row.dense["image"].shape == (1, 16)
+            only = c.ask(sid, "a red truck at the gate", top_k=3, signals=["image"])
+            assert only.evidence and all("image" in {x.signal for x in e.signals} for e in only.evidence)
+            fused = c.ask(sid, QUESTIONS["LOT B FULL"], top_k=4)
+            assert overlaps(best(fused), 70.0, 75.0)  # the on-screen text still wins with a noisy image signal
+    finally:
+        srv.stop_thread()
