@@ -463,6 +463,10 @@ def goals(results: list[dict], retrieval: dict[str, dict[str, list[int]]], n_tok
         out["hit4"] = {"value": h4, "met": h4 >= 0.9}
         lines.append(f"* hit@4 >= 90 % (late interaction, every question and ingest): {pct(h4)} -> "
                      f"**{'met' if h4 >= 0.9 else 'not met'}**")
+    if wm is not None:
+        lines.append(f"* (reference) {wm['memory']}: keeps {pct(wm['kept_of_full_correct'])} of full KV's correct "
+                     f"answers at {wm['memory_tokens'] / n_tokens:.1%} of the stream's tokens per layer, answers "
+                     f"{wm['correct']}/{wm['n']}")
     for d in designs:
         frac = d["memory_tokens"] / n_tokens
         kept = d["kept_of_full_correct"] or 0.0
@@ -471,19 +475,38 @@ def goals(results: list[dict], retrieval: dict[str, dict[str, list[int]]], n_tok
         text = (f"* {d['memory']}: keeps {pct(kept)} of full KV's correct answers at {frac:.1%} of the stream's "
                 f"tokens per layer -> keep >= 90 % at <= 15 %: **{'met' if ok else 'not met'}**")
         if wm is not None:
-            ids = lambda r: {(a["seed"], i) for i, a in enumerate(r["answers"]) if a["correct"]}  # noqa: E731
-            won, lost = len(ids(d) - ids(wm)), len(ids(wm) - ids(d))
+            right = lambda r: {i for i, a in enumerate(r["answers"]) if a["correct"]}  # noqa: E731
+            won, lost = sorted(right(d) - right(wm)), sorted(right(wm) - right(d))
             never_fewer = d["correct"] >= wm["correct"]
-            g |= {"correct": d["correct"], "wm_alone_correct": wm["correct"], "gained": won, "lost": lost,
-                  "met_not_fewer": never_fewer}
-            text += (f"; answers {d['correct']} vs {wm['correct']} for the working memory alone (+{won} / -{lost} "
-                     f"facts) -> at least as many: **{'met' if never_fewer else 'not met'}**")
+            lost_rows = [d["answers"][i] for i in lost]
+            found = sum(bool(a["fact_retrieved"]) for a in lost_rows)
+            g |= {"correct": d["correct"], "wm_alone_correct": wm["correct"], "gained": len(won), "lost": len(lost),
+                  "lost_fact_chunk_retrieved": found, "met_not_fewer": never_fewer,
+                  "lost_fact_tokens_in_memory": statistics.mean(a["fact_kept"] for a in lost_rows) if lost else None}
+            text += (f"; answers {d['correct']} vs {wm['correct']} for the working memory alone (+{len(won)} / "
+                     f"-{len(lost)} facts) -> at least as many: **{'met' if never_fewer else 'not met'}**")
+            if lost:
+                text += (f" (of the {len(lost)} lost: fact's chunk retrieved {found}, fact tokens in the answer memory "
+                         f"{pct(g['lost_fact_tokens_in_memory'])})")
         out[d["memory"]] = g
         lines.append(text)
     return "\n".join(lines), out
 
 
 # ---- main --------------------------------------------------------------------------------------
+
+def default_designs(b: int, chunk: int) -> list[str]:
+    """Working memory + retrieved chunks at budget b: 3b/4 + 4 chunks of b/16 (and the same found by the mean
+    key), b/2 + 4 of b/8, and whole ingest chunks: b/2 + b/2 of them, b - 3 x chunk + 3, none + b / chunk."""
+    out = [f"{3 * b // 4}+4x{b // 16}", f"{3 * b // 4}+4x{b // 16}@mean", f"{b // 2}+4x{b // 8}"]
+    if b // 2 >= chunk:
+        out.append(f"{b // 2}+{b // 2 // chunk}x{chunk}")
+    if b - 3 * chunk > 0 and b - 3 * chunk != b // 2:
+        out.append(f"{b - 3 * chunk}+3x{chunk}")
+    if b >= chunk:
+        out.append(f"0+{b // chunk}x{chunk}")
+    return out
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -493,8 +516,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--budget", type=int, help="per-layer tokens at answer time (default 1024; quick 512)")
     ap.add_argument("--chunk", type=int, default=256, help="tokens per ingest chunk")
     ap.add_argument("--designs", default=None,
-                    help="working memory + retrieved chunks, comma-separated W+KxM[@mean] (default for budget B: "
-                         "3B/4+4x(B/16), 3B/4+4x(B/16)@mean, B/2+4x(B/8), B/2+2x(B/4))")
+                    help="working memory + retrieved chunks, comma-separated W+KxM[@mean] (default for budget B and "
+                         "chunk C: 3B/4+4x(B/16), the same @mean, B/2+4x(B/8), and whole chunks: B/2+(B/2C)xC, "
+                         "(B-3C)+3xC, 0+(B/C)xC)")
     ap.add_argument("--only", default="", help="comma-separated name fragments: run just these memories (and full)")
     ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -504,15 +528,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.facts = args.facts or (9 if args.quick else 15)
     args.budget = args.budget or (512 if args.quick else 1024)
     args.seeds = [int(x) for x in (args.seeds or ("0" if args.quick else "0,1")).split(",")]
-    b = args.budget
     if args.designs is None:
-        args.designs = f"{3 * b // 4}+4x{b // 16},{3 * b // 4}+4x{b // 16}@mean,{b // 2}+4x{b // 8},{b // 2}+2x{b // 4}"
+        args.designs = ",".join(default_designs(args.budget, args.chunk))
     args.designs = [d.strip() for d in args.designs.split(",") if d.strip()]
     try:
         for d in args.designs:
             w, k, m, _ = parse_design(d)
-            if w + k * m > b:
-                ap.error(f"design {d} holds {w + k * m} tokens per layer, over --budget {b}")
+            if w + k * m > args.budget:
+                ap.error(f"design {d} holds {w + k * m} tokens per layer, over --budget {args.budget}")
     except ValueError as exc:
         ap.error(str(exc))
     return args

@@ -45,6 +45,9 @@ class SearchOptions:
                 raise ValueError(f"retrieval weight of {name} must be in [0, 100], got {self.weight(name)}")
         if self.rrf_k < 0 or self.depth < 1 or self.exact_max_rows < 1:
             raise ValueError("rrf_k must be >= 0, depth and exact_max_rows >= 1")
+        for name in ("ocr", "labels", "image"):
+            if not -1.0 <= self.floor(name) <= 1.0:  # also refuses NaN
+                raise ValueError(f"retrieval floor of {name} must be a cosine in [-1, 1], got {self.floor(name)}")
         if not 0.0 <= self.relative_floor <= 1.0:
             raise ValueError(f"relative_floor must be in [0, 1], got {self.relative_floor}")
 

@@ -14,7 +14,7 @@ replica started after ingest, or restarted, serves the same top-k.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
@@ -59,7 +59,7 @@ class _Dense:
 
     def rank(self, vec: np.ndarray, allowed: list[int]) -> list[tuple[int, float]]:
         ok = [c for c in allowed if c in self.rows]
-        if not ok:
+        if not ok or vec.shape[-1] != self.index.d:  # a vector from another describer model: not comparable
             return []
         params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(ok, dtype=np.int64)))
         k = sum(self.rows[c] for c in ok)
@@ -78,30 +78,24 @@ class _Keys:
         self.n_layers = n_layers
         self.exact_max_rows = exact_max_rows
         self.cids: list[int] = []
-        self.parts: list[np.ndarray] = []  # [C, m, D] float16 each
-        self._stack: np.ndarray | None = None  # [N, C, m, D] float16
+        self.parts: list[np.ndarray] = []  # [C, k_i, D] float16 each, as stored (k_i <= m)
+        self.m = 0  # the most keys any chunk has: every chunk is padded to it (a repeated key changes no max)
         self._channels: np.ndarray | None = None  # [C, N, m, D] float32: what scoring reads
         self.hnsw: list[faiss.Index] | None = None
         self._hnsw_rows = 0  # chunks added to the HNSW indexes
 
-    @property
-    def m(self) -> int:
-        return self.parts[0].shape[1] if self.parts else 0
-
     def add(self, cids: list[int], keys: list[np.ndarray]) -> None:
-        m = self.m or keys[0].shape[1]
         self.cids += cids
-        self.parts += [pad_rows(k, m) for k in keys]
-        self._stack = self._channels = None
-
-    def stack(self) -> np.ndarray:
-        if self._stack is None:
-            self._stack = np.stack(self.parts)  # [N, C, m, D]
-        return self._stack
+        self.parts += keys
+        m = max(self.m, max(k.shape[1] for k in keys))
+        if m != self.m:  # wider chunks: every row position changes, so the HNSW graphs are rebuilt
+            self.m, self.hnsw, self._hnsw_rows = m, None, 0
+        self._channels = None
 
     def channels(self) -> np.ndarray:
         if self._channels is None:
-            self._channels = np.ascontiguousarray(self.stack().transpose(1, 0, 2, 3), dtype=np.float32)
+            st = np.stack([pad_rows(k, self.m) for k in self.parts])  # [N, C, m, D]
+            self._channels = np.ascontiguousarray(st.transpose(1, 0, 2, 3), dtype=np.float32)
         return self._channels
 
     @property
@@ -109,8 +103,8 @@ class _Keys:
         return len(self.cids) * self.m > self.exact_max_rows
 
     def _sync_hnsw(self) -> list[faiss.Index]:
-        st = self.stack()
-        N, C, m, D = st.shape
+        ch = self.channels()
+        C, N, m, D = ch.shape
         if self.hnsw is None:
             self.hnsw = []
             for _ in range(C):
@@ -119,7 +113,7 @@ class _Keys:
                 self.hnsw.append(idx)
         if self._hnsw_rows < N:
             for c, idx in enumerate(self.hnsw):
-                idx.add(st[self._hnsw_rows:, c].reshape(-1, D).astype(np.float32))  # row r -> chunk r // m
+                idx.add(ch[c, self._hnsw_rows:].reshape(-1, D))  # row r -> chunk position r // m
             self._hnsw_rows = N
         return self.hnsw
 
@@ -132,7 +126,7 @@ class _Keys:
             return []
         approx = mode == "approx" or (mode == "auto" and self.approximate and pos.size * self.m > self.exact_max_rows)
         if approx:
-            pos = self._candidates(q, pos)
+            pos = self._candidates(q, pos, whole=pos.size == len(self.cids))
         keys = self.channels()  # [C, N, m, D]
         if pos.size != len(self.cids) or (pos != np.arange(len(self.cids))).any():
             keys = keys[:, pos]  # a window or candidates: only those chunks
@@ -140,19 +134,27 @@ class _Keys:
         order = np.argsort(-scores, kind="stable")
         return [(self.cids[int(pos[i])], float(scores[i])) for i in order]
 
-    def _candidates(self, q: QueryKeys, pos: np.ndarray) -> np.ndarray:
-        """Positions (within `pos`) of the chunks whose keys the HNSW indexes return for any query row."""
+    def _candidates(self, q: QueryKeys, pos: np.ndarray, whole: bool) -> np.ndarray:
+        """Positions (within `pos`) of the chunks whose keys the HNSW indexes return for any query row; a
+        window's chunks are selected inside the graph search, not after it."""
         m = self.m
         found: set[int] = set()
+        params = None
+        if not whole:
+            rows = (pos[:, None] * m + np.arange(m)[None]).ravel().astype(np.int64)  # the window's key rows
+            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(rows), efSearch=128)
         for c, idx in enumerate(self._sync_hnsw()):
-            _, rows = idx.search(q.tokens[c].astype(np.float32), min(HNSW_CANDIDATES, idx.ntotal))
+            _, rows = idx.search(q.tokens[c].astype(np.float32), min(HNSW_CANDIDATES, idx.ntotal), params=params)
             found.update(int(r) // m for r in rows.ravel() if r >= 0)
         keep = pos[np.isin(pos, np.fromiter(found, dtype=np.int64, count=len(found)))]
         return keep if keep.size else pos
 
 
 class StreamIndex:
+    """Safe to share between threads: additions and searches of one stream take turns."""
+
     def __init__(self, n_layers: int, epoch: int = 0, exact_max_rows: int = SearchOptions().exact_max_rows) -> None:
+        self._lock = threading.RLock()
         self.epoch = epoch
         self.records: dict[int, ChunkRecord] = {}
         self.last_id = -1
@@ -162,6 +164,10 @@ class StreamIndex:
     def add(self, rows: list[IndexRow]) -> None:
         if not rows:
             return
+        with self._lock:
+            self._add(rows)
+
+    def _add(self, rows: list[IndexRow]) -> None:
         for r in rows:
             self.records[r.record.chunk_id] = r.record
             self.last_id = max(self.last_id, r.record.chunk_id)
@@ -179,13 +185,23 @@ class StreamIndex:
             self.dense[name].add([c for c, _ in items], [v for _, v in items])
 
     def allowed(self, window: tuple[float, float] | None) -> list[int]:
-        if window is None:
-            return sorted(self.records)
-        lo, hi = window
-        return sorted(cid for cid, r in self.records.items() if r.end_s > lo and r.start_s < hi)
+        with self._lock:
+            if window is None:
+                return sorted(self.records)
+            lo, hi = window
+            return sorted(cid for cid, r in self.records.items() if r.end_s > lo and r.start_s < hi)
+
+    def wall_anchors(self) -> list[tuple[float, float]]:
+        """(media start, wall-clock start) of every chunk received live: how wall-clock words are read."""
+        with self._lock:
+            return [(r.start_s, r.wall_start) for r in self.records.values() if r.wall_start]
 
     def ranked(self, query: Query, window: tuple[float, float] | None = None, mode: str = "auto") -> Ranked:
         """Each signal's ranking of the chunks overlapping `window` that it can score."""
+        with self._lock:
+            return self._ranked(query, window, mode)
+
+    def _ranked(self, query: Query, window: tuple[float, float] | None, mode: str) -> Ranked:
         allowed = self.allowed(window)
         out: Ranked = {}
         if not allowed:
@@ -204,8 +220,15 @@ class StreamIndex:
         """Top-k chunks by the fused ranking, best first, only those overlapping [start_s, end_s]."""
         if k <= 0:
             return []
-        fused = fuse(self.ranked(query, window, mode), fusion)
-        return [Hit(self.records[cid], score, signals) for cid, score, signals in fused[:k]]
+        with self._lock:
+            ranked = self._ranked(query, window, mode)
+            unkeyed = set(self.allowed(window)) - set(self.keys.cids)
+            if unkeyed and query.keys is not None and fusion.mean_weight == 0 and "mean" in ranked:
+                # chunks stored before representative keys existed: the mean key ranks them in kv's place
+                ranked["mean"] = [(c, s) for c, s in ranked["mean"] if c in unkeyed]
+                fusion = replace(fusion, mean_weight=fusion.kv_weight)
+            fused = fuse(ranked, fusion)
+            return [Hit(self.records[cid], score, signals) for cid, score, signals in fused[:k]]
 
 
 class IndexRegistry:

@@ -59,7 +59,7 @@ def merged_keys(parts: list[np.ndarray]) -> np.ndarray:
     """Representative keys of a merged block from its parts' [C, m, D] (rows in selection order): the first
     m / len(parts) rows of each part (a prefix of a farthest-point selection is itself one), so a merged block
     keeps the fixed size m."""
-    m = parts[0].shape[1]
+    m = max(p.shape[1] for p in parts)
     take = max(1, m // len(parts))
     joined = np.concatenate([p[:, :take] for p in parts], axis=1)
     return pad_rows(joined, m)

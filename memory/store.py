@@ -79,6 +79,7 @@ class StreamRecord:
     # memory options, chosen at start (server defaults + the request's overrides) and kept for the stream's
     # life, so a resumed stream keeps them whatever the adopting server's settings; one JSON hash field
     memory: MemoryOptions = field(default_factory=MemoryOptions)
+    frames_fingerprint: str = ""  # the frame describer's models (encoders.describe) behind the d:* vectors
     # memory accounting
     chunk_bytes: int = 0  # bytes of the chunks stored now
     chunk_bytes_written: int = 0  # bytes of every chunk ever stored (retention does not lower it)
@@ -338,8 +339,8 @@ class MemoryStore:
         key = max(range(len(recs)), key=lambda i: recs[i].novelty)
         jpeg_bytes = got[key][2] or b""
         extra = {}
-        if all(g[3] is not None for g in got):
-            extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got]))
+        if any(g[3] is not None for g in got):  # parts stored before keys existed contribute none
+            extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got if g[3] is not None]))
         for j, name in enumerate(DENSE_SIGNALS):  # every part's vectors of a signal are kept (each can match)
             vs = [_from_npy(g[4 + j]) for g in got if g[4 + j] is not None]
             if vs:
@@ -352,7 +353,8 @@ class MemoryStore:
             wall_end=recs[-1].wall_end, cuts=sum(r.cuts for r in recs), novelty=recs[key].novelty,
             redundant=sum(r.redundant for r in recs), static=round(sum(r.static for r in recs) / len(recs), 4),
             span_start=recs[0].span_start, span_end=recs[-1].span_end, level=max(r.level for r in recs) + 1,
-            format=recs[0].format, text=" | ".join(texts), labels=recs[key].labels,
+            format=recs[0].format, text=" | ".join(texts),
+            labels=", ".join(dict.fromkeys(x for r in recs for x in r.labels.split(", ") if x)),  # as d:labels
         )
         old = sum(r.bytes for r in recs)
         pipe = self.r.pipeline(transaction=True)

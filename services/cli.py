@@ -302,21 +302,25 @@ def cmd_demo(args) -> int:
             info = c.start(str(video), fps=args.fps or 0.0)
             info = _wait(c, info, show_progress=not args.json and sys.stderr.isatty())
             resp = c.ask(info.stream_id, question, include_keyframes=True)
-        best = max(resp.evidence, key=lambda e: e.score)
+        best = max(resp.evidence, key=lambda e: e.score, default=None)
         truth = [c for c in captions if question and c.text.split()[0].lower() in question.lower()]
         if args.json:
             print(json.dumps({"stream": _info_dict(info), "question": question, **_answer_dict(resp),
-                              "best_evidence": {"chunk_id": best.chunk_id, "start_s": best.start_s, "end_s": best.end_s},
+                              "best_evidence": {"chunk_id": best.chunk_id, "start_s": best.start_s,
+                                                "end_s": best.end_s} if best else None,
                               "on_screen": [{"text": c.text, "start_s": c.start_s, "end_s": c.end_s} for c in captions]}))
         else:
             print(f"ingested {info.frames} frames into {info.chunks} chunks "
                   f"({info.duration_s:.1f}s of video, {info.memory_bytes / 1e6:.2f} MB of memory)")
             print(f"Q: {question}")
             _print_answer(resp, Path(args.keyframes_dir) if args.keyframes_dir else None)
-            print(f"Best evidence: {best.start_s:.1f}s - {best.end_s:.1f}s"
-                  + (f" (on screen: {best.on_screen_text!r})" if best.on_screen_text else ""))
+            if best is None:
+                print("No evidence: no retrieval signal found a matching chunk.")
+            else:
+                print(f"Best evidence: {best.start_s:.1f}s - {best.end_s:.1f}s"
+                      + (f" (on screen: {best.on_screen_text!r})" if best.on_screen_text else ""))
             for c in truth:
-                hit = best.end_s > c.start_s and best.start_s < c.end_s
+                hit = best is not None and best.end_s > c.start_s and best.start_s < c.end_s
                 print(f"The video showed {c.text!r} at {c.start_s:g}-{c.end_s:g}s: the best evidence "
                       + ("points at that moment." if hit else "does NOT point at that moment."))
     finally:

@@ -108,6 +108,20 @@ class Settings(BaseSettings):
     memory: MemoryOptions = MemoryOptions()
     frames: DescriberOptions = DescriberOptions()  # the frame index's describer (VIGIL_FRAMES__*)
     retrieval: SearchOptions = SearchOptions()  # how questions search: fusion weights, floors (VIGIL_RETRIEVAL__*)
+    timezone: str | None = Field(None, description="IANA zone wall-clock words in questions are read in "
+                                 "(\"after 14:05\"); unset: the server's local zone")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v):
+        if v:
+            import zoneinfo
+
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {v!r}: {exc}") from None
+        return v
 
     @field_validator("media_roots", mode="before")
     @classmethod

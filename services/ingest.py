@@ -63,11 +63,14 @@ class IngestManager:
 
     def _record(self, source: str, fps: float, clip_frames: int, kind: str, live: bool,
                 duration_s: float = 0.0, memory: MemoryOptions | None = None) -> StreamRecord:
-        spec = self.rt.adapter.spec
+        spec, describer = self.rt.adapter.spec, self.rt.describer
+        memory = memory or self.rt.settings.memory
+        if describer is None and memory.frame_index:  # recorded as it runs: this process has no frame index
+            memory = memory.with_overrides(frame_index=False)
         return StreamRecord(
             stream_id=uuid.uuid4().hex[:12], source=source, fps=fps, clip_frames=clip_frames, model=spec.name,
             random_weights=spec.random_weights, source_duration_s=duration_s, kind=kind, live=live,
-            memory=memory or self.rt.settings.memory,
+            memory=memory, frames_fingerprint=describer.fingerprint if memory.frame_index else "",
         )
 
     def start(self, source: str, fps: float = 0.0, clip_frames: int = 0, memory: dict | None = None) -> StreamRecord:

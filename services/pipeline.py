@@ -225,7 +225,8 @@ class StreamWorker:
                                          context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys)
             done = step(mem.prefix, mem.state, enc, novelty, self.memory)
         desc = None
-        if self.memory.frame_index and rt.describer is not None:
+        d = rt.describer  # a resumed stream is described only by the models that described its first chunks
+        if self.memory.frame_index and d is not None and d.fingerprint == self.rec.frames_fingerprint:
             one = max(rt.describer.options.ocr_frames, rt.describer.options.label_frames) <= 1
             desc = rt.describer.describe([clip.frames[key]] if one else list(clip.frames))  # one: the keyframe
         self.frames_total += len(clip.frames)

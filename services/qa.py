@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
+import zoneinfo
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -22,6 +24,8 @@ from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
 
 ALL, REQUEST, QUESTION = "all", "request", "question"  # what set the searched window
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{2,}'")  # quoted words are what to find, not when
+MAX_SIGNALS = 8
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,18 @@ def validate_question(question: str, max_chars: int) -> str:
 
 def searched_window(rt: Runtime, sid: str, question: str, window: tuple[float, float] | None,
                     media_end_s: float) -> Searched:
-    """An explicit window wins; else the question's time words (wall-clock words read through the stream's
-    chunks' wall times, live streams only); else everything."""
+    """An explicit window wins; else the question's time words (not inside quotes: "when did the sign say
+    'DEPARTS 12:30'?" searches everywhere; wall-clock words read through the stream's chunks' wall times,
+    live streams only, in `VIGIL_TIMEZONE`); else everything."""
     if window is not None:
         lo, hi = window
         if not (math.isfinite(lo) and lo >= 0 and not math.isnan(hi) and hi > lo):
             raise InvalidRequest(f"time window [{lo}, {hi}] is empty or invalid")
         return Searched(lo, hi, REQUEST)
-    anchors = [(r.start_s, r.wall_start) for r in rt.indexes.synced(sid).records.values() if r.wall_start]
-    tw = window_from_question(question, duration_s=media_end_s, wall_anchor=anchors or None)
+    anchors = rt.indexes.synced(sid).wall_anchors()
+    unquoted = _QUOTED.sub(lambda m: " " * len(m.group()), question)  # same length: phrases stay substrings
+    tz = zoneinfo.ZoneInfo(rt.settings.timezone) if rt.settings.timezone else None
+    tw = window_from_question(unquoted, duration_s=media_end_s, wall_anchor=anchors or None, tz=tz)
     if tw is None:
         return Searched(0.0, math.inf, ALL)
     return Searched(tw.start_s, tw.end_s, QUESTION, tw.phrase)
@@ -79,9 +86,17 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
     opts = rt.settings.retrieval
     if not signals:
         return opts
+    if len(signals) > MAX_SIGNALS:
+        raise InvalidRequest(f"{len(signals)} retrieval signals named; at most {MAX_SIGNALS}")
     unknown = sorted(set(signals) - set(SIGNALS))
     if unknown:
-        raise InvalidRequest(f"unknown retrieval signal(s) {unknown}; known: {list(SIGNALS)}")
+        shown = [u[:24] for u in unknown[:3]]
+        raise InvalidRequest(f"unknown retrieval signal(s) {shown}; known: {list(SIGNALS)}")
+    produced = set(rt.describer.signals) if rt.describer is not None else set()
+    missing = [x for x in signals if x in ("ocr", "labels", "image") and x not in produced]
+    if missing:
+        raise NotReady(f"this server has no {', '.join(missing)} signal (frame index: "
+                       f"{'off' if rt.describer is None else ', '.join(rt.describer.signals)}; see VIGIL_FRAMES__*)")
     return replace(opts, **{f"{s}_weight": ((opts.weight(s) or 1.0) if s in signals else 0.0) for s in SIGNALS})
 
 
@@ -96,8 +111,10 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     opts = search_options(rt, list(signals or []))
     rec = rt.store.get_stream(sid)  # NOT_FOUND before any model work
     searched = searched_window(rt, sid, q, window, rec.media_end_s)
+    if searched.source == QUESTION and not rt.indexes.synced(sid).allowed(searched.bounds):
+        searched = Searched(0.0, math.inf, ALL)  # the time words point where nothing is stored: search it all
     example = decode_example(example_image, s.max_example_bytes, s.frame_max_side) if example_image else None
-    query = question_query(rt, q, example)
+    query = question_query(rt, q, example, rec.frames_fingerprint)
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         index = rt.indexes.synced(sid)
         rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
@@ -137,13 +154,15 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
                   (time.perf_counter() - t0) * 1000, gaps, searched)
 
 
-def question_query(rt: Runtime, question: str, example: np.ndarray | None) -> Query:
+def question_query(rt: Runtime, question: str, example: np.ndarray | None, frames_fingerprint: str = "") -> Query:
     """What the search runs with: the question's (or the example image's) keys for the KV signals, and its
-    frame-index vectors (the question embedded as text; an example image described like a keyframe)."""
+    frame-index vectors (the question embedded as text; an example image described like a keyframe) when this
+    server's describer is the one that described the stream (`frames_fingerprint`; "": take it as it is)."""
     with rt.model_lock:
         keys = rt.adapter.question_keys(question) if example is None else rt.adapter.example_keys(example)
     dense: dict[str, np.ndarray] = {}
-    if rt.describer is not None:
+    same = rt.describer is not None and frames_fingerprint in ("", rt.describer.fingerprint)
+    if same:
         dense = rt.describer.embed_query(question) if example is None else dict(rt.describer.describe([example]).vectors)
     return Query(keys, dense)
 

@@ -186,3 +186,27 @@ def test_approximate_search_recall_against_exact(tiny_adapter, store):
     assert small.keys.approximate
     got = small.ranked(qs[0], window=(80.0, 160.0))["kv"]
     assert got and all(80.0 < small.records[c].end_s and small.records[c].start_s < 160.0 for c, _ in got)
+
+
+def test_chunks_stored_before_representative_keys_are_still_found():
+    """A stream with old chunks (mean key only) and new ones: the mean key ranks the old ones in kv's place."""
+    from encoders.retrieval import QueryKeys
+
+    rs = np.random.RandomState(3)
+    unit = lambda v: (v / np.linalg.norm(v)).astype(np.float32)  # noqa: E731
+    idx = StreamIndex(1)
+    target = unit(rs.randn(8))
+    old = [IndexRow(ChunkRecord(i, i * 8.0, i * 8 + 8.0, 8, 32, i * 8.0), target if i == 2 else unit(rs.randn(8)),
+                    None, {}) for i in range(4)]
+    new = [IndexRow(ChunkRecord(i, i * 8.0, i * 8 + 8.0, 8, 32, i * 8.0), unit(rs.randn(8)),
+                    rs.randn(2, 4, 4).astype(np.float16), {}) for i in range(4, 8)]
+    idx.add(old + new)
+    q = Query(QueryKeys(rs.randn(2, 3, 4).astype(np.float32), target))
+    hits = idx.search(q, 8)
+    assert {h.chunk.chunk_id for h in hits} == set(range(8))
+    old_hits = [h for h in hits if h.chunk.chunk_id < 4]
+    assert old_hits[0].chunk.chunk_id == 2 and {s.name for s in old_hits[0].signals} == {"mean"}
+    # widening: a later chunk with more keys than the first ones pads everyone to it
+    idx.add([IndexRow(ChunkRecord(8, 64.0, 72.0, 8, 32, 64.0), unit(rs.randn(8)), rs.randn(2, 6, 4).astype(np.float16), {})])
+    assert idx.keys.m == 6 and idx.keys.channels().shape == (2, 5, 6, 4)
+    assert len(idx.ranked(q)["kv"]) == 5

@@ -57,7 +57,7 @@ def test_text_questions_find_their_moment_and_say_how(stream):
             assert sorted(e.rank for e in resp.evidence) == list(range(1, len(resp.evidence) + 1))
             assert resp.window_source == qa_pb2.WINDOW_SOURCE_ALL
         # a chunk with no text on screen carries no ocr vector and says nothing
-        plain = [e for e in c.ask(sid, "What is happening?", top_k=8).evidence if not e.on_screen_text]
+        plain = [e for e in c.ask(sid, "What is happening?", top_k=20).evidence if not e.on_screen_text]
         assert plain and all("ocr" not in {s.signal for s in e.signals} for e in plain)
         # each signal alone, and an unknown one refused
         kv_only = c.ask(sid, QUESTIONS["GATE 7 CLOSED"], top_k=3, signals=["kv"])
@@ -138,3 +138,27 @@ def test_an_image_text_model_plugs_in_as_one_more_signal(tmp_path, redis_url, na
             assert overlaps(best(fused), 70.0, 75.0)  # the on-screen text still wins with a noisy image signal
     finally:
         srv.stop_thread()
+
+
+def test_quoted_text_is_what_to_find_not_when(stream):
+    _, addr, sid = stream
+    with Client(addr) as c:
+        quoted = c.ask(sid, 'When did the sign say "TRUCK 22 ARRIVED 0:12"?', top_k=3)
+        assert quoted.window_source == qa_pb2.WINDOW_SOURCE_ALL and overlaps(best(quoted), 41.0, 46.0)
+        bare = c.ask(sid, "When did the sign say truck 22 arrived, after 0:30?", top_k=3)
+        assert bare.window_source == qa_pb2.WINDOW_SOURCE_QUESTION and bare.searched_window.start_s == 30.0
+        with pytest.raises(Exception, match="INVALID_ARGUMENT.*at most 8"):
+            c.ask(sid, "what?", signals=["kv"] * 9)
+
+
+def test_a_server_without_a_frame_index_says_so(make_server, footage):
+    from encoders.describe import DescriberOptions
+
+    _, addr = make_server(frames=DescriberOptions(enabled=False))
+    with Client(addr) as c:
+        info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
+        assert info.memory.frame_index is False  # recorded as it ran, not as it was asked for
+        resp = c.ask(info.stream_id, QUESTIONS["GATE 7 CLOSED"], top_k=2)
+        assert resp.evidence and all(not e.on_screen_text for e in resp.evidence)
+        with pytest.raises(Exception, match="FAILED_PRECONDITION.*no ocr signal"):
+            c.ask(info.stream_id, "what?", signals=["ocr"])
