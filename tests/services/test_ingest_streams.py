@@ -84,7 +84,9 @@ def test_live_push_drops_evenly_when_encoding_falls_behind(make_server, bikes_ts
     assert state_name(info.state) == "finished", info.error
     assert info.dropped_frames > 0
     assert info.frames + info.dropped_frames == 250  # every sampled frame is either stored or counted
-    assert info.duration_s > 9.0  # the survivors reach the end of the 10 s video
+    # the survivors reach the end of the 10 s video (within the stride, which grows to about a second when the
+    # frame index's OCR runs on every chunk of a 25 fps stream)
+    assert info.duration_s > 8.5
 
 
 def test_watch_reports_states_and_progress_until_the_end(make_server, pattern_video):
