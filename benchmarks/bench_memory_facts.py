@@ -239,6 +239,7 @@ class Variant:
     chunk_tokens: int = 0  # per-layer tokens of each stored chunk
     signal: str = "kv"  # kv: SearchOptions() (late interaction); mean: SearchOptions().only("mean")
     design: bool = False  # one of "the service's design" (working memory + retrieved chunks)
+    working: bool = True  # False: the retrieved chunks alone (the diagnostic on the full ingest)
 
     def fusion(self) -> SearchOptions:
         return SearchOptions() if self.signal == "kv" else SearchOptions().only(self.signal)
@@ -278,6 +279,11 @@ def memories(args) -> tuple[list[Run], list[Variant]]:
         run = "default" if w == b else f"wm {w}"
         label = f"WM {w} + top-{k} chunks of {m}" + (" (mean key)" if signal == "mean" else "")
         variants.append(Variant(label, run, top_k=k, chunk_tokens=m, signal=signal, design=True))
+    if args.diagnose:  # whole chunks whose KV was read behind the whole stream, no working memory
+        k = b // args.chunk
+        variants.append(Variant(f"diagnostic: top-{k} whole chunks read behind full KV, no working memory", "full",
+                                top_k=k, chunk_tokens=args.chunk, working=False))
+        runs[0] = Run("full", runs[0].options, (args.chunk,))
     for w, ms in sizes.items():
         if w == b:  # the working-memory-alone run keeps these chunks too
             runs = [Run(r.name, r.options, tuple(sorted(ms))) if r.name == "default" else r for r in runs]
@@ -363,7 +369,7 @@ def ask(adapter: TextLMAdapter, mem: Ingested, v: Variant, fact: Fact, qkeys: Qu
         hits = mem.index.search(Query(keys=qkeys), v.top_k, fusion=v.fusion())
         ids = [h.chunk.chunk_id for h in sorted(hits, key=lambda h: h.chunk.start_s)]
         picked = [mem.chunks[v.chunk_tokens][i] for i in ids]
-    memory = answer_memory(prefix, state.tokens, picked, state.next_pos, state.max_pos)
+    memory = answer_memory(prefix, state.tokens if v.working else None, picked, state.next_pos, state.max_pos)
     text = "".join(adapter.answer(memory, fact.question, MAX_NEW_TOKENS))
     seconds = time.perf_counter() - t0 + (qkeys_s if v.top_k else 0.0)
     L = state.tokens.serial.shape[0]
@@ -404,8 +410,8 @@ def summarise(v: Variant, ingests: list[Ingested], rows: list[dict]) -> dict:
     """rows: every question of every seed, each with the full KV's answer to it ("full_generated", "full_correct")."""
     em = {t: share([r["correct"] for r in rows if r["third"] == t]) for t in THIRDS}
     em["overall"] = share([r["correct"] for r in rows])
-    stored = [m.state.tokens.length + (sum(c.length for c, _ in m.chunks[v.chunk_tokens]) if v.top_k else 0)
-              for m in ingests]
+    stored = [(m.state.tokens.length if v.working else 0)
+              + (sum(c.length for c, _ in m.chunks[v.chunk_tokens]) if v.top_k else 0) for m in ingests]
     return {
         "memory": v.name, "run": v.run, "top_k": v.top_k, "chunk_tokens": v.chunk_tokens, "signal": v.signal,
         "design": v.design, "em": em, "n": len(rows), "correct": sum(r["correct"] for r in rows),
@@ -519,6 +525,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="working memory + retrieved chunks, comma-separated W+KxM[@mean] (default for budget B and "
                          "chunk C: 3B/4+4x(B/16), the same @mean, B/2+4x(B/8), and whole chunks: B/2+(B/2C)xC, "
                          "(B-3C)+3xC, 0+(B/C)xC)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also answer from the top budget/chunk whole chunks of the full-KV ingest alone (chunk KV "
+                         "read behind the whole stream): separates what pruned context costs from what retrieval does")
     ap.add_argument("--only", default="", help="comma-separated name fragments: run just these memories (and full)")
     ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
