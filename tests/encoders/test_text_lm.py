@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.loading import ModelUnavailable
 from memory.assemble import answer_memory
 from memory.options import MemoryOptions
 from memory.working import WorkingState, context, step
@@ -34,15 +33,8 @@ QUESTION = "From which city does the ferry to the island leave?"
 
 
 @pytest.fixture(scope="module")
-def adapter():
-    from encoders.text_lm import TextLMAdapter, load_model, smollm2_gguf
-
-    try:
-        gguf = smollm2_gguf()
-    except ModelUnavailable as exc:
-        pytest.skip(str(exc))
-    tok, model = load_model(gguf)
-    return TextLMAdapter(model, tok, "smollm2-135m-instruct", random_weights=False)
+def adapter(smollm2):
+    return smollm2
 
 
 def ingest(adapter, ids: list[int], chunk: int, opts: MemoryOptions, key_rows: int = 16):
