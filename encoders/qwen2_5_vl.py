@@ -21,6 +21,7 @@ from transformers import DynamicCache
 from encoders import attention_probe
 from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
                                  retrieval_layers)
+from encoders.kv_cache import cache_of, tail
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
@@ -121,19 +122,9 @@ class Qwen25VLAdapter:
 
     # ---- cache plumbing -------------------------------------------------------------------
     def _cache(self, memory: EncodedSegment | None) -> DynamicCache:
-        cache = DynamicCache(config=self.model.config)
-        if memory is not None and memory.length:
-            k = memory.keys.to(self.device, self.dtype)  # [L, Hkv, S, D]
-            v = memory.values.to(self.device, self.dtype)
-            for layer in range(k.shape[0]):
-                cache.update(k[layer][None], v[layer][None], layer)
-        return cache
+        return cache_of(memory, self.model.config, self.device, self.dtype)
 
-    @staticmethod
-    def _tail(cache: DynamicCache, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = torch.stack([layer.keys[0, :, start:] for layer in cache.layers])  # [L, Hkv, S, D]
-        values = torch.stack([layer.values[0, :, start:] for layer in cache.layers])  # [L, Hkv, S, D]
-        return keys, values
+    _tail = staticmethod(tail)
 
     def _retrieval_from_hidden(self, hidden_states, mask: torch.Tensor, key_rows: int) -> BlockKeys:
         """The hidden states entering each layer ([1, S, Hd] each) -> the masked tokens' `BlockKeys`."""
