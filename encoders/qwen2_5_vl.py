@@ -21,6 +21,7 @@ from transformers import DynamicCache
 from encoders import attention_probe
 from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
                                  retrieval_layers)
+from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.vision_prep import PatchGeometry, frames_to_patches
@@ -224,26 +225,12 @@ class Qwen25VLAdapter:
         cache = self._cache(memory)
         logits = self.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits  # [1, 1, V]
-        step_pos = max(memory.max_pos, int(pos.max())) + 1  # generate's rope delta rule
-        for _ in range(max_new_tokens):
-            token = int(logits[0, -1].argmax())
-            yield token
-            if token in self.eos_ids:
-                return
-            p = torch.full((3, 1, 1), step_pos, dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=torch.tensor([[token]], device=self.device), position_ids=p,
-                                past_key_values=cache, use_cache=True).logits
-            step_pos += 1
+        first = max(memory.max_pos, int(pos.max())) + 1  # generate's rule: max position + 1 + i
+        def position(p: int) -> torch.Tensor:  # [3, 1, 1] multimodal RoPE: one new token
+            return torch.full((3, 1, 1), p, dtype=torch.long, device=self.device)
+
+        yield from greedy(self.model, logits, cache, first, position, self.eos_ids, max_new_tokens)
 
     def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
-        """Decoded text pieces, streamed (incremental decode keeps multi-byte characters whole)."""
-        produced: list[int] = []
-        shown = ""
-        for token in self.answer_ids(memory, question, max_new_tokens):
-            if token in self.eos_ids:
-                break
-            produced.append(token)
-            text = self.tok.decode(produced, skip_special_tokens=True)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):
-                yield text[len(shown):]
-                shown = text
+        """Decoded text pieces, streamed."""
+        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens), self.eos_ids)

@@ -28,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from encoders import attention_probe
+from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
 from encoders.loading import ModelUnavailable
@@ -243,26 +244,12 @@ class TextLMAdapter:
         cache = self._cache(memory)
         logits = self.model(input_ids=ids[None], position_ids=pos, past_key_values=cache, use_cache=True,
                             logits_to_keep=1).logits  # [1, 1, V]
-        step_pos = max(memory.max_pos, int(pos.max())) + 1
-        for _ in range(max_new_tokens):
-            token = int(logits[0, -1].argmax())
-            yield token
-            if token in self.eos_ids:
-                return
-            p = torch.full((1, 1), step_pos, dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=torch.tensor([[token]], device=self.device), position_ids=p,
-                                past_key_values=cache, use_cache=True).logits
-            step_pos += 1
+        first = max(memory.max_pos, int(pos.max())) + 1  # generate's rule: max position + 1 + i
+        def position(p: int) -> torch.Tensor:  # [1, 1]: one new token
+            return torch.full((1, 1), p, dtype=torch.long, device=self.device)
+
+        yield from greedy(self.model, logits, cache, first, position, self.eos_ids, max_new_tokens)
 
     def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
-        """Decoded text pieces, streamed (incremental decode keeps multi-byte characters whole)."""
-        produced: list[int] = []
-        shown = ""
-        for token in self.answer_ids(memory, question, max_new_tokens):
-            if token in self.eos_ids:
-                break
-            produced.append(token)
-            text = self.tok.decode(produced, skip_special_tokens=True)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):
-                yield text[len(shown):]
-                shown = text
+        """Decoded text pieces, streamed."""
+        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens), self.eos_ids)
