@@ -9,7 +9,7 @@ signals it was found by travel with it. Defaults chosen by benchmarks/bench_foot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 SIGNALS = ("kv", "ocr", "labels", "image", "mean")
 
@@ -61,10 +61,13 @@ class SearchOptions:
         """A cosine signal with a floor (the frame index's), not a ranking-only one (kv, mean)."""
         return hasattr(self, f"{signal}_floor")
 
+    def restricted(self, signals) -> "SearchOptions":
+        """The same options with every signal but `signals` weighing 0 (each of those 1 if it weighed 0)."""
+        return replace(self, **{f"{s}_weight": (self.weight(s) or 1.0) if s in signals else 0.0 for s in SIGNALS})
+
     def only(self, signal: str) -> "SearchOptions":
-        """The same options with every other signal's weight 0 (a signal measured alone)."""
-        return SearchOptions(**{**self.__dict__, **{f"{s}_weight": (self.weight(s) or 1.0) if s == signal else 0.0
-                                                    for s in SIGNALS}})
+        """One signal measured alone."""
+        return self.restricted((signal,))
 
 
 Ranked = dict[str, list[tuple[int, float]]]  # signal -> [(chunk id, score)] best first

@@ -124,7 +124,7 @@ class _Keys:
         pos = np.array([pos_of[c] for c in allowed if c in pos_of], dtype=np.int64)
         if pos.size == 0:
             return []
-        approx = mode == "approx" or (mode == "auto" and self.approximate and pos.size * self.m > self.exact_max_rows)
+        approx = mode == "approx" or (mode == "auto" and pos.size * self.m > self.exact_max_rows)
         if approx:
             pos = self._candidates(q, pos, whole=pos.size == len(self.cids))
         keys = self.channels()  # [C, N, m, D]

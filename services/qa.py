@@ -8,7 +8,7 @@ import math
 import re
 import time
 import zoneinfo
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,7 @@ from encoders.base import EncodedSegment
 from memory.assemble import answer_memory
 from memory.errors import ChunksGone
 from memory.fusion import SIGNALS, SearchOptions
-from memory.index import Hit, Query
+from memory.index import Hit, Query, StreamIndex
 from memory.layout import FeatureSet, TokenSet, concat_segments
 from memory.timewords import window_from_question
 from services.errors import InvalidRequest, NotReady
@@ -62,7 +62,7 @@ def validate_question(question: str, max_chars: int) -> str:
     return q
 
 
-def searched_window(rt: Runtime, sid: str, question: str, window: tuple[float, float] | None,
+def searched_window(rt: Runtime, index: StreamIndex, question: str, window: tuple[float, float] | None,
                     media_end_s: float) -> Searched:
     """An explicit window wins; else the question's time words (not inside quotes: "when did the sign say
     'DEPARTS 12:30'?" searches everywhere; wall-clock words read through the stream's chunks' wall times,
@@ -72,7 +72,7 @@ def searched_window(rt: Runtime, sid: str, question: str, window: tuple[float, f
         if not (math.isfinite(lo) and lo >= 0 and not math.isnan(hi) and hi > lo):
             raise InvalidRequest(f"time window [{lo}, {hi}] is empty or invalid")
         return Searched(lo, hi, REQUEST)
-    anchors = rt.indexes.synced(sid).wall_anchors()
+    anchors = index.wall_anchors()
     unquoted = _QUOTED.sub(lambda m: " " * len(m.group()), question)  # same length: phrases stay substrings
     tz = zoneinfo.ZoneInfo(rt.settings.timezone) if rt.settings.timezone else None
     tw = window_from_question(unquoted, duration_s=media_end_s, wall_anchor=anchors or None, tz=tz)
@@ -97,7 +97,7 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
     if missing:
         raise NotReady(f"this server has no {', '.join(missing)} signal (frame index: "
                        f"{'off' if rt.describer is None else ', '.join(rt.describer.signals)}; see VIGIL_FRAMES__*)")
-    return replace(opts, **{f"{s}_weight": ((opts.weight(s) or 1.0) if s in signals else 0.0) for s in SIGNALS})
+    return opts.restricted(signals)
 
 
 def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
@@ -110,13 +110,15 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
     opts = search_options(rt, list(signals or []))
     rec = rt.store.get_stream(sid)  # NOT_FOUND before any model work
-    searched = searched_window(rt, sid, q, window, rec.media_end_s)
-    if searched.source == QUESTION and not rt.indexes.synced(sid).allowed(searched.bounds):
+    index = rt.indexes.synced(sid)  # synced again only when retention changes chunks during the question
+    searched = searched_window(rt, index, q, window, rec.media_end_s)
+    if searched.source == QUESTION and not index.allowed(searched.bounds):
         searched = Searched(0.0, math.inf, ALL)  # the time words point where nothing is stored: search it all
     example = decode_example(example_image, s.max_example_bytes, s.frame_max_side) if example_image else None
     query = question_query(rt, q, example, rec.frames_fingerprint)
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
-        index = rt.indexes.synced(sid)
+        if attempt:
+            index = rt.indexes.synced(sid)
         rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
         if not index.records:
             raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
