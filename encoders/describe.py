@@ -17,7 +17,7 @@ the image-text model's text tower for "image". `describe` is the hot path: model
 `load_describer`; it does no logging and no I/O and runs under `torch.inference_mode`.
 
 Which frames: `ocr_frames` (and `label_frames`, for labels and the image vector) frames of those
-given, evenly spread (1 -> the middle one). Lines read in several frames are kept once, in reading
+given, evenly spread (1 -> the `keyframe` the caller names, else the middle one). Lines read in several frames are kept once, in reading
 order, and the chunk's text confidence is the lowest of its lines'. Label probabilities are averaged
 over the label frames; image vectors are averaged and normalised again.
 
@@ -207,17 +207,22 @@ class FrameDescriber:
         return "frames-v1;" + ";".join(parts)
 
     # -- hot path ------------------------------------------------------------------------------------
-    def describe(self, frames: list[np.ndarray]) -> FrameDescription:
-        """Describe one chunk from its frames (RGB uint8, HxWx3, in time order)."""
+    def describe(self, frames: list[np.ndarray], keyframe: int | None = None) -> FrameDescription:
+        """Describe one chunk from its frames (RGB uint8, HxWx3, in time order). With `keyframe`, a signal
+        that looks at one frame looks at that one (else at the middle one)."""
         frames = _check(frames)
         if not frames:
             return FrameDescription("", 0.0, (), {})
         opts = self.options
+
+        def which(k: int) -> list[int]:
+            return [keyframe] if k <= 1 and keyframe is not None else pick(len(frames), k)
+
         lines: tuple[FrameText, ...] = ()
         labels: tuple[tuple[str, float], ...] = ()
         if self._ocr is not None:
-            lines = merge_lines([self._ocr.read(frames[i], i) for i in pick(len(frames), opts.ocr_frames)])
-        view = [frames[i] for i in pick(len(frames), opts.label_frames)]
+            lines = merge_lines([self._ocr.read(frames[i], i) for i in which(opts.ocr_frames)])
+        view = [frames[i] for i in which(opts.label_frames)]
         if self._labeler is not None:
             labels = self._labeler.top(self._labeler.probs(view), opts.top_labels, opts.label_floor)
         text = "\n".join(ln.text for ln in lines)

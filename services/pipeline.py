@@ -225,10 +225,9 @@ class StreamWorker:
                                          context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys)
             done = step(mem.prefix, mem.state, enc, novelty, self.memory)
         desc = None
-        d = rt.describer  # a resumed stream is described only by the models that described its first chunks
-        if self.memory.frame_index and d is not None and d.fingerprint == self.rec.frames_fingerprint:
-            one = max(rt.describer.options.ocr_frames, rt.describer.options.label_frames) <= 1
-            desc = rt.describer.describe([clip.frames[key]] if one else list(clip.frames))  # one: the keyframe
+        describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
+        if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:
+            desc = describer.describe(list(clip.frames), keyframe=key)
         self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
@@ -248,7 +247,8 @@ class StreamWorker:
         if clip.wall_end is not None and self.plan.live:
             progress["lag_s"] = max(0.0, time.time() - clip.wall_end)
         rt.store.put_chunk(sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
-                           dense=dict(desc.vectors) if desc else None, working=done.state, int8=self.memory.kv_int8, checkpoint=checkpoint,
+                           dense=dict(desc.vectors) if desc else None, working=done.state, int8=self.memory.kv_int8,
+                           checkpoint=checkpoint,
                            detector_state=d.detector if d else b"", progress=progress)
         mem.state = done.state  # only once stored: what resumes is what ingest continues from
         rt.store.enforce_retention(sid, self.memory.retention())
