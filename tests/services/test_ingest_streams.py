@@ -84,9 +84,10 @@ def test_live_push_drops_evenly_when_encoding_falls_behind(make_server, bikes_ts
     assert state_name(info.state) == "finished", info.error
     assert info.dropped_frames > 0
     assert info.frames + info.dropped_frames == 250  # every sampled frame is either stored or counted
-    # the survivors reach the end of the 10 s video (within the stride, which grows to about a second when the
-    # frame index's OCR runs on every chunk of a 25 fps stream)
-    assert info.duration_s > 8.5
+    # the survivors reach well into the 10 s video: what is kept is spread over it, not only its start. How close
+    # to the end depends on how slow encoding is (on a loaded 2-core CI machine with the frame index's OCR on
+    # every chunk, a kept frame stands for 1-2 s of video), so the bound leaves room for that
+    assert info.duration_s > 10.0 * (1 - 3 / info.frames)
 
 
 def test_watch_reports_states_and_progress_until_the_end(make_server, pattern_video):
