@@ -10,7 +10,7 @@ import os
 from typing import Annotated
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.describe import DescriberOptions
@@ -64,8 +64,76 @@ class DetectorSettings(BaseModel):
         return {k: v for k, v in super().model_dump(**kw).items() if v is not None}
 
 
+def _readable_file(path: Path | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{what} {path}: no such file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot be read ({exc.strerror})") from None
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{what} {path}: not a PEM file")
+    return path.resolve()
+
+
+class TlsSettings(BaseModel):
+    """gRPC over TLS (VIGIL_TLS__*): a certificate chain and its key; a client CA turns on mutual TLS.
+
+    Only the paths are held; the files are read when the port is bound, and the key is never logged."""
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
+
+    cert_file: Path | None = Field(None, description="PEM certificate chain the server presents")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
+    client_ca_file: Path | None = Field(None, description="PEM CA bundle; set: every client must present a "
+                                        "certificate it signed (mutual TLS), health checks included")
+
+    @field_validator("cert_file")
+    @classmethod
+    def _cert(cls, v):
+        return _readable_file(v, "certificate")
+
+    @field_validator("key_file")
+    @classmethod
+    def _key(cls, v):
+        return _readable_file(v, "private key")
+
+    @field_validator("client_ca_file")
+    @classmethod
+    def _client_ca(cls, v):
+        return _readable_file(v, "client CA")
+
+    @model_validator(mode="after")
+    def _pair(self):
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TLS needs both VIGIL_TLS__CERT_FILE and VIGIL_TLS__KEY_FILE")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("VIGIL_TLS__CLIENT_CA_FILE (mutual TLS) needs VIGIL_TLS__CERT_FILE and __KEY_FILE")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+    def server_credentials(self):
+        """grpc.ServerCredentials from the files (read now), requiring client certificates when a client CA is set."""
+        import grpc
+
+        ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials([(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+                                           root_certificates=ca, require_client_auth=ca is not None)
+
+
+MIN_TOKEN_CHARS = 16  # shorter tokens are accepted with a warning at start (services/server.py TokenAuth)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore")
+    # hide_input_in_errors: a rejected value (a token with a stray newline) is never echoed in the error
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore",
+                                      hide_input_in_errors=True)
 
     host: str = "127.0.0.1"
     port: int = 50051
@@ -78,7 +146,9 @@ class Settings(BaseSettings):
         default_factory=lambda: (Path.cwd(),),
         description='folders files may be read from: a JSON list, or paths joined with ":"')
     cache_dir: Path = Path.home() / ".cache" / "vigil"
-    auth_token: SecretStr | None = None
+    auth_token: SecretStr | None = Field(None, description="unset: no auth; set: every call but health and "
+                                         "reflection needs `authorization: Bearer <token>`")
+    tls: TlsSettings = TlsSettings()
 
     fps: float = Field(1.0, gt=0, le=30)
     clip_frames: int = Field(8, ge=2, le=64)
@@ -88,7 +158,16 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(48, ge=1)
     max_new_tokens_cap: int = 512
     max_question_chars: int = Field(2000, ge=1)
+    max_question_tokens: int = Field(256, ge=1, description="longest question Ask accepts, in the model's own "
+                                     "tokens (checked after max_question_chars, before any model work)")
+    question_workers: int = Field(2, ge=1, le=64, description="threads that run questions (services/work.py), "
+                                  "apart from the pool control calls (describe, list, watch) use")
+    max_queued_questions: int = Field(32, ge=0, le=10_000, description="questions waiting for a question worker; "
+                                      "one more is refused with RESOURCE_EXHAUSTED")
     max_example_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest example image Ask accepts")
+    max_example_decoded_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="largest example "
+                                           "image once decoded (width x height x bytes per pixel of its mode, "
+                                           "read from the header before decoding)")
     max_file_bytes: int = Field(8 * 1024**3, description="largest file a stream may be started on")
     max_source_duration_s: float = Field(24 * 3600.0, description="longest file a stream may be started on")
     max_streams: int = Field(16, ge=1, description="concurrent running streams per process")
@@ -99,6 +178,10 @@ class Settings(BaseSettings):
     min_clip_frames: int = Field(2, ge=1, description="a scene cut closes a clip only once it holds this many frames")
     lease_ttl_s: float = Field(10.0, gt=0.5, le=600, description="a stream whose worker is silent this long is resumed")
     push_buffer_bytes: int = Field(8 * 1024 * 1024, ge=65536, description="pushed bytes buffered before the sender waits")
+    push_idle_timeout_s: float = Field(60.0, gt=0, le=24 * 3600, description="a push that sends nothing this long "
+                                       "ends (failed, truncated by the client) and frees its stream slot")
+    redis_timeout_s: float = Field(5.0, gt=0, le=120, description="Redis socket timeout; a stall longer than this "
+                                   "is an outage: workers wait and resend, RPCs answer UNAVAILABLE")
 
     model: ModelSettings = ModelSettings()
     live: LiveSettings = LiveSettings()
@@ -110,6 +193,22 @@ class Settings(BaseSettings):
     retrieval: SearchOptions = SearchOptions()  # how questions search: fusion weights, floors (VIGIL_RETRIEVAL__*)
     timezone: str | None = Field(None, description="IANA zone wall-clock words in questions are read in "
                                  "(\"after 14:05\"); unset: the server's local zone")
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token(cls, v):
+        if v is None:
+            return v
+        t = v.get_secret_value()
+        if not t.strip():
+            raise ValueError("VIGIL_AUTH_TOKEN is set but empty: unset it to run without auth, or set a random "
+                             f"secret of at least {MIN_TOKEN_CHARS} characters")
+        if t != t.strip():
+            raise ValueError("VIGIL_AUTH_TOKEN has leading or trailing whitespace (a stray newline?): "
+                             "clients could never match it")
+        if not all(" " <= c <= "~" for c in t):
+            raise ValueError("VIGIL_AUTH_TOKEN must be printable ASCII (it travels as a gRPC metadata value)")
+        return v
 
     @field_validator("timezone")
     @classmethod

@@ -1,7 +1,15 @@
-"""A private, real redis-server for one process (the embedded default), on a unix socket."""
+"""A private, real redis-server for one process (the embedded default), on a unix socket.
+
+It always keeps an append-only file (in `VIGIL_REDIS_DIR`, or in a private temp dir removed on stop), and
+its owner restarts it if it dies: a killed Redis comes back with everything it had acknowledged, and the
+workers waiting for it continue. Its files are the owner's alone (dir 0700, files 0600).
+"""
 from __future__ import annotations
 
 import fcntl
+import logging
+import os
+import threading
 import shutil
 import subprocess
 import sys
@@ -10,6 +18,8 @@ import time
 from pathlib import Path
 
 import redis
+
+log = logging.getLogger("vigil.redis")
 
 
 def _die_with_parent(args: list[str]) -> list[str]:
@@ -33,7 +43,8 @@ class EmbeddedRedis:
         # data_dir: keep the data (append-only file) there across restarts; else a temp dir removed on stop
         self.persistent = data_dir is not None
         if data_dir is not None:
-            data_dir.mkdir(parents=True, exist_ok=True)
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(data_dir, 0o700)
             self._lock = open(data_dir / "vigil.lock", "w")
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,18 +55,23 @@ class EmbeddedRedis:
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="vigil-redis-"))
         self.socket = self.dir / "redis.sock"
         self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
 
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
+        # appendonly always: what Redis acknowledged is in the file before the reply (fsync each second only
+        # matters when the machine itself dies), so a restarted Redis has every chunk a worker was told is stored
         args = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "everysec",
+                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
         self.socket.unlink(missing_ok=True)  # left behind by a killed server
         self.proc = subprocess.Popen(_die_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, umask=0o077)  # its files: owner-only
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,13 +81,40 @@ class EmbeddedRedis:
                 try:
                     redis.Redis(unix_socket_path=str(self.socket)).ping()
                     return self
+                except redis.BusyLoadingError:  # up, reading its append-only file: clients wait for it
+                    return self
                 except redis.ConnectionError:
                     pass
             time.sleep(0.05)
-        self.stop()
+        self.proc.kill()
+        self.proc.wait()
         raise RuntimeError(f"embedded redis-server did not answer within {timeout_s}s")
 
+    def supervise(self, period_s: float = 0.25) -> None:
+        """Restart redis-server (from its append-only file) whenever it dies, until stop()."""
+        def watch() -> None:
+            delay = 0.1
+            while not self._stopping.wait(period_s):
+                if self.proc is None or self.proc.poll() is None:
+                    continue
+                log.warning("the private redis-server exited (%s); restarting it", self.proc.returncode)
+                try:
+                    self.start()
+                    self.restarts += 1
+                    delay = 0.1
+                    log.info("the private redis-server is back (restart %d)", self.restarts)
+                except RuntimeError as exc:
+                    log.error("could not restart the private redis-server: %s; retrying in %.1fs", exc, delay)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, 10.0)
+
+        self._supervisor = threading.Thread(target=watch, name="redis-supervisor", daemon=True)
+        self._supervisor.start()
+
     def stop(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(5)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

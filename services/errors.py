@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import grpc
+import redis
 
 from encoders.loading import ModelUnavailable
 from memory.errors import ChunksGone, IncompatibleBlob, InvalidMemoryOptions, StreamNotFound
+from memory.store import LeaseLost
 from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
                              UnsupportedCodec)
 
@@ -51,7 +53,22 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     NotServedHere: grpc.StatusCode.UNIMPLEMENTED,
     NotReady: grpc.StatusCode.FAILED_PRECONDITION,
     ChunksGone: grpc.StatusCode.ABORTED,  # retention rewrote the stream three times during one question
+    LeaseLost: grpc.StatusCode.ABORTED,  # another ingest server took the stream over meanwhile
+    # Redis unreachable, stalled past the socket timeout, or still loading its data after a restart
+    redis.ConnectionError: grpc.StatusCode.UNAVAILABLE,
+    redis.TimeoutError: grpc.StatusCode.UNAVAILABLE,
 }
+
+STORE_UNAVAILABLE = ("the memory store (Redis) is not answering; the server keeps retrying and its health "
+                     "check reports NOT_SERVING until it answers again: retry shortly")
+
+
+def public_message(exc: BaseException) -> str:
+    """What the client is told: the domain error's own message; for a store outage a plain sentence (never the
+    socket path or host of the store)."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return STORE_UNAVAILABLE
+    return str(exc)
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:

@@ -9,36 +9,35 @@ import time
 
 import grpc
 
-from memory.store import StreamRecord
+from memory.errors import StreamNotFound, clipped
+from memory.store import Gap, StreamRecord, StreamState
 from services import memory_wire, qa
-from services.errors import InvalidRequest, NotServedHere, status_for
+from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
 from streamer.push import FeedClosed
 from services.runtime import Runtime
+from services.work import WorkQueue
 from services.wire import common_pb2, ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
 log = logging.getLogger("vigil.api")
 
-STATES = {
-    "starting": ingest_pb2.STREAM_STATE_STARTING, "running": ingest_pb2.STREAM_STATE_RUNNING,
-    "finished": ingest_pb2.STREAM_STATE_FINISHED, "stopped": ingest_pb2.STREAM_STATE_STOPPED,
-    "failed": ingest_pb2.STREAM_STATE_FAILED, "reconnecting": ingest_pb2.STREAM_STATE_RECONNECTING,
-}
+STATES = {state: ingest_pb2.StreamState.Value(f"STREAM_STATE_{state.name}") for state in StreamState}
 STATE_NAMES = {v: k for k, v in STATES.items()}
 KINDS = {"file": ingest_pb2.SOURCE_KIND_FILE, "live": ingest_pb2.SOURCE_KIND_LIVE, "push": ingest_pb2.SOURCE_KIND_PUSH}
 EVENT_KINDS = {
     "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
 }
-TERMINAL = ("finished", "stopped", "failed")
+TERMINAL = tuple(s for s in StreamState if s.terminal)
 WINDOW_SOURCES = {qa.ALL: qa_pb2.WINDOW_SOURCE_ALL, qa.REQUEST: qa_pb2.WINDOW_SOURCE_REQUEST,
                   qa.QUESTION: qa_pb2.WINDOW_SOURCE_QUESTION}
 MAX_GAPS_SHOWN = 100
+PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 
 
-def gap_msg(g: dict) -> common_pb2.Gap:
-    return common_pb2.Gap(start_s=g["start_s"], end_s=g["end_s"], wall_start_unix=g.get("wall_start") or 0.0,
-                          wall_end_unix=g.get("wall_end") or 0.0, reason=g.get("reason", ""))
+def gap_msg(g: Gap) -> common_pb2.Gap:
+    return common_pb2.Gap(start_s=g.start_s, end_s=g.end_s, wall_start_unix=g.wall_start or 0.0,
+                          wall_end_unix=g.wall_end or 0.0, reason=g.reason)
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str):
@@ -46,8 +45,11 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str):
     code = status_for(exc)
     if code is None:
         log.exception("%s failed", name)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}")
-    await context.abort(code, str(exc))
+        await context.abort(grpc.StatusCode.INTERNAL,
+                            f"internal error: {exc.__class__.__name__}: {clipped(str(exc), 200)}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        log.warning("%s: %s (%s)", name, exc.__class__.__name__, clipped(str(exc), 200))
+    await context.abort(code, public_message(exc))
 
 
 def rpc(fn):
@@ -73,7 +75,7 @@ def rpc_stream(fn):
     return wrapper
 
 
-def stream_info(rec: StreamRecord, gaps: list[dict] = ()) -> ingest_pb2.StreamInfo:
+def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=rec.source, state=STATES.get(rec.state, 0), error=rec.error,
@@ -110,24 +112,54 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc
     async def PushStream(self, request_iterator, context):
-        manager = self._manager()
-        first = await anext(aiter(request_iterator), None)
+        """Config, bytes, end. Only a push that reaches its PushEnd is complete: one that stops short (the
+        client cancelled, its deadline passed, it vanished) or goes silent for `push_idle_timeout_s` ends the
+        stream FAILED as truncated, and frees its slot."""
+        manager, idle = self._manager(), self.rt.settings.push_idle_timeout_s
+        messages = aiter(request_iterator)
+
+        async def following():
+            try:
+                return await asyncio.wait_for(anext(messages), idle)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            first = await following()
+        except asyncio.TimeoutError:
+            raise InvalidRequest(f"no PushConfig arrived within {idle:g} s") from None
         if first is None or first.WhichOneof("msg") != "config":
             raise InvalidRequest("the first PushStream message must be a PushConfig")
         c = first.config
         rec, feed = await asyncio.to_thread(manager.start_push, c.name, c.format, c.fps, c.clip_frames, c.live,
                                             memory_wire.overrides_from_proto(c.memory))
+        kept = "; the chunks stored so far are kept"
         try:
-            async for msg in request_iterator:
-                if msg.WhichOneof("msg") != "data":
+            while True:
+                try:
+                    msg = await following()
+                except asyncio.TimeoutError:
+                    feed.abort(f"truncated by the client: nothing arrived for {idle:g} s (VIGIL_PUSH_IDLE_TIMEOUT_S) "
+                               f"after {feed.received} bytes{kept}")
+                    break
+                if msg is None:  # the request stream ended without its PushEnd
+                    feed.abort(f"truncated by the client: the push ended after {feed.received} bytes without its "
+                               f"end message (cancelled, timed out or disconnected){kept}")
+                    break
+                kind = msg.WhichOneof("msg")
+                if kind == "end":
+                    feed.close()
+                    break
+                if kind != "data":
                     raise InvalidRequest("only the first PushStream message may be a PushConfig")
                 await asyncio.to_thread(feed.write, msg.data)
         except FeedClosed:
             pass  # the stream ended on its own (failed or stopped): its state says why
-        except BaseException:
-            feed.abort("the client's push was cancelled or failed")
+        except BaseException as exc:  # cancelled (client gone, deadline) or a bad message
+            feed.abort(f"truncated by the client: the push was cancelled after {feed.received} bytes{kept}"
+                       if isinstance(exc, asyncio.CancelledError) else
+                       f"the push was refused after {feed.received} bytes: {clipped(str(exc), 200)}{kept}")
             raise
-        feed.close()
         await asyncio.to_thread(manager.wait, rec.stream_id)
         return await asyncio.to_thread(self._info, rec.stream_id)
 
@@ -137,8 +169,17 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc
     async def ListStreams(self, request, context):
-        recs = await asyncio.to_thread(self.rt.store.list_streams)
-        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r) for r in recs])
+        size = request.page_size or PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidRequest(f"page_size {size} is over the limit of {MAX_PAGE_SIZE}")
+        try:
+            recs, after = await asyncio.to_thread(self.rt.store.page_streams, size, request.page_token)
+        except StreamNotFound:
+            raise InvalidRequest(f"page_token {clipped(request.page_token)} names no stream (deleted since? "
+                                 "start again from the first page)") from None
+        total = await asyncio.to_thread(self.rt.store.count_streams)
+        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r) for r in recs], next_page_token=after,
+                                              total=total)
 
     @rpc_stream
     async def WatchStream(self, request, context):
@@ -179,21 +220,36 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         await asyncio.to_thread(self._manager().stop, request.stream_id)
         return await asyncio.to_thread(self._info, request.stream_id)
 
+    @rpc
+    async def DeleteStream(self, request, context):
+        sid = request.stream_id
+        if self.manager is not None:
+            removed = await asyncio.to_thread(self.manager.delete, sid)
+        else:  # a QA server: the owning ingest worker, wherever it runs, lets go at its next (fenced) write
+            removed = await asyncio.to_thread(self.rt.store.delete_stream, sid)
+            self.rt.indexes.drop(sid)
+        return ingest_pb2.DeleteStreamResponse(stream_id=sid, keys_removed=removed)
+
 
 class QAServicer(qa_pb2_grpc.QAServiceServicer):
-    def __init__(self, rt: Runtime) -> None:
+    """Questions run on `work` (their own threads and bounded queue), never on the default pool that the control
+    calls use: a flood of questions waiting for the model cannot hold up DescribeStream, ListStreams or health."""
+
+    def __init__(self, rt: Runtime, work: WorkQueue | None = None) -> None:
         self.rt = rt
+        self.work = work or WorkQueue(rt.settings.question_workers, rt.settings.max_queued_questions)
 
     @rpc
     async def Ask(self, request, context):
         window = None
-        if request.HasField("window"):
-            end = request.window.end_s if request.window.end_s > 0 else float("inf")
-            window = (request.window.start_s, end)
-        ans = await asyncio.to_thread(
+        if request.HasField("window"):  # refused here, before a queue slot is taken (end_s 0: to the end)
+            window = qa.request_window(request.window.start_s, request.window.end_s)
+        left = context.time_remaining()  # no deadline: None, or a time centuries away
+        ans = await self.work.run(
             qa.ask, self.rt, request.stream_id, request.question, top_k=request.top_k, window=window,
             max_new_tokens=request.max_new_tokens, include_keyframes=request.include_keyframes,
             example_image=request.example_image, signals=list(request.signals),
+            timeout_s=left if left is not None and left < 1e8 else None,
         )
         spec = self.rt.adapter.spec
         w = ans.window

@@ -1,10 +1,11 @@
 """Ingest workers: start, push, stop, and resume streams; one `StreamWorker` thread per stream.
 
-Each stream is owned through a lease in Redis, renewed by a heartbeat. A stream left in an
-active state with no live lease (its process was killed, or shut down) is adopted by the next
-ingest server that scans for it and resumed from its checkpoint: a file continues after its
-last stored chunk, a live camera continues at the live edge with the outage recorded as a gap.
-A stream's failure is recorded in its own state; other streams go on.
+Each stream is owned through a lease in Redis, renewed by a heartbeat; the lease's token fences every
+write of its worker. A stream left in an active state with no live lease (its process was killed, or
+shut down) is adopted by the next ingest server with room for it that scans the active set, and resumed
+from its checkpoint: a file continues after its last stored chunk, a live camera continues at the live
+edge with the outage recorded as a gap. A stream's failure is recorded in its own state; other streams
+go on. Redis being unreachable fails no stream: workers wait for it (`pipeline.StreamWorker._durable`).
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import uuid
 from dataclasses import dataclass
 
 from memory.options import MemoryOptions
-from memory.store import ACTIVE, StreamRecord
+from memory.store import StreamRecord, StreamState
 from services.errors import InvalidRequest, LimitExceeded
 from services.paths import confine
-from services.pipeline import Controls, Plan, StreamWorker, resume_point
+from services.pipeline import STORE_DOWN, Controls, Plan, StreamWorker, resume_point
 from services.runtime import Runtime
 from streamer.errors import SourceError
 from streamer.live import is_live_url, probe_live
@@ -33,6 +34,7 @@ class _Running:
     thread: threading.Thread
     controls: Controls
     plan: Plan
+    fence: str  # the lease token
 
 
 class IngestManager:
@@ -42,6 +44,8 @@ class IngestManager:
         self._workers: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
+        self._store_down = False  # the heartbeat's view: logged once per outage
+        rt.store.index_active()  # streams stored before the active set existed
         self._leases = threading.Thread(target=self._lease_loop, name="ingest-leases", daemon=True)
         self._leases.start()
 
@@ -89,15 +93,24 @@ class IngestManager:
             raise InvalidRequest(f"unsupported URL scheme in {source.split('://')[0]!r}: use rtsp:// or rtsps://, "
                                  "a file path, or PushStream")
         else:
-            path = confine(source, s.media_roots, s.max_file_bytes)
-            info = probe(path)
-            if info.duration_s and info.duration_s > s.max_source_duration_s:
-                raise LimitExceeded(f"{path.name}: {info.duration_s:.0f}s is over the limit of "
-                                    f"{s.max_source_duration_s:.0f}s")
-            rec = self._record(str(path), fps, clip_frames, "file", live=False, duration_s=info.duration_s or 0.0,
-                               memory=memory)
-            plan = Plan(kind="file", live=False, path=path, reader=s.reader)
-        self._launch(rec, plan, resume=None, create=True)
+            file = confine(source, s.media_roots, s.max_file_bytes)  # open: what is checked is what is read
+            try:
+                info = probe(file.open_path, name=file.name)
+                if info.duration_s and info.duration_s > s.max_source_duration_s:
+                    raise LimitExceeded(f"{file.name}: {info.duration_s:.0f}s is over the limit of "
+                                        f"{s.max_source_duration_s:.0f}s")
+                rec = self._record(str(file.path), fps, clip_frames, "file", live=False,
+                                   duration_s=info.duration_s or 0.0, memory=memory)
+            except BaseException:
+                file.close()
+                raise
+            plan = Plan(kind="file", live=False, file=file, reader=s.reader)
+        try:
+            self._launch(rec, plan, resume=None, create=True)
+        except BaseException:  # no worker took the file
+            if plan.file is not None:
+                plan.file.close()
+            raise
         return rec
 
     def start_push(self, name: str, fmt: str, fps: float, clip_frames: int, live: bool,
@@ -133,8 +146,23 @@ class IngestManager:
             w.thread.join(timeout_s)
         else:
             rec = self.rt.store.get_stream(sid)
-            if rec.state in ACTIVE:  # owned by no one here (e.g. another worker died): stop it for good
-                self.rt.store.set_state(sid, "stopped")
+            if rec.state.active:  # owned by no one here (another server's worker sees it and stops)
+                self.rt.store.set_state(sid, StreamState.STOPPED)
+
+    def delete(self, sid: str, timeout_s: float = 30.0) -> int:
+        """Stop the stream if it runs here, then remove everything stored of it (a worker on another server
+        lets go at its next write: the lease is gone with the record). Returns the keys removed."""
+        self.rt.store.get_stream(sid)  # NOT_FOUND for unknown ids
+        with self._lock:
+            w = self._workers.get(sid)
+        if w is not None:
+            w.controls.release()  # no final chunk, no state change: it is all going
+            if w.plan.feed is not None:
+                w.plan.feed.abort("the stream was deleted")
+            w.thread.join(timeout_s)
+        removed = self.rt.store.delete_stream(sid)
+        self.rt.indexes.drop(sid)
+        return removed
 
     def shutdown(self) -> None:
         """Stop this process's workers, leaving their streams resumable by the next server."""
@@ -147,26 +175,38 @@ class IngestManager:
                 w.plan.feed.abort("the server is shutting down")
         for sid, w in workers:
             w.thread.join(60)
-            if w.plan.kind == "push":  # a pushed stream cannot be resumed: its sender is gone
-                self.rt.store.set_state(sid, "failed", error="the server shut down during the push; the chunks "
-                                        "stored so far are kept; push the rest as a new stream")
-            self.rt.store.release(sid, self.owner)
+            try:
+                if w.plan.kind == "push":  # a pushed stream cannot be resumed: its sender is gone
+                    self.rt.store.set_state(sid, StreamState.FAILED, fence=w.fence,
+                                            error="the server shut down during the push; the chunks stored so far "
+                                            "are kept; push the rest as a new stream")
+                self.rt.store.release(sid, w.fence)
+            except Exception as exc:  # Redis down, lease lost, stream deleted: the lease lapses by itself
+                log.warning("stream %s: could not hand back its lease at shutdown: %s", sid, exc.__class__.__name__)
         self._leases.join(5)
 
     # ---- workers ----------------------------------------------------------------------------
-    def _launch(self, rec: StreamRecord, plan: Plan, resume, create: bool) -> None:
+    def _running(self) -> int:
+        """Live workers (under self._lock)."""
+        self._workers = {k: w for k, w in self._workers.items() if w.thread.is_alive()}
+        return len(self._workers)
+
+    def _launch(self, rec: StreamRecord, plan: Plan, resume, create: bool, fence: str | None = None) -> None:
+        """Start a worker: a new stream (`create`: stored and claimed here) or an adopted one (`fence`: the lease
+        token already taken)."""
         s, store = self.rt.settings, self.rt.store
         with self._lock:
-            self._workers = {k: w for k, w in self._workers.items() if w.thread.is_alive()}
-            if len(self._workers) >= s.max_streams:
+            if self._running() >= s.max_streams:
                 raise LimitExceeded(f"{len(self._workers)} streams are running; the limit is {s.max_streams}")
             if create:
                 store.create_stream(rec)
-                store.claim(rec.stream_id, self.owner, self._ttl_ms)
+                fence = store.claim(rec.stream_id, self.owner, self._ttl_ms)
+                if fence is None:  # cannot happen for a new id; never run unfenced
+                    raise RuntimeError(f"stream {rec.stream_id}: could not take its new lease")
             controls = Controls()
-            worker = StreamWorker(self.rt, rec, plan, controls, resume)
+            worker = StreamWorker(self.rt, rec, plan, controls, fence, resume)
             t = threading.Thread(target=self._run, args=(worker,), name=f"ingest-{rec.stream_id}", daemon=True)
-            self._workers[rec.stream_id] = _Running(t, controls, plan)
+            self._workers[rec.stream_id] = _Running(t, controls, plan, fence)
             t.start()
 
     def _run(self, worker: StreamWorker) -> None:
@@ -174,7 +214,10 @@ class IngestManager:
             worker.run()
         finally:
             if not worker.controls.released:
-                self.rt.store.release(worker.rec.stream_id, self.owner)
+                try:
+                    self.rt.store.release(worker.rec.stream_id, worker.fence)
+                except STORE_DOWN:  # it lapses by itself
+                    pass
 
     @property
     def _ttl_ms(self) -> int:
@@ -187,56 +230,85 @@ class IngestManager:
             try:
                 self._renew()
                 self.adopt_orphans()
-            except Exception:  # a Redis hiccup must not kill the heartbeat
+                if self._store_down:
+                    log.info("lease heartbeat: the store answers again")
+                self._store_down = False
+            except STORE_DOWN as exc:  # the workers wait for it; so does the heartbeat, logging it once
+                if not self._store_down:
+                    log.warning("lease heartbeat: the store is unreachable (%s); retrying", exc.__class__.__name__)
+                self._store_down = True
+            except Exception:  # nothing may kill the heartbeat
                 log.exception("lease heartbeat failed")
 
     def _renew(self) -> None:
         with self._lock:
             workers = [(sid, w) for sid, w in self._workers.items() if w.thread.is_alive()]
         for sid, w in workers:
-            if not self.rt.store.renew(sid, self.owner, self._ttl_ms):
-                log.warning("stream %s: lease lost to another worker; letting go", sid)
+            if not self.rt.store.renew(sid, w.fence, self._ttl_ms):
+                log.warning("stream %s: lease lost to another worker (or the stream was deleted); letting go", sid)
                 w.controls.release()
-            elif self.rt.store.get_stream(sid).state == "stopped":  # StopStream reached another ingest server
+            elif self.rt.store.get_stream(sid).state == StreamState.STOPPED:  # StopStream reached another server
                 w.controls.stop()
 
     def adopt_orphans(self) -> list[str]:
-        """Resume every active stream that no live process owns. Returns the ids taken."""
+        """Resume active streams that no live process owns, as many as this server has room for (it never
+        claims a stream it cannot run). Reads the active set, not every record. Returns the ids taken."""
         if self._closing.is_set():
             return []
         store, taken = self.rt.store, []
-        for rec in store.list_streams():
-            if rec.state not in ACTIVE:
-                continue
-            with self._lock:
-                if rec.stream_id in self._workers and self._workers[rec.stream_id].thread.is_alive():
-                    continue
-            if not store.claim(rec.stream_id, self.owner, self._ttl_ms):
+        with self._lock:
+            room = self.rt.settings.max_streams - self._running()
+            mine = set(self._workers)
+        if room <= 0:
+            return []
+        candidates = [sid for sid in store.active_ids() if sid not in mine]
+        orphans = [sid for sid, held in zip(candidates, store.holders(candidates)) if not held]
+        for sid in orphans:
+            if len(taken) >= room:
+                break
+            fence = store.claim(sid, self.owner, self._ttl_ms)
+            if fence is None:
                 continue
             try:
-                self._adopt(rec)
-                taken.append(rec.stream_id)
+                rec = store.get_stream(sid)
+                if not rec.state.active:  # ended meanwhile
+                    store.release(sid, fence)
+                    continue
+                if self._adopt(rec, fence):
+                    taken.append(sid)
+            except LimitExceeded:  # filled up meanwhile (a StartStream): leave it to another server
+                store.release(sid, fence)
+                break
+            except STORE_DOWN:
+                raise
             except Exception as exc:
-                log.warning("stream %s: cannot resume: %s", rec.stream_id, exc)
-                store.set_state(rec.stream_id, "failed", error=f"could not resume after a restart: {exc}")
-                store.release(rec.stream_id, self.owner)
+                log.warning("stream %s: cannot resume: %s", sid, exc)
+                store.set_state(sid, StreamState.FAILED, fence=fence, error=f"could not resume after a restart: {exc}")
+                store.release(sid, fence)
         return taken
 
-    def _adopt(self, rec: StreamRecord) -> None:
+    def _adopt(self, rec: StreamRecord, fence: str) -> bool:
+        """Resume an orphan whose lease was just taken (`fence`); False when it cannot be resumed (a push)."""
         s, store, sid = self.rt.settings, self.rt.store, rec.stream_id
         if rec.kind == "push":
-            store.set_state(sid, "failed", error="the server restarted during the push; the chunks stored so far "
-                            "are kept; push the rest as a new stream")
-            store.release(sid, self.owner)
-            return
+            store.set_state(sid, StreamState.FAILED, fence=fence, error="the server restarted during the push; the "
+                            "chunks stored so far are kept; push the rest as a new stream")
+            store.release(sid, fence)
+            return False
         resume = resume_point(store.checkpoint(sid))
         if resume is None and rec.chunks:
             raise SourceError("the stream has chunks but no checkpoint")
         if rec.kind == "live":
-            plan = Plan(kind="live", live=True, url=rec.source)
+            plan = Plan(kind="live", live=True, url=store.source_url(sid))
         else:
-            path = confine(rec.source, s.media_roots, s.max_file_bytes)
-            plan = Plan(kind="file", live=False, path=path, reader=s.reader)
+            plan = Plan(kind="file", live=False, file=confine(rec.source, s.media_roots, s.max_file_bytes),
+                        reader=s.reader)
         log.info("stream %s: resuming %s after %.2fs", sid, rec.kind, resume.after_s if resume else 0.0)
-        store.event(sid, "resumed", message=f"resumed by worker {self.owner}")
-        self._launch(rec, plan, resume=resume, create=False)
+        try:
+            store.event(sid, "resumed", message=f"resumed by worker {self.owner}")
+            self._launch(rec, plan, resume=resume, create=False, fence=fence)
+        except BaseException:  # no worker took the file
+            if plan.file is not None:
+                plan.file.close()
+            raise
+        return True

@@ -4,7 +4,9 @@ The decode side runs in its own thread and hands sampled, scored frames (and con
 connects, disconnects, gaps, the end) to the encode side over a `FrameQueue`: a file is paced,
 a live source never waits and loses frames evenly instead. After every stored chunk the store
 moves the stream's checkpoint in the same transaction, so a killed process resumes exactly
-after the last stored chunk.
+after the last stored chunk. Every write carries the worker's lease token (fenced: refused once another
+worker owns the stream). While Redis is unreachable the worker waits with backoff and sends the same
+write again (chunk writes are idempotent), so an outage delays a stream, never fails it.
 """
 from __future__ import annotations
 
@@ -15,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
 
+import redis
+
 from encoders.base import EncodedSegment
-from memory.store import ChunkRecord, StreamRecord
+from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
+from services.paths import MediaFile
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
 from streamer.errors import SourceError
@@ -29,6 +34,8 @@ from streamer.sampling import Clip, ClipBuilder, DecodeState, SampledFrame, Samp
 from streamer.source import AvSource, DecodedFrame, FileSource
 
 log = logging.getLogger("vigil.ingest")
+STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)  # Redis unreachable, stalled or loading: wait, then resend
+STORE_BACKOFF_CAP_S = 5.0
 
 
 class _Memory:
@@ -47,11 +54,16 @@ class Plan:
     """What a worker ingests and how."""
     kind: str  # file | live | push
     live: bool  # drop evenly when behind (live, live push) instead of pacing the source
-    path: Path | None = None
+    file: MediaFile | None = None  # files: the confined, open file; the worker closes it when it ends
     url: str | None = None
     feed: ByteFeed | None = None
     format: str | None = None
     reader: str = "pyav"  # files: pyav | decord
+
+    @property
+    def path(self) -> Path | None:
+        """The file's user-facing path; what the worker reads is `file.open_path` (the confined inode)."""
+        return self.file.path if self.file is not None else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,10 @@ class Resume:
     decode: DecodeState
 
 
+class Released(Exception):
+    """The worker was told to let go (shutdown, lease lost) while it waited for the store."""
+
+
 class Controls:
     """How the outside asks a worker to end. `stop()`: final (StopStream): the pending partial clip
     is stored and the state becomes stopped. `release()`: leave the stream resumable (server
@@ -71,6 +87,7 @@ class Controls:
 
     def __init__(self) -> None:
         self.ending = threading.Event()  # what the decode side and the live source wait on
+        self.letting_go = threading.Event()  # release() only: what a wait for the store gives up on
         self.final = False
 
     def stop(self) -> None:
@@ -78,6 +95,7 @@ class Controls:
         self.ending.set()
 
     def release(self) -> None:
+        self.letting_go.set()
         self.ending.set()
 
     @property
@@ -90,14 +108,17 @@ def _is_frame(item) -> bool:
 
 
 class StreamWorker:
-    def __init__(self, rt: Runtime, rec: StreamRecord, plan: Plan, controls: Controls,
+    def __init__(self, rt: Runtime, rec: StreamRecord, plan: Plan, controls: Controls, fence: str,
                  resume: Resume | None = None) -> None:
+        """`fence`: the lease token every write of this worker carries."""
         self.rt, self.rec, self.plan, self.controls, self.resume = rt, rec, plan, controls, resume
+        self.fence = fence
         s = rt.settings
         self.detector_cfg = DetectorConfig(**s.detector.model_dump())
         self.queue = FrameQueue(s.queue_frames, live=plan.live, is_frame=_is_frame)
         self.memory = rec.memory  # the stream's own options, recorded at start (not this server's settings)
         self.ending = controls.ending
+        self._decoding = False  # once the decode thread runs, it closes plan.file
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -117,15 +138,25 @@ class StreamWorker:
         if p.reader == "decord":
             from streamer.decord_source import DecordSource
 
-            with DecordSource(p.path) as src:
+            with DecordSource(p.file.open_path, name=p.file.name) as src:  # the confined inode, never the name
                 yield from src.frames(self.rec.fps, after_s=after)
             return
-        with FileSource(p.path) as src:
+        with FileSource(p.file.open_path, name=p.file.name) as src:
             yield from src.frames(after_s=after)
+
+    def _decode_and_close(self) -> None:
+        """The decode thread: the file's descriptor is closed only here, once nothing can open its
+        /proc/self/fd path any more (a closed number may be reused by another file)."""
+        try:
+            self._decode()
+        finally:
+            if self.plan.file is not None:
+                self.plan.file.close()
 
     def _decode(self) -> None:
         r = self.resume
-        sampler = Sampler(self.rec.fps, r.decode.next_tick, r.decode.next_index) if r else Sampler(self.rec.fps)
+        resumed = r is not None and r.decode.next_tick is not None
+        sampler = Sampler(self.rec.fps, r.decode.next_tick, r.decode.next_index) if resumed else Sampler(self.rec.fps)
         detector = (SceneDetector.restore(self.detector_cfg, r.decode.detector) if r and r.decode.detector
                     else SceneDetector(self.detector_cfg))
         q, ending = self.queue, self.ending
@@ -138,31 +169,79 @@ class StreamWorker:
             return
         q.put(_End(), ending)
 
+    # ---- the store, through outages --------------------------------------------------------
+    def _durable(self, fn, *args, **kwargs):
+        """Call a store method until Redis answers: while it is unreachable, wait with backoff (0.1 s doubling
+        to 5 s) and send the same call again; a lapsed lease no one else took is taken back with the same
+        token. Raises LeaseLost when another worker owns the stream, Released when told to let go meanwhile."""
+        sid, delay, down_since, retakes = self.rec.stream_id, 0.1, None, 0
+        while True:
+            try:
+                out = fn(*args, **kwargs)
+                if down_since is not None:
+                    log.info("stream %s: the store answers again after %.1fs; continuing", sid,
+                             time.monotonic() - down_since)
+                return out
+            except STORE_DOWN as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("stream %s: the store is unreachable (%s); waiting for it", sid,
+                                exc.__class__.__name__)
+            except LeaseLost:
+                retakes += 1
+                try:
+                    if retakes <= 3 and self.rt.store.renew(sid, self.fence, int(self.rt.settings.lease_ttl_s * 1000)):
+                        continue  # it had lapsed during the outage and nobody took it: ours again
+                except STORE_DOWN:
+                    continue
+                raise
+            if self.controls.letting_go.wait(delay):
+                raise Released()
+            delay = min(delay * 2, STORE_BACKOFF_CAP_S)
+
+    def _state(self, state: StreamState, error: str | None = None, **changes) -> None:
+        self._durable(self.rt.store.set_state, self.rec.stream_id, state, error, fence=self.fence, **changes)
+
     # ---- encode side (the worker's thread) --------------------------------------------------
     def run(self) -> None:
-        rt, sid, store = self.rt, self.rec.stream_id, self.rt.store
+        rt, sid = self.rt, self.rec.stream_id
         try:
-            mem = self._memory()
-            decoder = threading.Thread(target=self._decode, name=f"decode-{sid}", daemon=True)
-            decoder.start()
-            if self.plan.kind != "live":
-                store.set_state(sid, "running", error="")
-            self._consume(mem)
-            decoder.join(rt.settings.live.read_timeout_s + 5)
-            if self.controls.released:
-                return  # resumable: state and checkpoint stay as they are
-            store.set_state(sid, "stopped" if self.controls.final else "finished")
-        except SourceError as exc:
-            log.warning("stream %s failed: %s", sid, exc)
-            store.set_state(sid, "failed", error=str(exc))
-        except Exception as exc:  # recorded, never silent: the stream shows it and the log has the trace
-            log.exception("stream %s failed", sid)
-            store.set_state(sid, "failed", error=f"internal error: {exc.__class__.__name__}: {exc}")
+            try:
+                mem = self._memory()
+                decoder = threading.Thread(target=self._decode_and_close, name=f"decode-{sid}", daemon=True)
+                decoder.start()
+                self._decoding = True
+                if self.plan.kind != "live":
+                    self._state(StreamState.RUNNING, error="")
+                self._consume(mem)
+                decoder.join(rt.settings.live.read_timeout_s + 5)
+                if self.controls.released:
+                    return  # resumable: state and checkpoint stay as they are
+                if self.plan.feed is not None and self.plan.feed.error and not self.controls.final:
+                    self._state(StreamState.FAILED, error=self.plan.feed.error)  # a push that stopped short
+                    return
+                self._state(StreamState.STOPPED if self.controls.final else StreamState.FINISHED)
+            except SourceError as exc:
+                log.warning("stream %s failed: %s", sid, exc)
+                aborted = self.plan.feed.error if self.plan.feed is not None else None
+                self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short
+            except (LeaseLost, Released):
+                raise
+            except Exception as exc:  # recorded, never silent: the stream shows it and the log has the trace
+                aborted = self.plan.feed.error if self.plan.feed is not None else None
+                if aborted is None:
+                    log.exception("stream %s failed", sid)
+                self._state(StreamState.FAILED, error=aborted or f"internal error: {exc.__class__.__name__}: {exc}")
+        except (LeaseLost, Released) as exc:  # resumable by whoever holds the lease now (or by the next server)
+            log.warning("stream %s: letting go (%s)", sid, exc or "released while waiting for the store")
+            self.controls.release()
         finally:
             if not self.controls.ending.is_set():
                 self.controls.stop()
             if self.plan.feed is not None:
                 self.plan.feed.reader_done()
+            if self.plan.file is not None and not self._decoding:  # else the decode thread closes it
+                self.plan.file.close()
 
     def _memory(self) -> _Memory:
         """A new stream's prefix and empty working memory, or a resumed one's, exactly as stored with
@@ -171,10 +250,10 @@ class StreamWorker:
         if self.resume is None:
             with rt.model_lock:
                 prefix = rt.adapter.encode_prefix()
-            store.put_prefix(sid, prefix)
+            self._durable(store.put_prefix, sid, prefix)
             return _Memory(prefix, WorkingState.empty(prefix))
-        prefix = store.get_prefix(sid)
-        return _Memory(prefix, store.get_working(sid) or WorkingState.empty(prefix))
+        prefix = self._durable(store.get_prefix, sid)
+        return _Memory(prefix, self._durable(store.get_working, sid) or WorkingState.empty(prefix))
 
     def _consume(self, mem: _Memory) -> None:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
@@ -196,19 +275,19 @@ class StreamWorker:
             elif isinstance(item, _End):
                 break
             elif isinstance(item, Connected):
-                if store.get_stream(sid).state == "reconnecting":  # back after an outage
+                if self._durable(store.get_stream, sid).state == StreamState.RECONNECTING:  # back after an outage
                     self.rec.reconnects += 1
-                store.set_state(sid, "running", error="", reconnects=self.rec.reconnects)
+                self._state(StreamState.RUNNING, error="", reconnects=self.rec.reconnects)
             elif isinstance(item, Disconnected):
                 if (clip := builder.flush()) is not None:  # a chunk never spans an outage
                     self._store(clip, mem)
-                store.set_state(sid, "reconnecting", error=item.reason)
+                self._state(StreamState.RECONNECTING, error=item.reason)
             elif isinstance(item, Reconnecting):
-                store.event(sid, "reconnect_attempt",
-                            message=f"attempt {item.attempt} in {item.delay_s:.1f}s: {item.reason}")
+                self._durable(store.event, sid, "reconnect_attempt",
+                              message=f"attempt {item.attempt} in {item.delay_s:.1f}s: {item.reason}")
             elif isinstance(item, Gap):
-                store.add_gap(sid, {"start_s": item.start_s, "end_s": item.end_s, "wall_start": item.wall_start,
-                                    "wall_end": item.wall_end, "reason": item.reason})
+                self._durable(store.add_gap, sid, StoredGap(start_s=item.start_s, end_s=item.end_s, reason=item.reason,
+                                                            wall_start=item.wall_start, wall_end=item.wall_end))
             elif isinstance(item, BaseException):
                 if (clip := builder.flush()) is not None:  # what decoded cleanly is kept
                     self._store(clip, mem)
@@ -238,27 +317,22 @@ class StreamWorker:
             labels=", ".join(f"{name} ({p:.2f})" for name, p in desc.labels) if desc else "",
         )
         d = clip.checkpoint
-        checkpoint = {
-            "next_clip": clip.index + 1, "after_s": clip.times[-1], "last_wall_s": clip.wall_end,
-            "frames_total": self.frames_total,
-            **({"next_tick": d.next_tick, "next_index": d.next_index} if d else {}),
-        }
-        progress = {"dropped": self.queue.dropped}
-        if clip.wall_end is not None and self.plan.live:
-            progress["lag_s"] = max(0.0, time.time() - clip.wall_end)
-        rt.store.put_chunk(sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
-                           dense=dict(desc.vectors) if desc else None, working=done.state, int8=self.memory.kv_int8,
-                           checkpoint=checkpoint,
-                           detector_state=d.detector if d else b"", progress=progress)
+        checkpoint = Checkpoint(next_clip=clip.index + 1, after_s=clip.times[-1], frames_total=self.frames_total,
+                                last_wall_s=clip.wall_end, next_tick=d.next_tick if d else None,
+                                next_index=d.next_index if d else None)
+        lag = max(0.0, time.time() - clip.wall_end) if clip.wall_end is not None and self.plan.live else None
+        self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
+                      self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
+                      working=done.state, int8=self.memory.kv_int8, checkpoint=checkpoint,
+                      detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag))
         mem.state = done.state  # only once stored: what resumes is what ingest continues from
-        rt.store.enforce_retention(sid, self.memory.retention())
+        self._durable(rt.store.enforce_retention, sid, self.memory.retention(), fence=self.fence)
 
 
-def resume_point(checkpoint: tuple[dict, bytes] | None) -> Resume | None:
+def resume_point(checkpoint: tuple[Checkpoint, bytes] | None) -> Resume | None:
     """The Resume a stored checkpoint describes (None: nothing stored yet, start over)."""
     if checkpoint is None:
         return None
     c, detector = checkpoint
-    return Resume(next_clip=c["next_clip"], after_s=c["after_s"], last_wall_s=c.get("last_wall_s"),
-                  frames_total=c["frames_total"],
-                  decode=DecodeState(c["next_tick"], c["next_index"], detector))
+    return Resume(next_clip=c.next_clip, after_s=c.after_s, last_wall_s=c.last_wall_s, frames_total=c.frames_total,
+                  decode=DecodeState(c.next_tick, c.next_index, detector))

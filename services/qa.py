@@ -6,19 +6,23 @@ from __future__ import annotations
 import io
 import math
 import re
+import struct
 import time
+import zlib
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from encoders.base import EncodedSegment
 from memory.assemble import answer_memory
-from memory.errors import ChunksGone
+from memory.errors import ChunksGone, clipped
 from memory.fusion import SIGNALS, SearchOptions
 from memory.index import Hit, Query, StreamIndex
 from memory.layout import FeatureSet, TokenSet, concat_segments
+from memory.store import Gap
 from memory.timewords import window_from_question
 from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
@@ -49,17 +53,46 @@ class Answer:
     keyframes: list[bytes]
     memory_tokens: int
     latency_ms: float
-    gaps: list[dict]  # outages that overlap the searched window
+    gaps: list[Gap]  # outages that overlap the searched window
     window: Searched
 
 
-def validate_question(question: str, max_chars: int) -> str:
+def validate_question(question: str, max_chars: int, max_tokens: int = 0,
+                      count_tokens: Callable[[str], int] | None = None) -> str:
+    """The stripped question, refused when empty, over `max_chars` characters, or over `max_tokens` tokens
+    of the model's own tokenizer (`count_tokens`; characters are checked first, so it never reads more
+    than `max_chars`)."""
     q = question.strip()
     if not q:
         raise InvalidRequest("question is empty")
     if len(q) > max_chars:
         raise InvalidRequest(f"question is {len(q)} characters; the limit is {max_chars}")
+    if max_tokens and count_tokens is not None:
+        n = count_tokens(q)
+        if n > max_tokens:
+            raise InvalidRequest(f"question is {n} tokens ({len(q)} characters); the limit is {max_tokens} "
+                                 f"tokens ({max_chars} characters)")
     return q
+
+
+def check_window(lo: float, hi: float) -> tuple[float, float]:
+    """A requested media-time window [lo, hi) (hi inf: to the end), refused unless 0 <= lo < hi, lo finite."""
+    if math.isnan(lo) or math.isnan(hi):
+        raise InvalidRequest(f"time window [{lo}, {hi}] is invalid: its bounds must be numbers, not NaN")
+    if not math.isfinite(lo) or lo < 0:
+        raise InvalidRequest(f"time window [{lo:g}, {hi:g}] is invalid: its start must be a finite number >= 0")
+    if hi < 0:
+        raise InvalidRequest(f"time window [{lo:g}, {hi:g}] is invalid: its end must be >= 0 (0: to the end)")
+    if hi <= lo:
+        raise InvalidRequest(f"time window [{lo:g}, {hi:g}] is empty: its end must come after its start")
+    return lo, hi
+
+
+def request_window(start_s: float, end_s: float) -> tuple[float, float]:
+    """The window as the wire sends it (end_s 0: to the end), checked; before any work is queued."""
+    if math.isnan(end_s) or end_s < 0:  # not read as "0: to the end"
+        return check_window(start_s, end_s)
+    return check_window(start_s, end_s if end_s > 0 else math.inf)
 
 
 def searched_window(rt: Runtime, index: StreamIndex, question: str, window: tuple[float, float] | None,
@@ -68,9 +101,7 @@ def searched_window(rt: Runtime, index: StreamIndex, question: str, window: tupl
     'DEPARTS 12:30'?" searches everywhere; wall-clock words read through the stream's chunks' wall times,
     live streams only, in `VIGIL_TIMEZONE`); else everything."""
     if window is not None:
-        lo, hi = window
-        if not (math.isfinite(lo) and lo >= 0 and not math.isnan(hi) and hi > lo):
-            raise InvalidRequest(f"time window [{lo}, {hi}] is empty or invalid")
+        lo, hi = check_window(*window)
         return Searched(lo, hi, REQUEST)
     anchors = index.wall_anchors()
     unquoted = _QUOTED.sub(lambda m: " " * len(m.group()), question)  # same length: phrases stay substrings
@@ -90,7 +121,8 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
         raise InvalidRequest(f"{len(signals)} retrieval signals named; at most {MAX_SIGNALS}")
     unknown = sorted(set(signals) - set(SIGNALS))
     if unknown:
-        shown = [u[:24] for u in unknown[:3]]
+        shown = ", ".join(clipped(u, 24) for u in unknown[:3]) + (f" and {len(unknown) - 3} more"
+                                                                   if len(unknown) > 3 else "")
         raise InvalidRequest(f"unknown retrieval signal(s) {shown}; known: {list(SIGNALS)}")
     produced = set(rt.describer.signals) if rt.describer is not None else set()
     missing = [x for x in signals if x in ("ocr", "labels", "image") and x not in produced]
@@ -105,7 +137,7 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         signals: list[str] | None = None) -> Answer:
     t0 = time.perf_counter()
     s = rt.settings
-    q = validate_question(question, s.max_question_chars)
+    q = validate_question(question, s.max_question_chars, s.max_question_tokens, rt.adapter.count_tokens)
     if top_k > s.max_top_k:
         raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
     opts = search_options(rt, list(signals or []))
@@ -114,18 +146,19 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
     searched = searched_window(rt, index, q, window, rec.media_end_s)
     if searched.source == QUESTION and not index.allowed(searched.bounds):
         searched = Searched(0.0, math.inf, ALL)  # the time words point where nothing is stored: search it all
-    example = decode_example(example_image, s.max_example_bytes, s.frame_max_side) if example_image else None
+    example = (decode_example(example_image, s.max_example_bytes, s.frame_max_side, s.max_example_decoded_bytes)
+               if example_image else None)
     query = question_query(rt, q, example, rec.frames_fingerprint)
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         if attempt:
             index = rt.indexes.synced(sid)
         rec = rt.store.get_stream(sid)  # read after the sync: it covers every indexed chunk
         if not index.records:
-            raise NotReady(f"stream {sid!r} has no stored chunks yet (state: {rec.state})")
+            raise NotReady(f"stream {clipped(sid)} has no stored chunks yet (state: {rec.state})")
         ranked = index.search(query, top_k or s.top_k, searched.bounds, opts)
         if not index.allowed(searched.bounds):
-            where = f" (from {searched.phrase!r})" if searched.phrase else ""
-            raise InvalidRequest(f"no chunk of stream {sid!r} lies in the time window "
+            where = f" (from {clipped(searched.phrase)})" if searched.phrase else ""
+            raise InvalidRequest(f"no chunk of stream {clipped(sid)} lies in the time window "
                                  f"[{searched.start_s:g}, {searched.end_s:g}]{where}")
         # no signal found anything (e.g. only `ocr` asked and no text on screen reaches its floor): the
         # answer comes from the working memory alone, with no evidence
@@ -151,7 +184,7 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         text = "".join(rt.adapter.answer(memory, q, budget))
     keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
     lo, hi = searched.start_s, searched.end_s
-    gaps = [g for g in rt.store.gaps(sid) if g["end_s"] > lo and g["start_s"] < hi]
+    gaps = [g for g in rt.store.gaps(sid) if g.overlaps(lo, hi)]
     return Answer(text.strip(), hits, [rank_of[i] for i in ids], keyframes, memory.length,
                   (time.perf_counter() - t0) * 1000, gaps, searched)
 
@@ -169,20 +202,51 @@ def question_query(rt: Runtime, question: str, example: np.ndarray | None, frame
     return Query(keys, dense)
 
 
-def decode_example(data: bytes, max_bytes: int, max_side: int) -> np.ndarray:
-    """A JPEG/PNG still -> [H, W, 3] uint8 RGB, its long side at most `max_side`."""
+EXAMPLE_FORMATS = ("JPEG", "MPO", "PNG")  # MPO: a JPEG with extra pictures (phone cameras); the first is read
+MAX_EXAMPLE_FRAMES = 16  # of an animated PNG or an MPO; only the first is read
+# PIL's own error types for undecodable bytes: plugins raise SyntaxError and struct/zlib errors, truncated data
+# OSError or EOFError, bad fields ValueError (UnidentifiedImageError is an OSError)
+_UNREADABLE = (OSError, EOFError, SyntaxError, ValueError, struct.error, zlib.error)
+
+
+def decoded_bytes(mode: str, width: int, height: int) -> int:
+    """Bytes PIL holds for a decoded `mode` image: 1 per pixel for 1/L/P, 2 for the I;16 modes, else 4 (PIL pads
+    RGB to 32 bits; 16-bit RGB(A) PNGs open as 8-bit RGB(A); I and F are 32-bit)."""
+    bpp = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * bpp
+
+
+def decode_example(data: bytes, max_bytes: int, max_side: int,
+                   max_decoded_bytes: int = 64 * 1024 * 1024) -> np.ndarray:
+    """A JPEG/PNG still -> [H, W, 3] uint8 RGB, its long side at most `max_side`. Refused from the header
+    (PIL's `open` reads no pixels) when the decoded image would exceed `max_decoded_bytes` (JPEGs after PIL's
+    draft mode, which decodes at 1/2, 1/4 or 1/8 scale straight away) or have too many frames; bytes PIL
+    cannot decode are an InvalidRequest, never an internal error."""
     if len(data) > max_bytes:
         raise InvalidRequest(f"example image is {len(data)} bytes; the limit is {max_bytes}")
     try:
         with Image.open(io.BytesIO(data)) as im:
-            if im.format not in ("JPEG", "PNG"):
+            if im.format not in EXAMPLE_FORMATS:
                 raise InvalidRequest(f"example image must be JPEG or PNG, not {im.format}")
-            if im.width * im.height > 64_000_000:
-                raise InvalidRequest(f"example image is {im.width}x{im.height}; too many pixels")
-            im.thumbnail((max_side, max_side))
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise InvalidRequest(f"example image cannot be read: {exc}") from exc
+            frames = getattr(im, "n_frames", 1)  # PNG: the acTL header; MPO: its index; no decoding
+            if frames > MAX_EXAMPLE_FRAMES:
+                raise InvalidRequest(f"example image has {frames} frames; at most {MAX_EXAMPLE_FRAMES} "
+                                     "(only the first is read)")
+            if im.format != "PNG":
+                im.draft("RGB", (max_side, max_side))
+            w, h = im.size
+            need = decoded_bytes(im.mode, w, h)
+            if need > max_decoded_bytes or w * h > (Image.MAX_IMAGE_PIXELS or math.inf):
+                raise InvalidRequest(f"example image is {w}x{h} {im.mode}: {need / 2**20:.1f} MiB decoded; "
+                                     f"the limit is {max_decoded_bytes / 2**20:.1f} MiB")
+            im.load()
+            im.thumbnail((max_side, max_side))  # before converting: only the small copy is converted
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    except Image.DecompressionBombError as exc:  # over PIL's own pixel limit, raised while reading the header
+        raise InvalidRequest(f"example image is too large once decoded: {exc}") from exc
+    except _UNREADABLE as exc:
+        why = "its bytes match no image format PIL knows" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise InvalidRequest(f"the example is not an image PIL can read: {why[:200]}") from exc
 
 
 def prefill_features(rt: Runtime, memory: EncodedSegment, chunks: list[FeatureSet]) -> EncodedSegment:

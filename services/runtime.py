@@ -27,7 +27,10 @@ class Runtime:
     def create(cls, settings: Settings, adapter: VideoLM, redis_url: str,
                describer: FrameDescriber | None = None) -> "Runtime":
         """`describer`: an already loaded frame describer to share (None: load one from the settings)."""
-        client = redis.Redis.from_url(redis_url)
+        # a stall longer than the socket timeout is an outage (workers wait and resend; RPCs say UNAVAILABLE)
+        client = redis.Redis.from_url(redis_url, socket_timeout=settings.redis_timeout_s,
+                                      socket_connect_timeout=min(2.0, settings.redis_timeout_s),
+                                      health_check_interval=30)
         client.ping()
         spec = adapter.spec
         store = MemoryStore(client, settings.namespace, KVLayout.from_spec(spec), spec.fingerprint)

@@ -15,8 +15,10 @@ from services.config import Settings
 from services.embedded_redis import EmbeddedRedis
 from services.errors import Unauthenticated
 from services.grpc_api import IngestServicer, QAServicer
+from services.health import StoreHealth
 from services.ingest import IngestManager
 from services.runtime import Runtime
+from services.work import WorkQueue
 from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
 log = logging.getLogger("vigil.server")
@@ -27,6 +29,13 @@ class TokenAuth(grpc.aio.ServerInterceptor):
     """Require `authorization: Bearer <token>` on every call except health checks and reflection."""
 
     def __init__(self, token: str) -> None:
+        from services.config import MIN_TOKEN_CHARS
+
+        if not token.strip():  # Settings refuses this too; never let an empty token mean "anyone"
+            raise ValueError("empty auth token")
+        if len(token) < MIN_TOKEN_CHARS:
+            log.warning("the auth token has only %d characters: use a random secret of %d or more",
+                        len(token), MIN_TOKEN_CHARS)
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request, context):
@@ -54,11 +63,13 @@ class VigilServer:
         self.redis: EmbeddedRedis | None = None
         self.rt: Runtime | None = None
         self.ingest: IngestManager | None = None
+        self.work: WorkQueue | None = None  # the questions' own threads and bounded queue
         self.port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
+        self.health: StoreHealth | None = None
 
     async def start_async(self) -> int:
         s = self.settings
@@ -66,12 +77,13 @@ class VigilServer:
         url = s.redis_url
         if url is None:
             self.redis = EmbeddedRedis(data_dir=s.redis_dir).start()
+            self.redis.supervise()  # restarted (from its append-only file) if it dies
             url = self.redis.url
             log.info("started a private redis-server at %s", url)
         describer = self._describer if s.frames.enabled else None
         self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer)
         self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
-        interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token else []
+        interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes)]
         server = grpc.aio.server(interceptors=interceptors, options=opts)
@@ -79,14 +91,18 @@ class VigilServer:
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
         names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
         if s.role in ("all", "qa"):
-            qa_pb2_grpc.add_QAServiceServicer_to_server(QAServicer(self.rt), server)
+            self.work = WorkQueue(s.question_workers, s.max_queued_questions)
+            qa_pb2_grpc.add_QAServiceServicer_to_server(QAServicer(self.rt, self.work), server)
             names.append(qa_pb2.DESCRIPTOR.services_by_name["QAService"].full_name)
         hs = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        for name in ["", *names[2:]]:
-            await hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.health = StoreHealth(hs, ["", *names[2:]], url)
+        await self.health.start()
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if s.tls.enabled:  # mutual TLS when a client CA is set (TlsSettings.server_credentials)
+            self.port = server.add_secure_port(f"{s.host}:{s.port}", s.tls.server_credentials())
+        else:
+            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
         if self.port == 0:
             raise RuntimeError(f"could not bind {s.host}:{s.port}")
         await server.start()
@@ -102,8 +118,12 @@ class VigilServer:
     async def stop_async(self, grace_s: float = 2.0) -> None:
         if self.ingest:
             await asyncio.to_thread(self.ingest.shutdown)
+        if self.health:
+            await self.health.stop()
         if self._server:
             await self._server.stop(grace_s)
+        if self.work:  # after the server: its cancelled calls have dropped their queued questions
+            await asyncio.to_thread(self.work.shutdown)
         if self.redis:
             self.redis.stop()
         if self._stopped:

@@ -54,6 +54,12 @@ class ByteFeed:
             self._eof = True
             self._cond.notify_all()
 
+    @property
+    def error(self) -> str | None:
+        """Why the sender side aborted (None: it did not)."""
+        with self._cond:
+            return self._error
+
     # ---- reader side (PyAV calls read) ----------------------------------------------------
     def read(self, n: int = -1) -> bytes:
         with self._cond:

@@ -54,6 +54,7 @@ def test_budget_invariants_over_thousands_of_frames(tiny_adapter, store, namespa
     limit_chunks = 40
     rec = StreamRecord(stream_id="long1", source="synthetic", memory=policy)
     store.create_stream(rec)
+    fence = store.claim(rec.stream_id, "test", 600_000)
     prefix = ad.encode_prefix()
     store.put_prefix(rec.stream_id, prefix)
     state = WorkingState.empty(prefix)
@@ -66,10 +67,10 @@ def test_budget_invariants_over_thousands_of_frames(tiny_adapter, store, namespa
         chunk = ChunkRecord(chunk_id=i, start_s=i * CLIP, end_s=(i + 1) * CLIP, frames=CLIP, tokens=done.chunk.length,
                             keyframe_s=i * CLIP, span_start=done.span[0], span_end=done.span[1])
         size = store.put_chunk(rec.stream_id, chunk, done.chunk, enc.segment.retrieval, b"jpeg", (i + 1) * CLIP,
-                               working=state)
+                               fence=fence, working=state)
         if retention is None:
             retention = Retention(max_bytes=limit_chunks * size)
-        store.enforce_retention(rec.stream_id, retention)
+        store.enforce_retention(rec.stream_id, retention, fence=fence)
         s = store.get_stream(rec.stream_id)
         wm_sizes.append(state.tokens.length)
         tokens.append(enc.segment.length)

@@ -92,6 +92,7 @@ def store(redis_url, namespace, tiny_adapter):
 
 def ingest(ad, store, sid: str, n_clips: int, opts: MemoryOptions, retention: Retention | None = None):
     store.create_stream(StreamRecord(stream_id=sid, source="synthetic", memory=opts))
+    fence = store.claim(sid, "test", 600_000)
     prefix = ad.encode_prefix()
     store.put_prefix(sid, prefix)
     state = WorkingState.empty(prefix)
@@ -104,9 +105,10 @@ def ingest(ad, store, sid: str, n_clips: int, opts: MemoryOptions, retention: Re
                           keyframe_s=i * 8, span_start=done.span[0], span_end=done.span[1],
                           text=f"SIGN {i}" if i % 5 == 0 else "")
         dense = {"ocr": (v := rs.randn(16).astype(np.float32)) / np.linalg.norm(v)} if i % 5 == 0 else {}
-        store.put_chunk(sid, rec, done.chunk, enc.segment.retrieval, b"jpeg", (i + 1) * 8, dense=dense, working=state)
+        store.put_chunk(sid, rec, done.chunk, enc.segment.retrieval, b"jpeg", (i + 1) * 8, fence=fence, dense=dense,
+                        working=state)
         if retention is not None:
-            store.enforce_retention(sid, retention)
+            store.enforce_retention(sid, retention, fence=fence)
 
 
 QUESTIONS = ["What happened at the gate?", "When did the red truck arrive?", "Who opened the door?",
@@ -154,7 +156,8 @@ def test_index_rebuilt_from_redis_equals_the_live_one_also_across_merges(tiny_ad
 
     # retention merges the oldest chunks: the registry rebuilds on the new epoch and equals a fresh build
     size = store.chunk_records("mv1")[0].bytes
-    store.enforce_retention("mv1", Retention(max_bytes=8 * size))
+    fence = store.r.get(store._k("mv1", "lease")).decode()  # the token ingest() claimed the stream with
+    store.enforce_retention("mv1", Retention(max_bytes=8 * size), fence=fence)
     assert store.get_stream("mv1").consolidated > 0
     after = reg.synced("mv1")
     assert after is not live and len(after.records) < 12

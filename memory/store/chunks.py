@@ -1,0 +1,270 @@
+"""A stream's memory: the prompt prefix, its chunks (KV or features, retrieval keys, frame-index vectors,
+keyframe), the working memory, the resume checkpoint, and retention (delete and consolidate the oldest)."""
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import asdict
+
+import numpy as np
+import redis
+
+from encoders.base import EncodedSegment
+from encoders.retrieval import BlockKeys
+from memory.codec import (decode_chunk, decode_segment, decode_tokens, encode_features, encode_segment,
+                          encode_tokens)
+from memory.errors import ChunksGone, StreamNotFound
+from memory.layout import FeatureSet, TokenSet
+from memory.multivec import merged_keys
+from memory.retention import Chunk, Retention, merge_features, merge_tokens, merge_vectors, plan
+from memory.store import scripts
+from memory.store.keys import EVENTS_MAXLEN, StoreBase
+from memory.store.leases import LeaseLost
+from memory.store.records import Checkpoint, ChunkRecord, IndexRow, Progress
+from memory.working import WorkingState
+
+DENSE_SIGNALS = ("ocr", "labels", "image")  # frame-index vectors a chunk may carry (`d:<signal>` fields)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _from_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+class Chunks(StoreBase):
+    def _init_chunks(self) -> None:
+        self._put_chunk = self.r.register_script(scripts.PUT_CHUNK)
+
+    # ---- memory --------------------------------------------------------------------------
+    def put_prefix(self, sid: str, seg: EncodedSegment) -> None:
+        blob = encode_segment(seg, self.layout, self.fingerprint)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.set(self._k(sid, "prefix"), blob)
+        pipe.hset(self._k(sid, "meta"), mapping={
+            "next_pos": json.dumps(seg.next_pos), "max_pos": json.dumps(seg.max_pos),
+            "bytes": json.dumps(len(blob)),
+        })
+        pipe.execute()
+
+    def get_prefix(self, sid: str) -> EncodedSegment:
+        blob = self.r.get(self._k(sid, "prefix"))
+        if blob is None:
+            raise StreamNotFound(f"stream {sid!r} has no stored memory yet")
+        return decode_segment(blob, self.layout, self.fingerprint)
+
+    def encode_payload(self, payload: TokenSet | FeatureSet, int8: bool) -> bytes:
+        if isinstance(payload, FeatureSet):
+            return encode_features(payload, self.layout, self.fingerprint)
+        return encode_tokens(payload, self.layout, self.fingerprint, int8=int8)
+
+    def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
+                  keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[str, np.ndarray] | None = None,
+                  working: WorkingState | None = None, int8: bool = False, checkpoint: Checkpoint | None = None,
+                  detector_state: bytes = b"", progress: Progress | None = None) -> int:
+        """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and the working
+        memory after it, advance the stream's counters and move its resume checkpoint, in one atomic step that
+        also proves the writer holds the stream's lease (`fence`, its token; LeaseLost if not). Sent again
+        after a lost reply, a chunk already stored is not stored twice. Returns the chunk's bytes."""
+        blob = self.encode_payload(payload, int8)
+        vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
+        extra = {"keys": _npy(keys.tokens.astype(np.float16))}
+        for name, v in (dense or {}).items():
+            if name not in DENSE_SIGNALS:
+                raise ValueError(f"unknown frame-index signal {name!r}; one of {DENSE_SIGNALS}")
+            extra[f"d:{name}"] = _npy(np.asarray(v, dtype=np.float32).reshape(-1, np.shape(v)[-1]))
+        size = len(blob) + len(vec_bytes) + len(keyframe_jpeg) + sum(len(b) for b in extra.values())
+        fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
+        meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
+        wm_blob = b""
+        if working is not None:
+            wm_blob = encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working",
+                                    next_pos=working.next_pos, max_pos=working.max_pos,
+                                    next_serial=working.next_serial, next_frame=working.next_frame)
+        now = json.dumps(time.time())
+        fields = {
+            "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
+            "media_end_s": json.dumps(chunk.end_s), "updated": now, **(progress or Progress()).fields(),
+        }
+        if working is not None:
+            fields.update(next_pos=json.dumps(working.next_pos), max_pos=json.dumps(working.max_pos),
+                          working_bytes=json.dumps(len(wm_blob)), working_used=json.dumps(working.tokens.length))
+        chunk_fields = {"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg, **extra}
+        ckpt = checkpoint or Checkpoint(next_clip=chunk.chunk_id + 1, after_s=chunk.end_s, frames_total=frames_total)
+        args = [fence, chunk.chunk_id, chunk.start_s, size, chunk.cuts, "1" if working is not None else "0", wm_blob,
+                ckpt.to_json(), detector_state, EVENTS_MAXLEN, now,
+                len(chunk_fields), *[x for kv in chunk_fields.items() for x in kv],
+                len(fields), *[x for kv in fields.items() for x in kv]]
+        got = self._put_chunk(keys=[self._k(sid, "lease"), self._k(sid, "ckpt"), self._chunk_key(sid, chunk.chunk_id),
+                                    self._k(sid, "chunks"), self._k(sid, "meta"), self._k(sid, "wm"),
+                                    self._k(sid, "events")], args=args)
+        if got == -1:
+            raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; chunk {chunk.chunk_id} not stored")
+        return size
+
+    def get_working(self, sid: str) -> WorkingState | None:
+        """The working memory stored with the newest chunk (None before the first chunk)."""
+        blob = self.r.get(self._k(sid, "wm"))
+        if blob is None:
+            return None
+        tokens, meta = decode_tokens(blob, self.layout, self.fingerprint)
+        return WorkingState(tokens, int(meta["next_pos"]), int(meta["max_pos"]), int(meta["next_serial"]),
+                            int(meta["next_frame"]))
+
+    # ---- retention -----------------------------------------------------------------------
+    def enforce_retention(self, sid: str, limits: Retention, *, fence: str) -> int:
+        """Delete and consolidate the stream's oldest chunks until it is under `limits`. Only the
+        stream's ingest worker calls this, with its lease token (`fence`): each rewrite commits only while the
+        lease is still its own (LeaseLost if not). Returns the number of actions taken."""
+        if not limits.limited:
+            return 0
+        rec = self.get_stream(sid)
+        rows = self.chunk_records(sid)
+        actions = plan([Chunk(r.chunk_id, r.end_s, r.bytes, r.level) for r in rows], rec.media_end_s, limits)
+        by_id = {r.chunk_id: r for r in rows}
+        for act in actions:
+            if act.kind == "delete":
+                self._delete_chunks(sid, [by_id[i] for i in act.ids], fence)
+            else:
+                by_id[act.ids[0]] = self._merge_chunks(sid, [by_id[i] for i in act.ids], fence)
+        return len(actions)
+
+    def chunk_records(self, sid: str) -> list[ChunkRecord]:
+        pipe = self.r.pipeline(transaction=False)
+        for cid in self.chunk_ids(sid):
+            pipe.hget(self._chunk_key(sid, cid), "meta")
+        return [ChunkRecord(**json.loads(m)) for m in pipe.execute() if m is not None]
+
+    def _fenced(self, sid: str, fence: str):
+        """A transaction that commits only if the lease is still `fence` (WATCH; a renewal in between makes it
+        retry, a new owner makes it fail)."""
+        for _ in range(20):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.watch(self._k(sid, "lease"))
+            if pipe.get(self._k(sid, "lease")) != fence.encode():
+                pipe.reset()
+                raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; retention not applied")
+            pipe.multi()
+            yield pipe
+            try:
+                pipe.execute()
+                return
+            except redis.WatchError:
+                continue
+        raise LeaseLost(f"stream {sid}: the lease kept changing; retention not applied")
+
+    def _delete_chunks(self, sid: str, recs: list[ChunkRecord], fence: str) -> None:
+        size = sum(r.bytes for r in recs)
+        for pipe in self._fenced(sid, fence):
+            self._delete_ops(pipe, sid, recs, size)
+
+    def _delete_ops(self, pipe, sid: str, recs: list[ChunkRecord], size: int) -> None:
+        for r in recs:
+            pipe.delete(self._chunk_key(sid, r.chunk_id))
+            pipe.zrem(self._k(sid, "chunks"), str(r.chunk_id))
+        pipe.hincrby(self._k(sid, "meta"), "bytes", -size)
+        pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", -size)
+        pipe.hincrby(self._k(sid, "meta"), "deleted", len(recs))
+        pipe.hincrby(self._k(sid, "meta"), "epoch", 1)
+        self._event(pipe, sid, "retention", message=f"deleted chunks {[r.chunk_id for r in recs]}")
+
+    def _merge_chunks(self, sid: str, recs: list[ChunkRecord], fence: str) -> ChunkRecord:
+        ids = [r.chunk_id for r in recs]
+        pipe = self.r.pipeline(transaction=False)
+        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS]
+        for cid in ids:
+            pipe.hmget(self._chunk_key(sid, cid), names)
+        got = pipe.execute()
+        payloads = [decode_chunk(g[0], self.layout, self.fingerprint)[0] for g in got]
+        first = payloads[0]
+        int8 = recs[0].format == "kv-int8"
+        if isinstance(first, FeatureSet):
+            merged = merge_features(payloads, first.length)
+        else:
+            merged = merge_tokens(payloads, first.length)
+        blob = self.encode_payload(merged, int8)
+        vec = merge_vectors([np.frombuffer(g[1], dtype=np.float32) for g in got]).tobytes()
+        key = max(range(len(recs)), key=lambda i: recs[i].novelty)
+        jpeg_bytes = got[key][2] or b""
+        extra = {}
+        if any(g[3] is not None for g in got):  # parts stored before keys existed contribute none
+            extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got if g[3] is not None]))
+        for j, name in enumerate(DENSE_SIGNALS):  # every part's vectors of a signal are kept (each can match)
+            vs = [_from_npy(g[4 + j]) for g in got if g[4 + j] is not None]
+            if vs:
+                extra[f"d:{name}"] = _npy(np.concatenate(vs))
+        size = len(blob) + len(vec) + len(jpeg_bytes) + sum(len(b) for b in extra.values())
+        texts = list(dict.fromkeys(t for r in recs for t in r.text.split(" | ") if t))
+        rec = ChunkRecord(
+            chunk_id=ids[0], start_s=recs[0].start_s, end_s=recs[-1].end_s, frames=sum(r.frames for r in recs),
+            tokens=merged.length, keyframe_s=recs[key].keyframe_s, bytes=size, wall_start=recs[0].wall_start,
+            wall_end=recs[-1].wall_end, cuts=sum(r.cuts for r in recs), novelty=recs[key].novelty,
+            redundant=sum(r.redundant for r in recs), static=round(sum(r.static for r in recs) / len(recs), 4),
+            span_start=recs[0].span_start, span_end=recs[-1].span_end, level=max(r.level for r in recs) + 1,
+            format=recs[0].format, text=" | ".join(texts),
+            labels=", ".join(dict.fromkeys(x for r in recs for x in r.labels.split(", ") if x)),  # as d:labels
+        )
+        old = sum(r.bytes for r in recs)
+        for pipe in self._fenced(sid, fence):
+            for cid in ids:
+                pipe.delete(self._chunk_key(sid, cid))
+            for cid in ids[1:]:
+                pipe.zrem(self._k(sid, "chunks"), str(cid))
+            pipe.hset(self._chunk_key(sid, ids[0]),
+                      mapping={"meta": json.dumps(asdict(rec)), "kv": blob, "vec": vec, "jpeg": jpeg_bytes, **extra})
+            pipe.hincrby(self._k(sid, "meta"), "bytes", size - old)
+            pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size - old)
+            pipe.hincrby(self._k(sid, "meta"), "consolidated", 1)
+            pipe.hincrby(self._k(sid, "meta"), "epoch", 1)
+            self._event(pipe, sid, "retention", message=f"merged chunks {ids} into level {rec.level}")
+        return rec
+
+    def checkpoint(self, sid: str) -> tuple[Checkpoint, bytes] | None:
+        """(checkpoint, detector state) written with the last stored chunk, or None before the first."""
+        h = self.r.hgetall(self._k(sid, "ckpt"))
+        return (Checkpoint.from_json(h[b"json"]), h.get(b"detector", b"")) if h else None
+
+
+    def epoch(self, sid: str) -> int:
+        """Changes whenever retention deletes or rewrites chunks."""
+        return int(json.loads(self.r.hget(self._k(sid, "meta"), "epoch") or b"0"))
+
+    def chunk_ids(self, sid: str, after: int = -1) -> list[int]:
+        ids = sorted(int(i) for i in self.r.zrange(self._k(sid, "chunks"), 0, -1))
+        return [i for i in ids if i > after]
+
+    def chunk_index_rows(self, sid: str, ids: list[int]) -> list[IndexRow]:
+        """What the search index keeps of each id (ids gone meanwhile are skipped)."""
+        pipe = self.r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hmget(self._chunk_key(sid, cid), ["meta", "vec", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS])
+        rows = []
+        for meta, vec, keys, *dense in pipe.execute():
+            if meta is None:
+                continue
+            rows.append(IndexRow(ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32),
+                                 _from_npy(keys) if keys is not None else None,
+                                 {n: _from_npy(d) for n, d in zip(DENSE_SIGNALS, dense) if d is not None}))
+        return rows
+
+    def chunk_payloads(self, sid: str, ids: list[int]) -> list[TokenSet | FeatureSet]:
+        """The stored chunks (KV token sets or feature sets) of these ids, in the given order."""
+        pipe = self.r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hget(self._chunk_key(sid, cid), "kv")
+        blobs = pipe.execute()
+        missing = [cid for cid, b in zip(ids, blobs) if b is None]
+        if missing:
+            raise ChunksGone(f"stream {sid!r} no longer holds chunks {missing} (retention removed them)")
+        return [decode_chunk(b, self.layout, self.fingerprint)[0] for b in blobs]
+
+    def keyframes(self, sid: str, ids: list[int]) -> list[bytes]:
+        pipe = self.r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hget(self._chunk_key(sid, cid), "jpeg")
+        return [b or b"" for b in pipe.execute()]

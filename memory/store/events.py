@@ -1,0 +1,41 @@
+"""A stream's event log (state changes, progress, gaps, retention) for WatchStream, and its gaps."""
+from __future__ import annotations
+
+import json
+import time
+
+from memory.store.keys import EVENTS_MAXLEN, StoreBase
+from memory.store.records import Gap
+
+
+class Events(StoreBase):
+    def add_gap(self, sid: str, gap: Gap) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(self._k(sid, "gaps"), gap.to_json())
+        self._event(pipe, sid, "gap", gap=gap.to_json())
+        pipe.execute()
+
+    def gaps(self, sid: str, last: int = 0) -> list[Gap]:
+        """Gaps oldest first; `last` > 0 returns only the newest `last`."""
+        raw = self.r.lrange(self._k(sid, "gaps"), -last if last else 0, -1)
+        return [Gap.from_json(g) for g in raw]
+
+    def event(self, sid: str, kind: str, **fields) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        self._event(pipe, sid, kind, **fields)
+        pipe.execute()
+
+    def _event(self, pipe, sid: str, kind: str, **fields) -> None:
+        body = {"kind": kind, "time": json.dumps(time.time()), **{k: str(v) for k, v in fields.items()}}
+        pipe.xadd(self._k(sid, "events"), body, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def last_event_id(self, sid: str) -> str:
+        last = self.r.xrevrange(self._k(sid, "events"), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def read_events(self, sid: str, after_id: str, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
+        """Events after `after_id`, waiting up to `block_ms` for the first one (None: do not wait)."""
+        got = self.r.xread({self._k(sid, "events"): after_id}, block=block_ms, count=100)
+        if not got:
+            return []
+        return [(eid.decode(), {k.decode(): v.decode() for k, v in body.items()}) for eid, body in got[0][1]]

@@ -1,0 +1,36 @@
+"""Key names, and what every part of the store shares: the client, the namespace, the blob layout."""
+from __future__ import annotations
+
+import re
+
+import redis
+
+from memory.layout import KVLayout
+
+STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+EVENTS_MAXLEN = 1000
+
+# per-stream keys, all under the stream's hash tag (one Redis Cluster slot per stream)
+STREAM_KEYS = ("meta", "prefix", "chunks", "wm", "ckpt", "gaps", "events", "lease", "fence", "source")
+
+
+class StoreBase:
+    def __init__(self, client: redis.Redis, namespace: str, layout: KVLayout, fingerprint: str) -> None:
+        self.r = client
+        self.ns = namespace
+        self.layout = layout
+        self.fingerprint = fingerprint
+
+    def _k(self, sid: str, suffix: str) -> str:
+        return f"{self.ns}:s:{{{sid}}}:{suffix}"
+
+    def _chunk_key(self, sid: str, cid: int) -> str:
+        return self._k(sid, f"c:{cid}")
+
+    @property
+    def _streams(self) -> str:
+        return f"{self.ns}:streams"
+
+    @property
+    def _active(self) -> str:
+        return f"{self.ns}:active"

@@ -1,0 +1,85 @@
+"""Server-side (Lua) compare-and-write scripts: each proves, in the same atomic step as its write, that the
+writer still holds the stream's lease (its fencing token), so a worker paused past its lease can never write
+after another one adopted the stream. Chunk writes are also idempotent (a chunk id below the checkpoint's
+`next_clip` is already stored), so a write whose reply was lost to a Redis fault can simply be sent again."""
+
+# KEYS[1] lease, KEYS[2] fence counter, KEYS[3] stream meta. ARGV[1] owner, ARGV[2] ttl ms.
+# A new token "<owner>:<n>" (n counts every claim of the stream), or nil when someone holds the lease or the
+# stream is gone.
+CLAIM = """
+if redis.call('exists', KEYS[1]) == 1 or redis.call('exists', KEYS[3]) == 0 then return false end
+local tok = ARGV[1] .. ':' .. redis.call('incr', KEYS[2])
+redis.call('set', KEYS[1], tok, 'px', ARGV[2])
+return tok
+"""
+
+# KEYS[1] lease, KEYS[2] stream meta. ARGV[1] token, ARGV[2] ttl ms. 1: renewed; 2: it had expired with no
+# other taker and is taken back with the same token (nobody else can have written meanwhile: any other
+# writer needs its own, newer token); 0: someone else holds it, or the stream was deleted.
+RENEW = """
+local cur = redis.call('get', KEYS[1])
+if cur == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
+if not cur and redis.call('exists', KEYS[2]) == 1 then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 2 end
+return 0
+"""
+
+RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+# Change a stream's state (and other meta fields), keep the active set in step, and publish the change.
+# KEYS: 1 meta, 2 events, 3 active set, 4 lease. ARGV: 1 token ("" = unfenced: an operator's stop, an
+# owner-less stream), 2 stream id, 3 new state (JSON string), 4 "1" if the new state is active, 5 events
+# maxlen, 6 now (JSON), 7 message, 8 n, then n field/value pairs.
+# -1: the lease is not the writer's; -2: the stream is gone (deleted); else 1.
+SET_STATE = """
+if ARGV[1] ~= '' and redis.call('get', KEYS[4]) ~= ARGV[1] then return -1 end
+if redis.call('exists', KEYS[1]) == 0 then return -2 end
+local prev = redis.call('hget', KEYS[1], 'state') or '""'
+local n = tonumber(ARGV[8])
+local kv = {'state', ARGV[3], 'updated', ARGV[6]}
+for i = 1, 2 * n do kv[#kv + 1] = ARGV[8 + i] end
+redis.call('hset', KEYS[1], unpack(kv))
+if ARGV[4] == '1' then redis.call('sadd', KEYS[3], ARGV[2]) else redis.call('srem', KEYS[3], ARGV[2]) end
+if prev ~= ARGV[3] then
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'state', 'time', ARGV[6],
+             'previous', string.sub(prev, 2, -2), 'state', string.sub(ARGV[3], 2, -2), 'message', ARGV[7])
+end
+return 1
+"""
+
+# Store one chunk, the working memory after it, the stream's counters and the checkpoint.
+# KEYS: 1 lease, 2 ckpt, 3 chunk hash, 4 chunk set, 5 meta, 6 working memory, 7 events.
+# ARGV: 1 token, 2 chunk id, 3 start_s (the chunk set's score), 4 size, 5 cuts, 6 "1" if a working memory
+# comes, 7 working-memory blob, 8 checkpoint JSON, 9 detector state, 10 events maxlen, 11 now,
+# 12 n chunk fields, then those pairs, then m meta fields and their pairs.
+# -1: not the lease holder; 0: already stored (a resent write); 1: stored.
+PUT_CHUNK = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+local cid = tonumber(ARGV[2])
+if cid < tonumber(redis.call('hget', KEYS[2], 'next_clip') or '0') then return 0 end
+local i = 13
+local n = tonumber(ARGV[12])
+local kv = {}
+for j = 0, 2 * n - 1 do kv[#kv + 1] = ARGV[i + j] end
+redis.call('del', KEYS[3])
+redis.call('hset', KEYS[3], unpack(kv))
+i = i + 2 * n
+local m = tonumber(ARGV[i])
+local meta = {}
+for j = 1, 2 * m do meta[#meta + 1] = ARGV[i + j] end
+redis.call('zadd', KEYS[4], ARGV[3], ARGV[2])
+local size = tonumber(ARGV[4])
+local grow = size
+if ARGV[6] == '1' then
+  local old = tonumber(redis.call('hget', KEYS[5], 'working_bytes') or '0')
+  grow = grow + string.len(ARGV[7]) - old
+  redis.call('set', KEYS[6], ARGV[7])
+end
+redis.call('hincrby', KEYS[5], 'bytes', grow)
+redis.call('hincrby', KEYS[5], 'chunk_bytes', size)
+redis.call('hincrby', KEYS[5], 'chunk_bytes_written', size)
+if tonumber(ARGV[5]) > 0 then redis.call('hincrby', KEYS[5], 'scene_cuts', ARGV[5]) end
+if m > 0 then redis.call('hset', KEYS[5], unpack(meta)) end
+redis.call('hset', KEYS[2], 'json', ARGV[8], 'detector', ARGV[9], 'next_clip', cid + 1)
+redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 'kind', 'progress', 'time', ARGV[11], 'chunk', ARGV[2])
+return 1
+"""
