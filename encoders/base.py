@@ -90,6 +90,9 @@ class VideoLM(Protocol):
                        next_pos: int, max_pos: int) -> EncodedSegment:
         """Prefill stored input embeddings [S, F] at their stored positions [P, S] behind `past`."""
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens the model's own tokenizer makes of `text` (no special tokens, no template)."""
+
     def question_keys(self, question: str) -> QueryKeys:
         """The question's retrieval queries, in the same spaces as the clips' `BlockKeys`."""
 

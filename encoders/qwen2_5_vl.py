@@ -76,6 +76,10 @@ class Qwen25VLAdapter:
     def _text(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` alone (what a question adds to the prompt, before the chat template's own)."""
+        return len(self._text(text))
+
     def prefix_ids(self) -> list[int]:
         return self._text(f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n")
 

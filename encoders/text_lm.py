@@ -133,6 +133,10 @@ class TextLMAdapter:
     def _text(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` alone (what a question adds to the prompt, before the chat template's own)."""
+        return len(self._text(text))
+
     def _template(self) -> tuple[str, str]:
         """The chat template's text before and after the user's content (system turn included)."""
         text = self.tok.apply_chat_template(

@@ -27,9 +27,19 @@ def _settings(model: str | None = None, **overrides):
 
 
 def _client(args):
-    from services.client import Client
+    from services.client import Client, is_local
 
-    return Client(args.server, token=os.environ.get("VIGIL_AUTH_TOKEN"))
+    token = os.environ.get("VIGIL_AUTH_TOKEN") or None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("error: --tls-cert and --tls-key (VIGIL_TLS_CERT, VIGIL_TLS_KEY) go together", file=sys.stderr)
+        raise SystemExit(2)
+    tls = args.tls or any((args.tls_ca, args.tls_cert, args.tls_server_name))
+    if token and not tls and not is_local(args.server):
+        print(f"warning: sending VIGIL_AUTH_TOKEN to {args.server} over a plaintext channel: anyone on the path "
+              "can read it; use TLS (--tls-ca / --tls)", file=sys.stderr)
+    return Client(args.server, token=token, tls=bool(args.tls), tls_ca=args.tls_ca or None,
+                  tls_cert=args.tls_cert or None, tls_key=args.tls_key or None,
+                  server_name=args.tls_server_name or None)
 
 
 def _info_dict(info) -> dict:
@@ -292,7 +302,9 @@ def cmd_demo(args) -> int:
         question = question or DEMO_QUESTION
     question = question or "What happens at the start of the video?"
     # one process on a free loopback port; the video's folder is the only media root
-    s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all"})
+    # (plaintext: the demo's client and server are this process; VIGIL_TLS__* are for `vigil serve`)
+    s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all",
+                             "tls": type(s.tls)()})
     print(f"loading model {s.model.name!r} and starting the server "
           f"({'private redis' if s.redis_url is None else s.redis_url}) ...", file=sys.stderr)
     server = VigilServer(s)
@@ -359,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def server_opt(sp):
         sp.add_argument("--server", default=os.environ.get("VIGIL_SERVER", DEFAULT_SERVER), help="host:port")
+        g = sp.add_argument_group("TLS (any of these turns it on; the token is read from VIGIL_AUTH_TOKEN)")
+        g.add_argument("--tls", action="store_true", help="use TLS, trusting the system's CAs")
+        g.add_argument("--tls-ca", default=os.environ.get("VIGIL_TLS_CA"), metavar="PEM",
+                       help="CA bundle to trust the server's certificate by [VIGIL_TLS_CA]")
+        g.add_argument("--tls-cert", default=os.environ.get("VIGIL_TLS_CERT"), metavar="PEM",
+                       help="client certificate, for servers that require one (mutual TLS) [VIGIL_TLS_CERT]")
+        g.add_argument("--tls-key", default=os.environ.get("VIGIL_TLS_KEY"), metavar="PEM",
+                       help="the client certificate's private key [VIGIL_TLS_KEY]")
+        g.add_argument("--tls-server-name", default=os.environ.get("VIGIL_TLS_SERVER_NAME"), metavar="NAME",
+                       help="name to check the server's certificate against (default: --server's host) "
+                            "[VIGIL_TLS_SERVER_NAME]")
         sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = sub.add_parser("serve", help="run the gRPC server (ingest + QA by default)")
@@ -426,8 +449,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from services import logs
+
+    logs.install()  # no URL's credentials in any log line (vigil's, PyAV's, grpc's)
+    from pydantic import ValidationError
+
     try:
         return args.fn(args)
+    except ValidationError as exc:  # a bad VIGIL_* setting: one line each, naming the variable, no value echoed
+        for e in exc.errors(include_url=False, include_input=False):
+            loc = "VIGIL_" + "__".join(str(p) for p in e["loc"]).upper() if e["loc"] else exc.title
+            msg = e["msg"].removeprefix("Value error, ")
+            print(f"error: {msg}" if loc in msg else f"error: {loc}: {msg}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2

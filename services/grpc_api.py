@@ -15,6 +15,7 @@ from services import memory_wire, qa
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
 from streamer.push import FeedClosed
+from streamer.redact import redact_source, redact_text
 from services.runtime import Runtime
 from services.work import WorkQueue
 from services.wire import common_pb2, ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
@@ -43,13 +44,14 @@ def gap_msg(g: Gap) -> common_pb2.Gap:
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str):
     """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged)."""
     code = status_for(exc)
+    text = redact_text(str(exc))  # the last line of defence: no URL's credentials in a status (cut after masking)
     if code is None:
         log.exception("%s failed", name)
         await context.abort(grpc.StatusCode.INTERNAL,
-                            f"internal error: {exc.__class__.__name__}: {clipped(str(exc), 200)}")
+                            f"internal error: {exc.__class__.__name__}: {clipped(text, 200)}")
     if code == grpc.StatusCode.UNAVAILABLE:
-        log.warning("%s: %s (%s)", name, exc.__class__.__name__, clipped(str(exc), 200))
-    await context.abort(code, public_message(exc))
+        log.warning("%s: %s (%s)", name, exc.__class__.__name__, clipped(text, 200))
+    await context.abort(code, redact_text(public_message(exc)))
 
 
 def rpc(fn):
@@ -78,7 +80,8 @@ def rpc_stream(fn):
 def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
-        stream_id=rec.stream_id, source=rec.source, state=STATES.get(rec.state, 0), error=rec.error,
+        stream_id=rec.stream_id, source=redact_source(rec.source), state=STATES.get(rec.state, 0),  # records stored
+        error=redact_text(rec.error),  # before sources were redacted at StartStream keep their credentials
         fps=rec.fps, clip_frames=rec.clip_frames, frames=rec.frames, chunks=rec.chunks, duration_s=covered,
         source_duration_s=rec.source_duration_s, memory_bytes=rec.bytes,
         bytes_per_hour=rec.chunk_bytes_written / covered * 3600 if covered > 0 else 0.0,
@@ -206,7 +209,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         kind = EVENT_KINDS.get(body.get("kind"))
         if kind is None:
             return None
-        ev = ingest_pb2.StreamEvent(kind=kind, info=self._info(sid), message=body.get("message", ""),
+        ev = ingest_pb2.StreamEvent(kind=kind, info=self._info(sid), message=redact_text(body.get("message", "")),
                                     time_unix=float(body.get("time", 0)))
         if body.get("kind") == "state":
             ev.previous_state = STATES.get(body.get("previous", ""), 0)

@@ -22,6 +22,7 @@ from services.pipeline import STORE_DOWN, Controls, Plan, StreamWorker, resume_p
 from services.runtime import Runtime
 from streamer.errors import SourceError
 from streamer.live import is_live_url, probe_live
+from streamer.redact import redact_url
 from streamer.push import ByteFeed
 from streamer.source import probe
 
@@ -87,7 +88,9 @@ class IngestManager:
             if len(source) > 2048 or any(c.isspace() for c in source):
                 raise InvalidRequest("the URL is too long or contains whitespace")
             probe_live(source, s.live.options())
-            rec = self._record(source, fps, clip_frames, "live", live=True, memory=memory)
+            # the record (API, logs, events) shows the URL without its credentials; the worker's plan, and the
+            # store's private key (create_stream's source_url, read back on adoption), keep the real one
+            rec = self._record(redact_url(source), fps, clip_frames, "live", live=True, memory=memory)
             plan = Plan(kind="live", live=True, url=source)
         elif "://" in source:
             raise InvalidRequest(f"unsupported URL scheme in {source.split('://')[0]!r}: use rtsp:// or rtsps://, "
@@ -199,7 +202,7 @@ class IngestManager:
             if self._running() >= s.max_streams:
                 raise LimitExceeded(f"{len(self._workers)} streams are running; the limit is {s.max_streams}")
             if create:
-                store.create_stream(rec)
+                store.create_stream(rec, source_url=plan.url)  # a live URL with credentials: kept privately
                 fence = store.claim(rec.stream_id, self.owner, self._ttl_ms)
                 if fence is None:  # cannot happen for a new id; never run unfenced
                     raise RuntimeError(f"stream {rec.stream_id}: could not take its new lease")

@@ -17,6 +17,7 @@ from services.errors import Unauthenticated
 from services.grpc_api import IngestServicer, QAServicer
 from services.health import StoreHealth
 from services.ingest import IngestManager
+from services import logs
 from services.runtime import Runtime
 from services.work import WorkQueue
 from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
@@ -73,6 +74,7 @@ class VigilServer:
 
     async def start_async(self) -> int:
         s = self.settings
+        logs.install()  # the root's handlers mask URL credentials (idempotent; the CLI did it already)
         adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
         url = s.redis_url
         if url is None:

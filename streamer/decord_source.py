@@ -89,24 +89,29 @@ class DecordSource:
     thread at a time (decord's calls release the GIL, so sources in several threads decode in parallel).
     """
 
-    def __init__(self, path: Path, *, threads: int = 0) -> None:
-        """`threads`: decoder threads for decord (0: FFmpeg's automatic choice)."""
+    def __init__(self, path: Path | str, *, threads: int = 0, name: str | None = None) -> None:
+        """`threads`: decoder threads for decord (0: FFmpeg's automatic choice). `path` may be the
+        ``/proc/self/fd/N`` path of a descriptor opened already (``services.paths.confine``): PyAV's index
+        pass and decord both open that same inode. `name`: what error messages show (default: the path's
+        file name)."""
         self.path = path = Path(path)
+        self.name = name if name is not None else path.name
+        shown = name if name is not None else str(path)
         if not path.exists():
-            raise SourceNotFound(f"{path}: no such file")
+            raise SourceNotFound(f"{shown}: no such file")
         if not path.is_file():
-            raise NotAVideo(f"{path}: not a regular file")
+            raise NotAVideo(f"{shown}: not a regular file")
         decord = _import_decord()  # before any work: a missing package is a configuration error
         self.info, pts_seconds, rotation, first_time = self._index_with_pyav(path)
         self._vr: Any = None
         try:
             self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
         except Exception as exc:  # decord raises RuntimeError, DECORDError or AssertionError (0 frames)
-            reason = _decord_reason(exc)
+            reason = _decord_reason(exc).replace(str(path), self.name)  # never the /proc/self/fd path
             if "av_read_frame" in reason:  # decord indexes every packet at open: damage anywhere fails here
-                raise CorruptVideo(f"{path.name}: the file is truncated or damaged; decord could not read "
+                raise CorruptVideo(f"{self.name}: the file is truncated or damaged; decord could not read "
                                    f"all of it ({reason})") from exc
-            raise UnsupportedCodec(f"{path.name}: decord cannot open this video ({reason}); "
+            raise UnsupportedCodec(f"{self.name}: decord cannot open this video ({reason}); "
                                    'use reader = "pyav"') from exc
         self._rot90 = rotation
         self._times = self._media_times(pts_seconds, first_time)
@@ -120,19 +125,19 @@ class DecordSource:
         try:
             container = av.open(str(path), mode="r", metadata_errors="ignore")
         except av.error.FFmpegError as exc:
-            raise NotAVideo(f"{path.name}: not a readable video ({_av_reason(exc)})") from exc
+            raise NotAVideo(f"{self.name}: not a readable video ({_av_reason(exc)})") from exc
         with container:
             if not container.streams.video:
-                raise NotAVideo(f"{path.name}: the file has no video stream")
+                raise NotAVideo(f"{self.name}: the file has no video stream")
             stream = container.streams.video[0]
             ctx = stream.codec_context
             if ctx is None or not ctx.codec.name:
-                raise UnsupportedCodec(f"{path.name}: no decoder for this video codec")
+                raise UnsupportedCodec(f"{self.name}: no decoder for this video codec")
             if len(container.streams.video) > 1:
                 best = container.streams.best("video")
                 if best is not None and best.index != stream.index:
                     raise UnsupportedCodec(
-                        f"{path.name}: {len(container.streams.video)} video streams and decord would read "
+                        f"{self.name}: {len(container.streams.video)} video streams and decord would read "
                         f"stream #{best.index}, not #{stream.index}; use reader = \"pyav\"")
             tb = stream.time_base
             duration = None
@@ -144,7 +149,7 @@ class DecordSource:
             info = SourceInfo(width=ctx.width, height=ctx.height, codec=ctx.codec.name,
                               avg_fps=float(rate) if rate else None, duration_s=duration)
             if tb is None or not tb.numerator:
-                raise UnsupportedCodec(f"{path.name}: the video stream has no time base; use reader = \"pyav\"")
+                raise UnsupportedCodec(f"{self.name}: the video stream has no time base; use reader = \"pyav\"")
 
             pts: list[int] = []
             untimed = 0
@@ -166,30 +171,30 @@ class DecordSource:
                     frames = stream.decode(None)  # drain: short clips may hold their frames in the decoder
                     first = frames[0] if frames else None
             except av.error.FFmpegError as exc:
-                raise CorruptVideo(f"{path.name}: reading failed after {len(pts)} frames "
+                raise CorruptVideo(f"{self.name}: reading failed after {len(pts)} frames "
                                    f"({_av_reason(exc)})") from exc
         if untimed:
-            raise UnsupportedCodec(f"{path.name}: {untimed} video packets carry no timestamp, so decord cannot "
+            raise UnsupportedCodec(f"{self.name}: {untimed} video packets carry no timestamp, so decord cannot "
                                    'index them; use reader = "pyav"')
         if discarded:
-            raise UnsupportedCodec(f"{path.name}: {discarded} video packets are marked to be discarded (edit list), "
+            raise UnsupportedCodec(f"{self.name}: {discarded} video packets are marked to be discarded (edit list), "
                                    'which decord does not honour; use reader = "pyav"')
         if not pts:
-            raise CorruptVideo(f"{path.name}: the video stream holds no frames")
+            raise CorruptVideo(f"{self.name}: the video stream holds no frames")
         if first is None:
-            raise CorruptVideo(f"{path.name}: the video stream holds no decodable frame")
+            raise CorruptVideo(f"{self.name}: the video stream holds no decodable frame")
         if first.time is None:
-            raise UnsupportedCodec(f"{path.name}: decoded frames carry no timestamp; use reader = \"pyav\"")
+            raise UnsupportedCodec(f"{self.name}: decoded frames carry no timestamp; use reader = \"pyav\"")
         num, den = tb.numerator, tb.denominator
         seconds = [float(p) * num / den for p in sorted(pts)]  # exactly as av.VideoFrame.time
         first_time = first.time  # FileSource's clock starts here
         if first_time != seconds[0]:
-            raise UnsupportedCodec(f"{path.name}: the first decodable frame ({first_time:.3f}s) is not the earliest "
+            raise UnsupportedCodec(f"{self.name}: the first decodable frame ({first_time:.3f}s) is not the earliest "
                                    f"one ({seconds[0]:.3f}s), so decord's frame numbers would be off; "
                                    'use reader = "pyav"')
         rotation = int(getattr(first, "rotation", 0) or 0)
         if rotation % 90:
-            raise UnsupportedCodec(f"{path.name}: display rotation {rotation} degrees is not a quarter turn")
+            raise UnsupportedCodec(f"{self.name}: display rotation {rotation} degrees is not a quarter turn")
         return info, seconds, (rotation // 90) % 4, first_time
 
     def _media_times(self, seconds: list[float], first_time: float) -> np.ndarray:
@@ -207,14 +212,14 @@ class DecordSource:
         n = len(self._vr)
         if n != len(self._times):
             self.close()
-            raise UnsupportedCodec(f"{self.path.name}: decord indexes {n} frames and PyAV {len(self._times)}; "
+            raise UnsupportedCodec(f"{self.name}: decord indexes {n} frames and PyAV {len(self._times)}; "
                                    'use reader = "pyav"')
         # Ask with an index array: decord 0.6's get_frame_timestamp(slice) decodes the whole video first.
         theirs = self._vr.get_frame_timestamp(np.arange(n))[:, 0].astype(np.float64)
         untimed = int(np.count_nonzero(theirs < -1e9))  # packets without pts come out as AV_NOPTS_VALUE * time base
         if untimed:
             self.close()
-            raise UnsupportedCodec(f"{self.path.name}: decord's FFmpeg finds no timestamp on {untimed} of {n} "
+            raise UnsupportedCodec(f"{self.name}: decord's FFmpeg finds no timestamp on {untimed} of {n} "
                                    "frames (typical of AVI with B-frames), so its frame index is unusable; "
                                    'use reader = "pyav"')
         theirs -= theirs[0]
@@ -223,7 +228,7 @@ class DecordSource:
         if bad.size:
             i = int(bad[0])
             self.close()
-            raise UnsupportedCodec(f"{self.path.name}: decord's timestamps disagree with PyAV's "
+            raise UnsupportedCodec(f"{self.name}: decord's timestamps disagree with PyAV's "
                                    f"({bad.size} frames, first #{i}: {theirs[i]:.6f}s vs {self._times[i]:.6f}s); "
                                    'use reader = "pyav"')
 
@@ -258,7 +263,7 @@ class DecordSource:
             kept = [s.time_s for s in sample((DecodedFrame(float(t), _PLACEHOLDER) for t in times), fps)]
             idx = np.searchsorted(times, kept).tolist()
             if any(times[i] != t for i, t in zip(idx, kept)):  # cannot happen while times strictly increase
-                raise RuntimeError(f"{self.path.name}: sampled times do not map back to frames")
+                raise RuntimeError(f"{self.name}: sampled times do not map back to frames")
         if after_s is not None:
             idx = [i for i in idx if times[i] > after_s]
         return idx
@@ -273,7 +278,7 @@ class DecordSource:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         if self._vr is None:
-            raise ValueError(f"{self.path.name}: the source is closed")
+            raise ValueError(f"{self.name}: the source is closed")
         return self._fetch(self.indices(fps, after_s), batch)
 
     def _fetch(self, idx: list[int], batch: int) -> Iterator[DecodedFrame]:
@@ -281,19 +286,19 @@ class DecordSource:
         for start in range(0, len(idx), batch):
             chunk = idx[start:start + batch]
             if self._vr is None:
-                raise ValueError(f"{self.path.name}: the source is closed")
+                raise ValueError(f"{self.name}: the source is closed")
             try:
                 arr = self._vr.get_batch(chunk).asnumpy()  # [B, H, W, 3] uint8
             except Exception as exc:  # DECORDError from decord's decoder thread
                 raise CorruptVideo(
-                    f"{self.path.name}: decoding failed between {times[chunk[0]]:.2f}s and {times[chunk[-1]]:.2f}s "
-                    f"of video (decord: {_decord_reason(exc)})"
+                    f"{self.name}: decoding failed between {times[chunk[0]]:.2f}s and {times[chunk[-1]]:.2f}s "
+                    f"of video (decord: {_decord_reason(exc).replace(str(self.path), self.name)})"
                 ) from exc
             if self._rot90:  # decord applied the display rotation; FileSource does not
                 arr = np.rot90(arr, -self._rot90, axes=(1, 2))
             if arr.shape[1:3] != (self.info.height, self.info.width):
                 raise UnsupportedCodec(
-                    f"{self.path.name}: decord returned {arr.shape[2]}x{arr.shape[1]} frames for a "
+                    f"{self.name}: decord returned {arr.shape[2]}x{arr.shape[1]} frames for a "
                     f"{self.info.width}x{self.info.height} video; use reader = \"pyav\"")
             for j, i in enumerate(chunk):
                 yield DecodedFrame(float(times[i]), np.ascontiguousarray(arr[j]) if self._rot90 else arr[j].copy())

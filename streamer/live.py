@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import av
 
 from streamer.errors import NotAVideo, SourceError, SourceTimeout, SourceUnavailable, UnsupportedCodec
+from streamer.redact import redact_text, redact_url  # redact_url: re-exported (it lived here)
 from streamer.source import DecodedFrame, SourceInfo
 
 __all__ = [
@@ -180,23 +181,6 @@ def _host_port(url: str) -> tuple[str, int]:
     return parts.hostname, port or _DEFAULT_PORTS.get(parts.scheme.lower(), 554)
 
 
-def redact_url(url: str) -> str:
-    """scheme://host:port/path without the user, password and query (cameras put secrets in both)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        if ":" in host:
-            host = f"[{host}]"
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        port = port or _DEFAULT_PORTS.get(parts.scheme.lower())
-        return f"{parts.scheme}://{host}{':' + str(port) if port else ''}{parts.path}"
-    except ValueError:
-        return "<unparsable url>"
-
-
 def _where(url: str) -> str:
     try:
         host, port = _host_port(url)
@@ -208,7 +192,7 @@ def _where(url: str) -> str:
 def _ffmpeg_reason(exc: BaseException) -> str:
     """An FFmpeg error without the URL PyAV appends to it (it may hold credentials)."""
     text = getattr(exc, "strerror", None) or exc.__class__.__name__
-    return f"{exc.__class__.__name__}: {text}"
+    return redact_text(f"{exc.__class__.__name__}: {text}")
 
 
 def _socket_timeout_s(opts: LiveOptions) -> float:
@@ -414,7 +398,7 @@ class LiveSource:
             try:
                 conn = _Connection(self.url, opts)
             except SourceError as exc:
-                reason = str(exc)
+                reason = redact_text(str(exc))  # built from host:port; masked again all the same
                 failures += 1
                 attempt += 1
                 if opts.give_up_after_s > 0 and time.time() - since >= opts.give_up_after_s:

@@ -148,20 +148,25 @@ class AvSource:
 
 
 class FileSource(AvSource):
-    """A video file."""
+    """A video file: a path, or the ``/proc/self/fd/N`` path of a descriptor opened already (what
+    ``services.paths.confine`` gives: the same inode, whatever happened to its name since).
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    `name`: what error messages show (default: the path's file name)."""
+
+    def __init__(self, path: Path | str, name: str | None = None) -> None:
+        self.path = path = Path(path)
+        shown = name if name is not None else str(path)
         if not path.exists():
-            raise SourceNotFound(f"{path}: no such file")
+            raise SourceNotFound(f"{shown}: no such file")
         if not path.is_file():
-            raise NotAVideo(f"{path}: not a regular file")
-        super().__init__(str(path), path.name)
+            raise NotAVideo(f"{shown}: not a regular file")
+        super().__init__(str(path), name if name is not None else path.name)
 
 
-def probe(path: Path) -> SourceInfo:
-    """Open the file and decode its first frame, so bad input fails before a stream is created."""
-    with FileSource(path) as src:
+def probe(path: Path | str, name: str | None = None) -> SourceInfo:
+    """Open the file and decode its first frame, so bad input fails before a stream is created.
+    `path` and `name` as for FileSource."""
+    with FileSource(path, name) as src:
         for _ in src.frames():
             return src.info
-    raise CorruptVideo(f"{path.name}: the video stream holds no decodable frame")
+    raise CorruptVideo(f"{src.name}: the video stream holds no decodable frame")

@@ -123,6 +123,8 @@ class Chunks(StoreBase):
         lease is still its own (LeaseLost if not). Returns the number of actions taken."""
         if not limits.limited:
             return 0
+        if self.r.get(self._k(sid, "lease")) != fence.encode():  # a stale writer does not even plan
+            raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; retention not applied")
         rec = self.get_stream(sid)
         rows = self.chunk_records(sid)
         actions = plan([Chunk(r.chunk_id, r.end_s, r.bytes, r.level) for r in rows], rec.media_end_s, limits)

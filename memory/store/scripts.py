@@ -51,7 +51,8 @@ return 1
 # ARGV: 1 token, 2 chunk id, 3 start_s (the chunk set's score), 4 size, 5 cuts, 6 "1" if a working memory
 # comes, 7 working-memory blob, 8 checkpoint JSON, 9 detector state, 10 events maxlen, 11 now,
 # 12 n chunk fields, then those pairs, then m meta fields and their pairs.
-# -1: not the lease holder; 0: already stored (a resent write); 1: stored.
+# The progress event names the writer's token (`by`). -1: not the lease holder; 0: already stored (a resent
+# write); 1: stored.
 PUT_CHUNK = """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 local cid = tonumber(ARGV[2])
@@ -80,6 +81,7 @@ redis.call('hincrby', KEYS[5], 'chunk_bytes_written', size)
 if tonumber(ARGV[5]) > 0 then redis.call('hincrby', KEYS[5], 'scene_cuts', ARGV[5]) end
 if m > 0 then redis.call('hset', KEYS[5], unpack(meta)) end
 redis.call('hset', KEYS[2], 'json', ARGV[8], 'detector', ARGV[9], 'next_clip', cid + 1)
-redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 'kind', 'progress', 'time', ARGV[11], 'chunk', ARGV[2])
+redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 'kind', 'progress', 'time', ARGV[11], 'chunk', ARGV[2],
+           'by', ARGV[1])
 return 1
 """

@@ -100,7 +100,9 @@ def test_same_top_k_after_a_restart_and_after_retention(make_server, stream):
     # retention merges the oldest chunks; both servers then agree again, and the texts still find their moment
     store = srv.rt.store
     size = store.chunk_records(sid)[0].bytes
-    store.enforce_retention(sid, store.get_stream(sid).memory.with_overrides(max_bytes=16 * size).retention())
+    fence = store.claim(sid, "test", 60_000)  # the stream has ended: the test takes its lease to rewrite it
+    store.enforce_retention(sid, store.get_stream(sid).memory.with_overrides(max_bytes=16 * size).retention(),
+                            fence=fence)
     assert store.get_stream(sid).consolidated > 0 and store.get_stream(sid).deleted == 0
     with Client(addr) as c1, Client(addr2) as c2:
         for q in questions:

@@ -1,0 +1,168 @@
+"""The store against a real Redis: fenced writes (a writer whose lease another took writes nothing), resent
+chunk writes stored once, the active set, paging, deletion leaving no key behind."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from memory.errors import StreamNotFound
+from memory.layout import KVLayout
+from memory.options import MemoryOptions
+from memory.retention import Retention
+from memory.store import Checkpoint, ChunkRecord, Gap, LeaseLost, MemoryStore, StreamRecord, StreamState
+from memory.working import WorkingState, context, step
+from tests.memory.test_long_stream import stream_frames
+
+
+@pytest.fixture
+def store(redis_url, namespace, tiny_adapter):
+    r = redis.Redis.from_url(redis_url)
+    return MemoryStore(r, namespace, KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def clips(tiny_adapter):
+    """Three real encoded clips of the tiny model, each with what put_chunk needs."""
+    ad, opts = tiny_adapter, MemoryOptions()
+    prefix = ad.encode_prefix()
+    state, out = WorkingState.empty(prefix), []
+    for i, frames in enumerate(stream_frames(3, seed=5)):
+        enc = ad.ingest_clip(frames, 1.0, i * 8, (i + 1) * 8, context(prefix, state), key_rows=opts.retrieval_keys)
+        done = step(prefix, state, enc, 0.0, opts)
+        state = done.state
+        rec = ChunkRecord(chunk_id=i, start_s=i * 8, end_s=(i + 1) * 8, frames=8, tokens=done.chunk.length,
+                          keyframe_s=i * 8, span_start=done.span[0], span_end=done.span[1])
+        out.append((rec, done, enc))
+    return prefix, out
+
+
+def _put(store, sid, clip, fence):
+    rec, done, enc = clip
+    ck = Checkpoint(next_clip=rec.chunk_id + 1, after_s=rec.end_s, frames_total=(rec.chunk_id + 1) * 8)
+    return store.put_chunk(sid, rec, done.chunk, enc.segment.retrieval, b"jpeg", (rec.chunk_id + 1) * 8,
+                           fence=fence, working=done.state, checkpoint=ck)
+
+
+def _new(store, sid="s1") -> str:
+    store.create_stream(StreamRecord(stream_id=sid, source="synthetic"))
+    return store.claim(sid, "w1", 60_000)
+
+
+def _steal(store, sid) -> str:
+    """The lease lapses (as when its holder is paused past its TTL) and another worker claims it."""
+    store.r.delete(store._k(sid, "lease"))
+    tok = store.claim(sid, "w2", 60_000)
+    assert tok is not None
+    return tok
+
+
+def test_a_writer_whose_lease_was_taken_writes_nothing(store, clips):
+    prefix, cs = clips
+    old = _new(store)
+    store.put_prefix("s1", prefix)
+    _put(store, "s1", cs[0], old)
+    new = _steal(store, "s1")
+    assert new != old and new.startswith("w2:") and old.startswith("w1:")
+    before = store.r.hgetall(store._k("s1", "meta"))
+    with pytest.raises(LeaseLost):
+        _put(store, "s1", cs[1], old)  # the chunk after the checkpoint: without the fence it would be stored
+    with pytest.raises(LeaseLost):
+        store.set_state("s1", StreamState.FINISHED, fence=old)
+    with pytest.raises(LeaseLost):
+        store.enforce_retention("s1", Retention(max_bytes=1, mode="delete"), fence=old)
+    assert store.r.hgetall(store._k("s1", "meta")) == before
+    assert store.chunk_ids("s1") == [0]
+    assert not store.renew("s1", old, 60_000)  # nor can it take the lease back
+    _put(store, "s1", cs[1], new)  # the new owner can
+    assert store.chunk_ids("s1") == [0, 1]
+
+
+def test_a_resent_chunk_write_is_stored_once(store, clips):
+    _, cs = clips
+    tok = _new(store)
+    first = _put(store, "s1", cs[0], tok)
+    rec = store.get_stream("s1")
+    assert _put(store, "s1", cs[0], tok) == first  # e.g. the reply was lost to a Redis fault and it is sent again
+    again = store.get_stream("s1")
+    assert (again.bytes, again.chunk_bytes, again.chunk_bytes_written) == (rec.bytes, rec.chunk_bytes,
+                                                                          rec.chunk_bytes_written)
+    progress = [b for _, b in store.r.xrange(store._k("s1", "events")) if b[b"kind"] == b"progress"]
+    assert len(progress) == 1 and progress[0][b"by"].decode() == tok
+    assert store.checkpoint("s1")[0] == Checkpoint(next_clip=1, after_s=8.0, frames_total=8)
+
+
+def test_a_lapsed_lease_nobody_took_is_taken_back_with_the_same_token(store):
+    tok = _new(store)
+    store.r.delete(store._k("s1", "lease"))  # expired during a 30 s Redis stall
+    assert store.renew("s1", tok, 60_000)
+    assert store.r.get(store._k("s1", "lease")).decode() == tok
+
+
+def test_active_set_follows_the_state_and_adoption_needs_no_record_scan(store):
+    _new(store, "s1")
+    _new(store, "s2")
+    assert store.active_ids() == ["s1", "s2"]
+    store.set_state("s1", StreamState.FINISHED)
+    assert store.active_ids() == ["s2"]
+    store.set_state("s1", "reconnecting")
+    assert store.active_ids() == ["s1", "s2"]
+    assert store.holders(["s1", "s2", "nosuch"]) == [True, True, False]
+    # streams stored before the active set existed are indexed once
+    store.r.delete(store._active)
+    assert store.index_active() == 2 and store.active_ids() == ["s1", "s2"]
+    assert store.index_active() == 0  # built: no second scan
+
+
+def test_state_changes_are_published_and_typed(store):
+    _new(store)
+    store.set_state("s1", StreamState.RUNNING, error="")
+    rec = store.get_stream("s1")
+    assert rec.state is StreamState.RUNNING and rec.state == "running" and rec.state.active
+    ev = [b for _, b in store.r.xrange(store._k("s1", "events")) if b[b"kind"] == b"state"]
+    assert (ev[-1][b"previous"], ev[-1][b"state"]) == (b"starting", b"running")
+    store.add_gap("s1", Gap(start_s=1.0, end_s=3.5, reason="camera down", wall_start=100.0, wall_end=102.5))
+    (g,) = store.gaps("s1")
+    assert g == Gap(1.0, 3.5, "camera down", 100.0, 102.5) and g.overlaps(3.0, 9.0) and not g.overlaps(3.5, 9.0)
+    with pytest.raises(StreamNotFound):
+        store.set_state("nosuch", StreamState.STOPPED)  # never creates a ghost record
+    assert not store.r.exists(store._k("nosuch", "meta"))
+
+
+def test_pages_cover_every_stream_once_in_creation_order(store):
+    ids = [f"p{i:02d}" for i in range(11)]
+    for i, sid in enumerate(ids):
+        store.create_stream(StreamRecord(stream_id=sid, source="x", created=1000.0 + i))
+    seen, token, pages = [], "", 0
+    while True:
+        recs, token = store.page_streams(4, token)
+        seen += [r.stream_id for r in recs]
+        pages += 1
+        if not token:
+            break
+    assert seen == ids and pages == 3 and store.count_streams() == 11
+    with pytest.raises(StreamNotFound):
+        store.page_streams(4, "deleted-meanwhile")
+
+
+def test_delete_removes_every_key_and_fences_the_old_owner(store, clips, namespace):
+    prefix, cs = clips
+    tok = _new(store)
+    store.put_prefix("s1", prefix)
+    for c in cs:
+        _put(store, "s1", c, tok)
+    store.add_gap("s1", Gap(0.0, 1.0, "x"))
+    store.create_stream(StreamRecord(stream_id="keep", source="x"))
+    assert len(list(store.r.scan_iter(f"{namespace}:s:{{s1}}:*"))) >= 10
+    removed = store.delete_stream("s1")
+    assert removed >= 10
+    assert list(store.r.scan_iter(f"{namespace}:s:{{s1}}:*")) == []
+    assert [r.stream_id for r in store.list_streams()] == ["keep"] and "s1" not in store.active_ids()
+    with pytest.raises(LeaseLost):
+        _put(store, "s1", cs[0], tok)  # its worker, still running somewhere, cannot bring it back
+    assert not store.renew("s1", tok, 60_000)
+    assert list(store.r.scan_iter(f"{namespace}:s:{{s1}}:*")) == []
+    with pytest.raises(StreamNotFound):
+        store.delete_stream("s1")
+    assert json.loads(store.r.hget(store._k("keep", "meta"), "state")) == "starting"

@@ -1,0 +1,243 @@
+"""Redis faults and scale-out, with real processes on loopback: the embedded Redis and an external
+redis-server killed (-9) and stalled (SIGSTOP 6 s and 30 s) mid-ingest; two servers sharing one Redis, one
+stalled past its lease while the other adopts its stream; a replica at its stream limit claims nothing.
+
+While Redis is down or stalled, RPCs answer UNAVAILABLE (without the store's address), health reports
+NOT_SERVING and SERVING again after; workers wait and continue, and the stream ends with exactly the chunks
+of an uninterrupted run of the same file."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from memory.layout import KVLayout
+from memory.store import StreamRecord
+from services.client import Client, state_name
+from tests.conftest import wait_done
+from tests.services.test_cli import _free_port
+from tests.services.test_ingest_streams import _serve, _wait_serving, assert_same_chunks, chunks_of
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+_REFERENCE: dict[str, list[dict]] = {}  # the uninterrupted run's chunks, shared by the tests of this module
+
+
+@pytest.fixture(scope="module")
+def long_video(media_dir) -> Path:
+    from tests import media
+
+    video = media_dir / "pattern-90s.mp4"
+    if not video.exists():
+        media.synthetic_video(video, seconds=90, fps=10, scenes=6)
+    return video
+
+
+def _until(pred, timeout_s: float, what: str, period_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if got := pred():
+            return got
+        time.sleep(period_s)
+    raise AssertionError(f"not within {timeout_s}s: {what}")
+
+
+def _health(addr: str) -> int | None:
+    with grpc.insecure_channel(addr) as ch:
+        try:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3).status
+        except grpc.RpcError:
+            return None
+
+
+def _chunks(url: str, ns: str, sid: str) -> int:
+    return int(redis.Redis.from_url(url, socket_timeout=2).zcard(f"{ns}:s:{{{sid}}}:chunks"))
+
+
+def _stall(pid: int, seconds: float, addr: str, sid: str, secret: str) -> None:
+    """SIGSTOP the Redis for `seconds`: health goes NOT_SERVING and an RPC that needs the store answers
+    UNAVAILABLE (not INTERNAL, not naming the store's address); SIGCONT: health SERVING again."""
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        _until(lambda: _health(addr) == NOT_SERVING, 10, "health NOT_SERVING while Redis is stalled")
+        with Client(addr) as c, pytest.raises(grpc.RpcError) as err:
+            c.describe(sid)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+        assert "Redis" in err.value.details() and secret not in err.value.details()
+        time.sleep(max(0.0, t0 + seconds - time.monotonic()))  # the checks above took part of the stall
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _until(lambda: _health(addr) == SERVING, 20, "health SERVING once Redis answers")
+
+
+def _through_faults(addr: str, url: str, ns: str, sid: str, pid, kill_and_restart, secret: str) -> None:
+    """kill -9 at 3 chunks (Redis restarted), stall 6 s at 8 chunks, stall 30 s at 13 chunks."""
+    _until(lambda: _chunks(url, ns, sid) >= 3, 120, "3 chunks stored")
+    kill_and_restart()
+    _until(lambda: _health(addr) == SERVING, 30, "health SERVING after Redis came back")
+    _until(lambda: _chunks(url, ns, sid) >= 8, 120, "8 chunks stored after the restart")
+    _stall(pid(), 6, addr, sid, secret)
+    _until(lambda: _chunks(url, ns, sid) >= 13, 120, "13 chunks stored after the 6 s stall")
+    _stall(pid(), 30, addr, sid, secret)  # past the 10 s lease: the worker takes its lapsed lease back
+
+
+def _finish_and_compare(addr: str, url: str, ns: str, sid: str, video: Path, adapter) -> None:
+    layout, fp = KVLayout.from_spec(adapter.spec), adapter.spec.fingerprint
+    with Client(addr) as c:
+        info = wait_done(c, sid, timeout_s=300)
+        assert state_name(info.state) == "finished", info.error  # an outage never fails a stream
+        assert info.chunks >= 45 and info.frames == 180
+        if "file" not in _REFERENCE:
+            ref = wait_done(c, c.start(str(video), fps=2, clip_frames=4).stream_id, timeout_s=300)
+            _REFERENCE["file"] = chunks_of(url, ns, ref.stream_id)
+    assert_same_chunks(chunks_of(url, ns, sid), _REFERENCE["file"], layout, fp)
+    states = [json.loads(b[b"state"]) if b.get(b"state", b"").startswith(b'"') else b.get(b"state", b"").decode()
+              for _, b in redis.Redis.from_url(url).xrange(f"{ns}:s:{{{sid}}}:events") if b[b"kind"] == b"state"]
+    assert "failed" not in states
+
+
+@pytest.mark.timeout(420)
+def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, describer, media_dir, cache_dir, namespace,
+                                                       long_video):
+    from services.config import Settings
+    from services.server import VigilServer
+
+    s = Settings(host="127.0.0.1", port=0, redis_url=None, namespace=namespace, media_roots=(str(media_dir),),
+                 cache_dir=cache_dir / "vigil")
+    srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
+    addr = f"127.0.0.1:{srv.start_in_thread()}"
+    try:
+        url = srv.redis.url
+        with Client(addr) as c:
+            sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
+
+        def kill():  # its owner restarts it, from its append-only file
+            pid = srv.redis.proc.pid
+            os.kill(pid, signal.SIGKILL)
+            _until(lambda: srv.redis.restarts == 1 and srv.redis.proc.pid != pid, 30, "the embedded Redis restarted")
+
+        _through_faults(addr, url, namespace, sid, lambda: srv.redis.proc.pid, kill, str(srv.redis.dir))
+        _finish_and_compare(addr, url, namespace, sid, long_video, tiny_adapter)
+    finally:
+        srv.stop_thread()
+
+
+@pytest.mark.timeout(420)
+def test_external_redis_killed_and_stalled_mid_ingest(make_server, tiny_adapter, tmp_path, long_video):
+    port = _free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+            "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _until(lambda: _ping(url), 20, "the external redis-server answers")
+        srv, addr = make_server(redis_url=url)
+        ns = srv.settings.namespace
+        with Client(addr) as c:
+            sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
+
+        def kill():  # an operator's (or systemd's) restart, a few seconds later
+            procs[-1].kill()
+            procs[-1].wait(10)
+            _until(lambda: _health(addr) == NOT_SERVING, 10, "health NOT_SERVING while Redis is down")
+            with Client(addr) as c, pytest.raises(grpc.RpcError) as err:
+                c.list()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and str(port) not in err.value.details()
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            _until(lambda: _ping(url), 20, "the restarted redis-server answers")
+
+        _through_faults(addr, url, ns, sid, lambda: procs[-1].pid, kill, str(port))
+        _finish_and_compare(addr, url, ns, sid, long_video, tiny_adapter)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.kill()
+                p.wait(10)
+
+
+def _ping(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.mark.timeout(400)
+def test_a_server_stalled_past_its_lease_never_writes_after_another_adopted(
+        cache_dir, media_dir, redis_url, namespace, tiny_adapter, long_video):
+    """Two real `vigil serve` processes share one Redis (lease 1.5 s). The owner is SIGSTOPped; the other adopts
+    the stream and continues; the owner, woken, finds its lease gone at its next write and lets go. Every chunk
+    was written exactly once (one progress event per chunk id, none by the old owner after the adoption) and the
+    stream equals an uninterrupted run."""
+    pa, pb = _free_port(), _free_port()
+    a = _serve(cache_dir, media_dir, redis_url, namespace, pa)
+    b = _serve(cache_dir, media_dir, redis_url, namespace, pb)
+    r = redis.Redis.from_url(redis_url)
+    try:
+        _wait_serving(a, f"127.0.0.1:{pa}")
+        _wait_serving(b, f"127.0.0.1:{pb}")
+        with Client(f"127.0.0.1:{pa}") as c:
+            sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
+        lease = f"{namespace}:s:{{{sid}}}:lease"
+        _until(lambda: _chunks(redis_url, namespace, sid) >= 3, 120, "3 chunks stored by the first owner")
+        token_a = r.get(lease).decode()
+        os.kill(a.pid, signal.SIGSTOP)
+        try:
+            token_b = _until(lambda: (t := r.get(lease)) and t.decode() != token_a and t.decode(), 30,
+                             "the other server adopted the stream", period_s=0.02)
+        finally:  # woken at once: its next write likely races the adopter's first (the fence decides)
+            os.kill(a.pid, signal.SIGCONT)
+        with Client(f"127.0.0.1:{pb}") as c:
+            info = wait_done(c, sid, timeout_s=300)
+            ref = wait_done(c, c.start(str(long_video), fps=2, clip_frames=4).stream_id, timeout_s=300)
+        assert a.poll() is None, "the stalled server is still up after waking"
+        assert state_name(info.state) == "finished", info.error
+        writes = [(int(body[b"chunk"]), body[b"by"].decode())
+                  for _, body in r.xrange(f"{namespace}:s:{{{sid}}}:events") if body[b"kind"] == b"progress"]
+        ids = [cid for cid, _ in writes]
+        assert ids == list(range(info.chunks)), "each chunk written once, in order"
+        first_b = next(i for i, (_, by) in enumerate(writes) if by == token_b)
+        assert all(by == token_a for _, by in writes[:first_b]) and all(by == token_b for _, by in writes[first_b:])
+        layout, fp = KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint
+        assert_same_chunks(chunks_of(redis_url, namespace, sid), chunks_of(redis_url, namespace, ref.stream_id),
+                           layout, fp)
+    finally:
+        for p in (a, b):
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def test_a_full_replica_claims_no_orphan_and_a_later_one_adopts_it(make_server, pattern_video):
+    """Orphans (active, no lease) beyond a server's room stay as they are, unclaimed and not failed, for a
+    server with room."""
+    full, _ = make_server(max_streams=1, lease_ttl_s=600)  # a long lease: no heartbeat adopts behind the test's back
+    store = full.rt.store
+    for sid in ("orphan-a", "orphan-b"):
+        store.create_stream(StreamRecord(stream_id=sid, source=str(pattern_video), state="running", fps=2,
+                                         clip_frames=4, model=full.rt.adapter.spec.name))
+    assert set(store.active_ids()) >= {"orphan-a", "orphan-b"}
+    taken = full.ingest.adopt_orphans()
+    assert len(taken) == 1  # room for one
+    left = ({"orphan-a", "orphan-b"} - set(taken)).pop()
+    assert store.get_stream(left).state == "running" and store.holders([left]) == [False]
+    other, addr = make_server(lease_ttl_s=600)  # adopts what it finds at start
+    with Client(addr) as c:
+        for sid in ("orphan-a", "orphan-b"):
+            info = wait_done(c, sid, timeout_s=120)
+            assert state_name(info.state) == "finished", info.error
+            assert info.chunks > 0
+    assert not {"orphan-a", "orphan-b"} & set(store.active_ids())  # ended streams leave the active set
