@@ -284,6 +284,24 @@ def cmd_streams(args) -> int:
     return 0
 
 
+def cmd_stop(args) -> int:
+    with _client(args) as c:
+        info = c.stop(args.stream_id)
+    d = _info_dict(info)
+    print(json.dumps(d) if args.json else f"{d['stream_id']}  {d['state']}  {d['chunks']} chunks kept, answerable")
+    return 0
+
+
+def cmd_delete(args) -> int:
+    with _client(args) as c:
+        resp = c.delete(args.stream_id)
+    if args.json:
+        print(json.dumps({"stream_id": resp.stream_id, "keys_removed": resp.keys_removed}))
+    else:
+        print(f"{resp.stream_id}  deleted ({resp.keys_removed} keys: record, memory, chunks, keyframes, events)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """One process: a server in a thread, a video ingested, one question answered with evidence."""
     from services.client import Client
@@ -433,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("streams", help="list streams")
     server_opt(sp)
     sp.set_defaults(fn=cmd_streams)
+
+    sp = sub.add_parser("stop", help="stop a running stream; what it stored stays answerable")
+    sp.add_argument("stream_id")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_stop)
+
+    sp = sub.add_parser("delete", help="delete a stream and everything stored of it (stops it first)")
+    sp.add_argument("stream_id")
+    server_opt(sp)
+    sp.set_defaults(fn=cmd_delete)
 
     sp = sub.add_parser("demo", help="one process: start a server, ingest a video, ask, print answer and evidence")
     sp.add_argument("--video", help="a video file (default: a generated test pattern)")
