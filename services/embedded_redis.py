@@ -45,7 +45,7 @@ class EmbeddedRedis:
         if data_dir is not None:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(data_dir, 0o700)
-            self._lock = open(data_dir / "vigil.lock", "w")
+            self._lock = os.fdopen(os.open(data_dir / "vigil.lock", os.O_WRONLY | os.O_CREAT, 0o600), "w")
             try:
                 fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

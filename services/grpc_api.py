@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 
@@ -215,7 +214,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ev.previous_state = STATES.get(body.get("previous", ""), 0)
             ev.info.state = STATES.get(body["state"], ev.info.state)  # the state this event is about
         if body.get("kind") == "gap":
-            ev.gap.CopyFrom(gap_msg(json.loads(body["gap"])))
+            ev.gap.CopyFrom(gap_msg(Gap.from_json(body["gap"])))  # was a dict: WatchStream died at a gap
         return ev
 
     @rpc

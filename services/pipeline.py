@@ -26,6 +26,7 @@ from services.paths import MediaFile
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
 from streamer.errors import SourceError
+from streamer.redact import redact_text
 from streamer.keyframes import DetectorConfig, SceneDetector
 from streamer.live import Connected, Disconnected, Gap, LiveOptions, LiveSource, Reconnecting
 from streamer.push import ByteFeed
@@ -231,7 +232,8 @@ class StreamWorker:
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 if aborted is None:
                     log.exception("stream %s failed", sid)
-                self._state(StreamState.FAILED, error=aborted or f"internal error: {exc.__class__.__name__}: {exc}")
+                self._state(StreamState.FAILED,
+                            error=aborted or f"internal error: {exc.__class__.__name__}: {redact_text(str(exc))[:500]}")
         except (LeaseLost, Released) as exc:  # resumable by whoever holds the lease now (or by the next server)
             log.warning("stream %s: letting go (%s)", sid, exc or "released while waiting for the store")
             self.controls.release()
