@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,14 @@ class ModelSpec:
     num_heads: int  # query heads; num_heads // num_kv_heads share each KV head (GQA group)
     random_weights: bool  # True for the seeded tiny model: its answers are noise
     retrieval_layers: tuple[int, ...] = ()  # decoder layers whose representative keys retrieve blocks
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One earlier question and its answer in a conversation (what `answer`'s `history` renders)."""
+
+    question: str
+    answer: str
 
 
 @dataclass(frozen=True)
@@ -99,5 +107,7 @@ class VideoLM(Protocol):
     def example_keys(self, image: np.ndarray) -> QueryKeys:
         """A still image [H, W, 3] uint8 as retrieval rows: its own keys, centred (search by example)."""
 
-    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
-        """Greedy answer tokens (decoded text pieces) generated on `memory` followed by the question."""
+    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int,
+               history: Sequence[Turn] = ()) -> Iterator[str]:
+        """Greedy answer tokens (decoded text pieces) generated on `memory` followed by the question; earlier
+        turns of a conversation (`history`, oldest first) are rendered with the chat template before it."""

@@ -35,7 +35,38 @@ SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL"}
 def _device(opt: str) -> torch.device:
     if opt == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(opt)
+    try:
+        device = torch.device(opt)
+    except RuntimeError:
+        raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE) is not a device torch knows: use auto, cpu, "
+                               "cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
+            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE) but no CUDA GPU is usable here ({build}): "
+                                   "use VIGIL_MODEL__DEVICE=auto or cpu, or install a CUDA build of torch on a GPU host")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE): this host has "
+                                   f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+MODEL_FOLDER = ("a model folder holds a Hugging Face checkpoint of a supported family (Qwen2.5-VL), as "
+                "`hf download` writes it: config.json, the weights (*.safetensors), the tokenizer (tokenizer.json, "
+                "tokenizer_config.json) and preprocessor_config.json")
+
+
+def _check_folder(local: Path) -> None:
+    """A local model folder's files, before transformers reads them: what is missing, in one sentence."""
+    names = {p.name for p in local.iterdir()} if local.is_dir() else set()
+    missing = [what for what, ok in (
+        ("config.json", "config.json" in names),
+        ("weights (*.safetensors or *.bin)", any(n.endswith((".safetensors", ".bin")) for n in names)),
+        ("tokenizer (tokenizer.json or tokenizer_config.json)", bool({"tokenizer.json", "tokenizer_config.json"} & names)),
+    ) if not ok]
+    if missing:
+        held = "it is empty" if not names else f"it holds {', '.join(sorted(names)[:6])}" + (" ..." if len(names) > 6 else "")
+        raise ModelUnavailable(f"model folder {local} has no {', no '.join(missing)} ({held}); {MODEL_FOLDER}")
 
 
 def _dtype(opt: str, device: torch.device) -> torch.dtype:
@@ -71,6 +102,11 @@ def load_adapter(opts: ModelOptions):
     from huggingface_hub.errors import HFValidationError
 
     local = Path(opts.name).expanduser()
+    if local.is_dir():
+        _check_folder(local)
+    elif local.exists() or opts.name.startswith((".", "/", "~")):  # meant as a path, not a hub id
+        why = "is a file, not a folder" if local.exists() else "no such folder"
+        raise ModelUnavailable(f"model {opts.name!r}: {why}; {MODEL_FOLDER}")
     source = str(local) if local.is_dir() else opts.name
     offline = not local.is_dir() and not opts.allow_download
     try:

@@ -12,7 +12,7 @@ starts; the answer is decoded at max(position)+1+i exactly as `generate` does.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_me
                                  retrieval_layers)
 from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
-from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
+from encoders.base import ClipEncoding, EncodedSegment, ModelSpec, Turn
 from encoders.vision_prep import PatchGeometry, frames_to_patches
 
 DEFAULT_SYSTEM = "You are watching a video stream. Answer questions about what was seen."
@@ -87,8 +87,13 @@ class Qwen25VLAdapter:
         return (self._text(f"Clip {start_s:.1f}s-{end_s:.1f}s: ") + [self.vision_start_id]
                 + [self.video_token_id] * n_video_tokens + [self.vision_end_id] + self._text("\n"))
 
-    def suffix_ids(self, question: str) -> list[int]:
-        return self._text(f"{question}<|im_end|>\n<|im_start|>assistant\n")
+    def suffix_ids(self, question: str, history: Sequence[Turn] = ()) -> list[int]:
+        """The question closing the user turn, then the assistant opener. Earlier turns of a conversation come
+        first, as ChatML renders them: the first question closes the user turn that holds the video, each answer
+        is an assistant turn, each later question a user turn of its own."""
+        turns = "".join(f"{t.question}<|im_end|>\n<|im_start|>assistant\n{t.answer}<|im_end|>\n<|im_start|>user\n"
+                        for t in history)
+        return self._text(f"{turns}{question}<|im_end|>\n<|im_start|>assistant\n")
 
     def proxy_ids(self) -> list[int]:
         return self._text(PROXY_OPENER)
@@ -223,8 +228,9 @@ class Qwen25VLAdapter:
                              self._calibration, self.num_kv_heads, self.num_heads, self.head_dim)
 
     @torch.inference_mode()
-    def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:
-        ids = torch.tensor(self.suffix_ids(question), device=self.device)
+    def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int,
+                   history: Sequence[Turn] = ()) -> Iterator[int]:
+        ids = torch.tensor(self.suffix_ids(question, history), device=self.device)
         pos, _ = self._positions(ids, memory.next_pos)
         cache = self._cache(memory)
         logits = self.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache,
@@ -235,6 +241,7 @@ class Qwen25VLAdapter:
 
         yield from greedy(self.model, logits, cache, first, position, self.eos_ids, max_new_tokens)
 
-    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
+    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int,
+               history: Sequence[Turn] = ()) -> Iterator[str]:
         """Decoded text pieces, streamed."""
-        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens), self.eos_ids)
+        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens, history), self.eos_ids)

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 from encoders import attention_probe
 from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
-from encoders.base import ClipEncoding, EncodedSegment, ModelSpec
+from encoders.base import ClipEncoding, EncodedSegment, ModelSpec, Turn
 from encoders.loading import ModelUnavailable
 from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
                                 retrieval_layers)
@@ -153,9 +153,27 @@ class TextLMAdapter:
         """The template's text between the user's content and the assistant's answer (the proxy query)."""
         return self._text(self._tail_text)
 
-    def suffix_ids(self, question: str) -> list[int]:
-        """What follows the stream when a question is asked: the question, then the proxy (assistant opener)."""
-        return self._text(QUESTION.format(q=question)) + self.proxy_ids()
+    def suffix_ids(self, question: str, history: Sequence[Turn] = ()) -> list[int]:
+        """What follows the stream when a question is asked: the question, then the proxy (assistant opener).
+        Earlier turns of a conversation (`history`) come first, as the chat template renders them: the first
+        question closes the stream's user turn, each answer is an assistant turn, each later question a user
+        turn of its own."""
+        if not history:
+            return self._text(QUESTION.format(q=question)) + self.proxy_ids()
+        between = self._between_turns()  # the template's text from an answer to the next user content
+        first, *later = [t.question for t in history] + [question]
+        answers = [t.answer for t in history]
+        text = QUESTION.format(q=first) + "".join(
+            self._tail_text + a + between + q for a, q in zip(answers, later))
+        return self._text(text) + self.proxy_ids()
+
+    def _between_turns(self) -> str:
+        marks = ["\x00Q1\x00", "\x00A1\x00", "\x00Q2\x00"]
+        text = self.tok.apply_chat_template(
+            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": marks[0]},
+             {"role": "assistant", "content": marks[1]}, {"role": "user", "content": marks[2]}],
+            tokenize=False, add_generation_prompt=True)
+        return text.split(marks[1])[1].split(marks[2])[0]
 
     def text_ids(self, text: str) -> list[int]:
         """Stream text -> the token ids `ingest_chunk` reads."""
@@ -240,10 +258,11 @@ class TextLMAdapter:
                              self.num_kv_heads, self.num_heads, self.head_dim)
 
     @torch.inference_mode()
-    def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[int]:
+    def answer_ids(self, memory: EncodedSegment, question: str, max_new_tokens: int,
+                   history: Sequence[Turn] = ()) -> Iterator[int]:
         """Greedy tokens behind `memory` + the question suffix (at memory.next_pos..), decoded at
         max position + 1 + i; the stop token is yielded last."""
-        ids = torch.tensor(self.suffix_ids(question), device=self.device)
+        ids = torch.tensor(self.suffix_ids(question, history), device=self.device)
         pos, _ = self._positions(ids.shape[0], memory.next_pos)
         cache = self._cache(memory)
         logits = self.model(input_ids=ids[None], position_ids=pos, past_key_values=cache, use_cache=True,
@@ -254,6 +273,7 @@ class TextLMAdapter:
 
         yield from greedy(self.model, logits, cache, first, position, self.eos_ids, max_new_tokens)
 
-    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int) -> Iterator[str]:
+    def answer(self, memory: EncodedSegment, question: str, max_new_tokens: int,
+               history: Sequence[Turn] = ()) -> Iterator[str]:
         """Decoded text pieces, streamed."""
-        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens), self.eos_ids)
+        return stream_text(self.tok, self.answer_ids(memory, question, max_new_tokens, history), self.eos_ids)

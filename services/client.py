@@ -1,7 +1,23 @@
-"""A small synchronous client for the CLI and tests."""
+"""The Python client of a vigil server (synchronous, over gRPC): what the `vigil` CLI and the tests use.
+
+    from services.client import Client, state_name
+
+    with Client("localhost", token=os.environ.get("VIGIL_AUTH_TOKEN")) as c:   # localhost:50051
+        info = c.start("/media/dock.mp4", fps=2)                              # a path under VIGIL_MEDIA_ROOTS
+        for ev in c.watch(info.stream_id):                                     # until the stream ends
+            print(state_name(ev.info.state), ev.info.chunks)
+        resp = c.ask(info.stream_id, "when did the truck arrive?")
+        print(resp.answer, [(e.start_s, e.end_s) for e in resp.evidence])
+        c.delete(info.stream_id)
+
+Every method is one RPC of `proto/vigil/v1/` and returns its message (`StreamInfo`, `AskResponse`, ...); errors are
+`grpc.RpcError` with the server's status code and a message that says what to change (`NOT_FOUND`, `INVALID_ARGUMENT`,
+`PERMISSION_DENIED` for a path outside the media roots, `UNAVAILABLE` when the server or its store is unreachable).
+"""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -49,8 +65,37 @@ def is_local(address: str) -> bool:
         return False
 
 
+DEFAULT_PORT = 50051
+
+
+def server_address(address: str) -> str:
+    """A gRPC target with vigil's port when none is given: "localhost" -> "localhost:50051" (gRPC alone would try
+    443), "::1" -> "[::1]:50051"; "host:port", "unix:PATH" and other schemes are kept as they are."""
+    a = address.strip()
+    prefix = ""
+    for scheme in ("dns:///", "dns:"):
+        if a.startswith(scheme):
+            prefix, a = scheme, a[len(scheme):]
+            break
+    else:
+        if ":" in a and a.split(":", 1)[0] in ("unix", "unix-abstract", "ipv4", "ipv6", "vsock"):
+            return a
+    if a.startswith("["):  # [v6] or [v6]:port
+        close = a.find("]")
+        if close != -1 and not a[close + 1:].lstrip(":"):
+            a = f"{a[:close + 1]}:{DEFAULT_PORT}"
+    elif a.count(":") > 1:  # a bare IPv6 address
+        a = f"[{a}]:{DEFAULT_PORT}"
+    elif ":" not in a or a.endswith(":"):
+        a = f"{a.rstrip(':')}:{DEFAULT_PORT}"
+    return prefix + a
+
+
 class Client:
-    """`tls_ca`: the CA bundle to trust (PEM path or bytes); `tls_cert` + `tls_key`: this client's certificate for
+    """A connection to one vigil server. `address`: "host:port" (no port: 50051); `token`: the server's
+    VIGIL_AUTH_TOKEN, sent as `authorization: Bearer` on every call (None: no auth).
+
+    `tls_ca`: the CA bundle to trust (PEM path or bytes); `tls_cert` + `tls_key`: this client's certificate for
     mutual TLS; `server_name`: the name to check the server's certificate against (default: the address's host).
     Any of them, or `tls=True` (the system's trusted CAs), makes the channel TLS; none: plaintext."""
 
@@ -59,6 +104,8 @@ class Client:
                  server_name: str | None = None, tls: bool = False) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("a client certificate needs its key: give both tls_cert and tls_key, or neither")
+        address = server_address(address)
+        self.address = address
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         self.tls = tls or any(v is not None for v in (tls_ca, tls_cert, tls_key, server_name))
@@ -78,10 +125,19 @@ class Client:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (what `with Client(...)` does at the end)."""
         self.channel.close()
 
     def start(self, source: str, fps: float = 0.0, clip_frames: int = 0,
               memory: ingest_pb2.MemoryOptions | None = None) -> ingest_pb2.StreamInfo:
+        """Start a stream from `source`: a file path the server can read (under its VIGIL_MEDIA_ROOTS, else
+        PERMISSION_DENIED) or an rtsp:// URL. Returns at once with the new stream's StreamInfo (state starting);
+        follow it with `watch`. `fps` (sampled frames per second), `clip_frames` (frames per chunk): 0 takes the
+        server's VIGIL_FPS / VIGIL_CLIP_FRAMES; `memory`: per-stream memory options (services.memory_wire
+        `overrides_to_proto`), unset fields the server's defaults."""
         return self.ingest.StartStream(
             ingest_pb2.StartStreamRequest(source=source, fps=fps, clip_frames=clip_frames, memory=memory),
             metadata=self.metadata)
@@ -89,7 +145,14 @@ class Client:
     def push(self, chunks, name: str = "", fmt: str = "mpegts", fps: float = 0.0, clip_frames: int = 0,
              live: bool = False, timeout: float | None = None,
              memory: ingest_pb2.MemoryOptions | None = None) -> ingest_pb2.StreamInfo:
-        """Push byte chunks (an iterable of bytes) as one stream; returns when it is ingested."""
+        """Push a video's bytes as one stream; returns its final StreamInfo once the server ingested them all.
+
+        `chunks`: an iterable of bytes, in a format the server reads as it arrives: `fmt` "mpegts" or "mp4"
+        (fragmented MP4 only: a plain MP4's index is at its end; `streamer.remux.mpegts_blocks(path)` turns any file
+        PyAV reads into MPEG-TS blocks on the fly). `name`: shown as the source, "push:<name>". `live`: drop frames
+        evenly when ingest falls behind instead of slowing the sender. A push that stops before its last chunk
+        (the iterable raised, the call was cancelled or timed out) ends the stream failed, as truncated; what was
+        stored until then stays answerable."""
         def messages():
             yield ingest_pb2.PushStreamRequest(config=ingest_pb2.PushConfig(
                 name=name, format=fmt, fps=fps, clip_frames=clip_frames, live=live, memory=memory))
@@ -99,15 +162,18 @@ class Client:
         return self.ingest.PushStream(messages(), metadata=self.metadata, timeout=timeout)
 
     def watch(self, stream_id: str, timeout: float | None = None):
-        """StreamEvents: a snapshot, then state changes, gaps and progress until the stream ends."""
+        """The stream's events (StreamEvent) as they happen: a snapshot first, then state changes, gaps, reconnect
+        attempts and progress, each with the stream's StreamInfo at that moment; the iterator ends when the stream
+        does (finished, stopped or failed). Cancel it (`.cancel()`) to stop following early."""
         return self.ingest.WatchStream(ingest_pb2.WatchStreamRequest(stream_id=stream_id),
                                        metadata=self.metadata, timeout=timeout)
 
     def describe(self, stream_id: str) -> ingest_pb2.StreamInfo:
+        """One stream's StreamInfo now: state, error, frames, chunks, media time covered, memory bytes, gaps."""
         return self.ingest.DescribeStream(ingest_pb2.DescribeStreamRequest(stream_id=stream_id), metadata=self.metadata)
 
     def list(self, page_size: int = 0) -> list[ingest_pb2.StreamInfo]:
-        """Every stream, fetched a page at a time."""
+        """Every stream's StreamInfo, in creation order (fetched `page_size` at a time; 0: the server's page)."""
         out, token = [], ""
         while True:
             page = self.list_page(page_size, token)
@@ -116,21 +182,68 @@ class Client:
                 return out
 
     def list_page(self, page_size: int = 0, page_token: str = "") -> ingest_pb2.ListStreamsResponse:
+        """One page of streams; pass its `next_page_token` for the next ("" when it was the last)."""
         return self.ingest.ListStreams(ingest_pb2.ListStreamsRequest(page_size=page_size, page_token=page_token),
                                        metadata=self.metadata)
 
     def delete(self, stream_id: str) -> ingest_pb2.DeleteStreamResponse:
+        """Stop the stream if it runs and remove everything stored of it (record, memory, chunks, keyframes,
+        events); the response says how many keys went."""
         return self.ingest.DeleteStream(ingest_pb2.DeleteStreamRequest(stream_id=stream_id), metadata=self.metadata)
 
     def stop(self, stream_id: str) -> ingest_pb2.StreamInfo:
+        """Stop a running stream (its last partial clip is stored); what it stored stays answerable."""
         return self.ingest.StopStream(ingest_pb2.StopStreamRequest(stream_id=stream_id), metadata=self.metadata)
 
     def ask(self, stream_id: str, question: str, top_k: int = 0, window: tuple[float, float] | None = None,
             max_new_tokens: int = 0, include_keyframes: bool = False, timeout: float | None = None,
-            example_image: bytes = b"", signals: list[str] | tuple[str, ...] = ()) -> qa_pb2.AskResponse:
-        req = qa_pb2.AskRequest(stream_id=stream_id, question=question, top_k=top_k,
-                                max_new_tokens=max_new_tokens, include_keyframes=include_keyframes,
-                                example_image=example_image, signals=list(signals))
+            example_image: bytes = b"", signals: list[str] | tuple[str, ...] = (), conversation_id: str = "",
+            new_conversation: bool = False) -> qa_pb2.AskResponse:
+        """Ask a question about a stream; the AskResponse holds the answer and its evidence (chunks with their time
+        ranges, retrieval signals and scores, on-screen text, and keyframe JPEGs with `include_keyframes`), the
+        window searched and why. `window`: (start_s, end_s) media seconds to search (end 0: to the end; None: time
+        words in the question narrow it, else the whole stream); `top_k`, `max_new_tokens`: 0 takes the server's
+        defaults; `example_image`: JPEG/PNG bytes to search by instead of (or with) the words; `signals`: retrieval
+        signals to use (kv, ocr, labels, image, mean; empty: all, fused); `conversation_id`: continue a
+        conversation (multi-turn). A server with role ingest answers UNIMPLEMENTED: ask one with role qa or all."""
+        req = self._ask_request(stream_id, question, top_k, window, max_new_tokens, include_keyframes, example_image,
+                                signals, conversation_id, new_conversation)
+        return self.qa.Ask(req, metadata=self.metadata, timeout=timeout)
+
+    def ask_stream(self, stream_id: str, question: str, top_k: int = 0, window: tuple[float, float] | None = None,
+                   max_new_tokens: int = 0, include_keyframes: bool = False, timeout: float | None = None,
+                   example_image: bytes = b"", signals: list[str] | tuple[str, ...] = (), conversation_id: str = "",
+                   new_conversation: bool = False) -> Iterator[qa_pb2.AskStreamResponse]:
+        """AskStream's messages as they arrive: `evidence`, then `delta`s, then `done`. Closing the generator early
+        (break, or an exception in the loop) cancels the call: the server stops generating at its next token."""
+        req = self._ask_request(stream_id, question, top_k, window, max_new_tokens, include_keyframes, example_image,
+                                signals, conversation_id, new_conversation)
+        yield from self._streamed(self.qa.AskStream(req, metadata=self.metadata, timeout=timeout))
+
+    def summarize(self, stream_id: str, window: tuple[float, float] | None = None, detail: int = 0,
+                  max_new_tokens: int = 0, include_keyframes: bool = False,
+                  timeout: float | None = None) -> Iterator[qa_pb2.SummarizeResponse]:
+        """Summarize's messages as they arrive: `progress` and `segment` per segment, then `done` (the overview)."""
+        req = qa_pb2.SummarizeRequest(stream_id=stream_id, detail=detail, max_new_tokens=max_new_tokens,
+                                      include_keyframes=include_keyframes)
         if window is not None:
             req.window.start_s, req.window.end_s = window
-        return self.qa.Ask(req, metadata=self.metadata, timeout=timeout)
+        yield from self._streamed(self.qa.Summarize(req, metadata=self.metadata, timeout=timeout))
+
+    @staticmethod
+    def _streamed(call) -> Iterator:
+        try:
+            yield from call
+        finally:
+            call.cancel()  # a no-op once the call has ended
+
+    @staticmethod
+    def _ask_request(stream_id, question, top_k, window, max_new_tokens, include_keyframes, example_image, signals,
+                     conversation_id, new_conversation) -> qa_pb2.AskRequest:
+        req = qa_pb2.AskRequest(stream_id=stream_id, question=question, top_k=top_k,
+                                max_new_tokens=max_new_tokens, include_keyframes=include_keyframes,
+                                example_image=example_image, signals=list(signals), conversation_id=conversation_id,
+                                new_conversation=new_conversation)
+        if window is not None:
+            req.window.start_s, req.window.end_s = window
+        return req

@@ -17,6 +17,8 @@ from encoders.describe import DescriberOptions
 from encoders.loading import ModelOptions
 from memory.fusion import SearchOptions
 from memory.options import MemoryOptions
+from services.alerts import AlertSettings, MqttSettings
+from services.cameras import CameraConfig, check_cameras
 
 
 class ModelSettings(BaseModel):
@@ -137,6 +139,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 50051
+    http_port: int = Field(8080, ge=-1, le=65535, description="the HTTP side (/metrics; services/http/) on `host`: "
+                           "0 turns it off, -1 takes any free port (VigilServer.http_port says which)")
+    metrics_open: bool = Field(False, description="serve /metrics without the bearer token even when "
+                               "VIGIL_AUTH_TOKEN is set (a scraper on a trusted network)")
     role: str = Field("all", pattern="^(all|ingest|qa)$")
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
@@ -165,6 +171,16 @@ class Settings(BaseSettings):
     max_queued_questions: int = Field(32, ge=0, le=10_000, description="questions waiting for a question worker; "
                                       "one more is refused with RESOURCE_EXHAUSTED")
     max_example_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest example image Ask accepts")
+    max_conversation_tokens: int = Field(512, ge=0, le=32_768, description="earlier questions and answers of a "
+                                         "conversation that go into the prompt, in the model's tokens; the oldest "
+                                         "turns are dropped first (0: none)")
+    conversation_ttl_s: float = Field(3600.0, gt=0, le=30 * 24 * 3600, description="a conversation unused this long "
+                                      "is forgotten (kept in Redis; every use restarts the clock)")
+    summary_segments: int = Field(4, ge=1, le=64, description="segments a summary aims for when the request "
+                                  "names no detail")
+    max_summary_segments: int = Field(16, ge=1, le=256, description="most segments one summary may ask for")
+    summary_chunks: int = Field(8, ge=1, le=64, description="chunks the model reads per summary segment (evenly "
+                                "spread over the segment's chunks)")
     max_example_decoded_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="largest example "
                                            "image once decoded (width x height x bytes per pixel of its mode, "
                                            "read from the header before decoding)")
@@ -193,6 +209,11 @@ class Settings(BaseSettings):
     retrieval: SearchOptions = SearchOptions()  # how questions search: fusion weights, floors (VIGIL_RETRIEVAL__*)
     timezone: str | None = Field(None, description="IANA zone wall-clock words in questions are read in "
                                  "(\"after 14:05\"); unset: the server's local zone")
+    # named cameras started with `vigil serve`, and their alert rules ([[cameras]] in the VIGIL_CONFIG file;
+    # schema and start-up: services/cameras.py); where alerts go (VIGIL_MQTT__*, VIGIL_ALERTS__*: services/alerts)
+    cameras: tuple[CameraConfig, ...] = ()
+    mqtt: MqttSettings = MqttSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("auth_token")
     @classmethod
@@ -209,6 +230,11 @@ class Settings(BaseSettings):
         if not all(" " <= c <= "~" for c in t):
             raise ValueError("VIGIL_AUTH_TOKEN must be printable ASCII (it travels as a gRPC metadata value)")
         return v
+
+    @field_validator("cameras", mode="before")
+    @classmethod
+    def _cameras(cls, v):  # one line per problem, naming the camera, the rule and the field
+        return check_cameras(v)
 
     @field_validator("timezone")
     @classmethod

@@ -5,7 +5,7 @@ import grpc
 import redis
 
 from encoders.loading import ModelUnavailable
-from memory.errors import ChunksGone, IncompatibleBlob, InvalidMemoryOptions, StreamNotFound
+from memory.errors import ChunksGone, ConversationNotFound, IncompatibleBlob, InvalidMemoryOptions, StreamNotFound
 from memory.store import LeaseLost
 from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
                              UnsupportedCodec)
@@ -45,6 +45,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
     SourceTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     StreamNotFound: grpc.StatusCode.NOT_FOUND,
+    ConversationNotFound: grpc.StatusCode.NOT_FOUND,  # unknown, or expired after its TTL
     PathNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 
@@ -10,12 +11,14 @@ import grpc
 
 from memory.errors import StreamNotFound, clipped
 from memory.store import Gap, StreamRecord, StreamState
-from services import memory_wire, qa
+from services import alerts, memory_wire, qa, summarize
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
+from services.metrics import STORE_DOWN, Metrics
 from streamer.push import FeedClosed
 from streamer.redact import redact_source, redact_text
 from services.runtime import Runtime
+from services.streaming import worker_stream
 from services.work import WorkQueue
 from services.wire import common_pb2, ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
@@ -27,6 +30,7 @@ KINDS = {"file": ingest_pb2.SOURCE_KIND_FILE, "live": ingest_pb2.SOURCE_KIND_LIV
 EVENT_KINDS = {
     "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
+    alerts.EVENT_KIND: ingest_pb2.StreamEvent.KIND_ALERT,
 }
 TERMINAL = tuple(s for s in StreamState if s.terminal)
 WINDOW_SOURCES = {qa.ALL: qa_pb2.WINDOW_SOURCE_ALL, qa.REQUEST: qa_pb2.WINDOW_SOURCE_REQUEST,
@@ -35,14 +39,23 @@ MAX_GAPS_SHOWN = 100
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 
 
+def stream_id(rt: Runtime, given: str) -> str:
+    """The stream a request names: its id, or a camera's name (services/cameras.py) mapped to its stream's id.
+    Every handler that takes a stream_id resolves it here (blocking: call it off the event loop)."""
+    return rt.store.stream_for_name(given) or given
+
+
 def gap_msg(g: Gap) -> common_pb2.Gap:
     return common_pb2.Gap(start_s=g.start_s, end_s=g.end_s, wall_start_unix=g.wall_start or 0.0,
                           wall_end_unix=g.wall_end or 0.0, reason=g.reason)
 
 
-async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str):
-    """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged)."""
+async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, metrics: Metrics | None = None):
+    """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged).
+    `metrics`: the server's, counting store outages (vigil_redis_errors_total{where="api"})."""
     code = status_for(exc)
+    if metrics is not None and isinstance(exc, STORE_DOWN):
+        metrics.store_error("api")
     text = redact_text(str(exc))  # the last line of defence: no URL's credentials in a status (cut after masking)
     if code is None:
         log.exception("%s failed", name)
@@ -60,7 +73,7 @@ def rpc(fn):
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            await _fail(context, exc, fn.__name__)
+            await _fail(context, exc, fn.__name__, self.rt.metrics)
     return wrapper
 
 
@@ -72,7 +85,7 @@ def rpc_stream(fn):
             async for item in fn(self, request, context):
                 yield item
         except Exception as exc:
-            await _fail(context, exc, fn.__name__)
+            await _fail(context, exc, fn.__name__, self.rt.metrics)
     return wrapper
 
 
@@ -167,7 +180,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc
     async def DescribeStream(self, request, context):
-        return await asyncio.to_thread(self._info, request.stream_id)
+        return await asyncio.to_thread(lambda: self._info(stream_id(self.rt, request.stream_id)))
 
     @rpc
     async def ListStreams(self, request, context):
@@ -185,7 +198,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc_stream
     async def WatchStream(self, request, context):
-        store, sid = self.rt.store, request.stream_id
+        store, sid = self.rt.store, await asyncio.to_thread(stream_id, self.rt, request.stream_id)
         last_id = await asyncio.to_thread(store.last_event_id, sid)  # before the snapshot: nothing is missed
         info = await asyncio.to_thread(self._info, sid)
         yield ingest_pb2.StreamEvent(kind=ingest_pb2.StreamEvent.KIND_SNAPSHOT, info=info, time_unix=time.time())
@@ -215,57 +228,130 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ev.info.state = STATES.get(body["state"], ev.info.state)  # the state this event is about
         if body.get("kind") == "gap":
             ev.gap.CopyFrom(gap_msg(Gap.from_json(body["gap"])))  # was a dict: WatchStream died at a gap
+        if body.get("kind") == alerts.EVENT_KIND:
+            ev.alert.CopyFrom(alerts.alert_proto(json.loads(body["alert"])))
         return ev
 
     @rpc
     async def StopStream(self, request, context):
-        await asyncio.to_thread(self._manager().stop, request.stream_id)
-        return await asyncio.to_thread(self._info, request.stream_id)
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
+        await asyncio.to_thread(self._manager().stop, sid)
+        return await asyncio.to_thread(self._info, sid)
 
     @rpc
     async def DeleteStream(self, request, context):
-        sid = request.stream_id
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
         if self.manager is not None:
             removed = await asyncio.to_thread(self.manager.delete, sid)
         else:  # a QA server: the owning ingest worker, wherever it runs, lets go at its next (fenced) write
             removed = await asyncio.to_thread(self.rt.store.delete_stream, sid)
             self.rt.indexes.drop(sid)
+        await asyncio.to_thread(self.rt.store.forget_names, sid)  # a camera's name no longer leads to it
         return ingest_pb2.DeleteStreamResponse(stream_id=sid, keys_removed=removed)
 
 
 class QAServicer(qa_pb2_grpc.QAServiceServicer):
     """Questions run on `work` (their own threads and bounded queue), never on the default pool that the control
-    calls use: a flood of questions waiting for the model cannot hold up DescribeStream, ListStreams or health."""
+    calls use: a flood of questions waiting for the model cannot hold up DescribeStream, ListStreams or health.
+    AskStream and Summarize run there too, handing their messages to the event loop as they are made
+    (services/streaming.py); a client that cancels stops the model at its next token."""
 
     def __init__(self, rt: Runtime, work: WorkQueue | None = None) -> None:
         self.rt = rt
         self.work = work or WorkQueue(rt.settings.question_workers, rt.settings.max_queued_questions)
 
-    @rpc
-    async def Ask(self, request, context):
-        window = None
-        if request.HasField("window"):  # refused here, before a queue slot is taken (end_s 0: to the end)
-            window = qa.request_window(request.window.start_s, request.window.end_s)
+    @staticmethod
+    def _left(context) -> float | None:
         left = context.time_remaining()  # no deadline: None, or a time centuries away
-        ans = await self.work.run(
-            qa.ask, self.rt, request.stream_id, request.question, top_k=request.top_k, window=window,
-            max_new_tokens=request.max_new_tokens, include_keyframes=request.include_keyframes,
-            example_image=request.example_image, signals=list(request.signals),
-            timeout_s=left if left is not None and left < 1e8 else None,
-        )
-        spec = self.rt.adapter.spec
-        w = ans.window
-        return qa_pb2.AskResponse(
-            answer=ans.text, model=spec.name, random_weights=spec.random_weights, latency_ms=ans.latency_ms,
-            memory_tokens=ans.memory_tokens, gaps=[gap_msg(g) for g in ans.gaps],
-            evidence=[
-                qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
+        return left if left is not None and left < 1e8 else None
+
+    @staticmethod
+    def _window(request) -> tuple[float, float] | None:
+        """The request's window, refused here, before a queue slot is taken (end_s 0: to the end)."""
+        if not request.HasField("window"):
+            return None
+        return qa.request_window(request.window.start_s, request.window.end_s)
+
+    def _ask_kwargs(self, request) -> dict:
+        return dict(top_k=request.top_k, window=self._window(request), max_new_tokens=request.max_new_tokens,
+                    include_keyframes=request.include_keyframes, example_image=request.example_image,
+                    signals=list(request.signals), conversation_id=request.conversation_id,
+                    new_conversation=request.new_conversation)
+
+    @staticmethod
+    def _evidence(hits, keyframes, ranks) -> list:
+        return [qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
                                 score=h.score, keyframe_s=h.chunk.keyframe_s, keyframe_jpeg=jpg, rank=rank,
                                 on_screen_text=h.chunk.text, labels=h.chunk.labels,
                                 signals=[qa_pb2.SignalScore(signal=x.name, rank=x.rank, score=x.score)
                                          for x in h.signals])
-                for h, jpg, rank in zip(ans.hits, ans.keyframes, ans.ranks)
-            ],
-            searched_window=qa_pb2.TimeWindow(start_s=w.start_s, end_s=w.end_s if w.end_s < float("inf") else 0.0),
-            window_source=WINDOW_SOURCES[w.source], window_phrase=w.phrase,
+                for h, jpg, rank in zip(hits, keyframes, ranks)]
+
+    @staticmethod
+    def _searched(w: qa.Searched) -> dict:
+        end = w.end_s if w.end_s < float("inf") else 0.0  # 0: to the end
+        return dict(searched_window=qa_pb2.TimeWindow(start_s=w.start_s, end_s=end),
+                    window_source=WINDOW_SOURCES[w.source], window_phrase=w.phrase)
+
+    @rpc
+    async def Ask(self, request, context):
+        kwargs = self._ask_kwargs(request)
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
+        with self.rt.metrics.question():  # vigil_question_seconds, queue wait included
+            ans = await self.work.run(qa.ask, self.rt, sid, request.question, timeout_s=self._left(context), **kwargs)
+        spec = self.rt.adapter.spec
+        return qa_pb2.AskResponse(
+            answer=ans.text, model=spec.name, random_weights=spec.random_weights, latency_ms=ans.latency_ms,
+            memory_tokens=ans.memory_tokens, gaps=[gap_msg(g) for g in ans.gaps],
+            evidence=self._evidence(ans.hits, ans.keyframes, ans.ranks), **self._searched(ans.window),
+            conversation_id=ans.conversation_id, history_turns=ans.history_turns,
         )
+
+    @rpc_stream
+    async def AskStream(self, request, context):
+        """Evidence, then the text as the model makes it, then the whole answer (equal to Ask's)."""
+        kwargs = self._ask_kwargs(request)
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
+        spec = self.rt.adapter.spec
+        with self.rt.metrics.question():
+            async for item in worker_stream(self.work, qa.ask_streamed, self.rt, sid, request.question,
+                                            timeout_s=self._left(context), **kwargs):
+                if isinstance(item, str):
+                    yield qa_pb2.AskStreamResponse(delta=qa_pb2.AnswerDelta(text=item))
+                elif isinstance(item, qa.Prepared):
+                    yield qa_pb2.AskStreamResponse(evidence=qa_pb2.AnswerEvidence(
+                        evidence=self._evidence(item.hits, item.keyframes, item.ranks),
+                        gaps=[gap_msg(g) for g in item.gaps], **self._searched(item.window), model=spec.name,
+                        random_weights=spec.random_weights, conversation_id=item.conversation_id,
+                        history_turns=len(item.history), memory_tokens=item.memory.length))
+                else:
+                    yield qa_pb2.AskStreamResponse(done=qa_pb2.AnswerDone(
+                        answer=item.text, latency_ms=item.latency_ms, memory_tokens=item.memory_tokens,
+                        conversation_id=item.conversation_id))
+
+    @rpc_stream
+    async def Summarize(self, request, context):
+        """Progress and each segment as it is done, then the overview."""
+        window = self._window(request)
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
+        spec = self.rt.adapter.spec
+        mark = dict(model=spec.name, random_weights=spec.random_weights)
+        async for item in worker_stream(self.work, summarize.summarize, self.rt, sid, window, request.detail,
+                                        request.max_new_tokens, request.include_keyframes,
+                                        timeout_s=self._left(context)):
+            if isinstance(item, summarize.Progress):
+                yield qa_pb2.SummarizeResponse(progress=qa_pb2.SummaryProgress(
+                    segment=item.segment, segments=item.segments, stage=item.stage), **mark)
+            elif isinstance(item, summarize.SegmentSummary):
+                yield qa_pb2.SummarizeResponse(segment=qa_pb2.SummarySegment(
+                    index=item.index, segments=item.segments, start_s=item.start_s, end_s=item.end_s,
+                    summary=item.text, on_screen_text=list(item.on_screen), chunks=item.chunks,
+                    evidence=[qa_pb2.Evidence(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s,
+                                              keyframe_s=c.keyframe_s, keyframe_jpeg=jpg, on_screen_text=c.text,
+                                              labels=c.labels)
+                              for c, jpg in zip(item.read, item.keyframes)]), **mark)
+            else:
+                yield qa_pb2.SummarizeResponse(done=qa_pb2.SummaryDone(
+                    overview=item.overview, window=qa_pb2.TimeWindow(start_s=item.start_s, end_s=item.end_s),
+                    segments=item.segments, latency_ms=item.latency_ms, gaps=[gap_msg(g) for g in item.gaps]),
+                    **mark)

@@ -78,9 +78,11 @@ class IngestManager:
             memory=memory, frames_fingerprint=describer.fingerprint if memory.frame_index else "",
         )
 
-    def start(self, source: str, fps: float = 0.0, clip_frames: int = 0, memory: dict | None = None) -> StreamRecord:
+    def start(self, source: str, fps: float = 0.0, clip_frames: int = 0, memory: dict | None = None,
+              name: str | None = None) -> StreamRecord:
         """Start a file or rtsp:// stream; the source is checked (opened, one frame decoded) first.
-        `memory`: per-stream overrides of the memory settings (None values: server default)."""
+        `memory`: per-stream overrides of the memory settings (None values: server default). `name`: a configured
+        camera's name (services/cameras.py), mapped to the new stream as it is created."""
         s = self.rt.settings
         fps, clip_frames = self._check(fps, clip_frames)
         memory = self._memory(memory)  # bad memory options fail before the source is touched
@@ -109,7 +111,7 @@ class IngestManager:
                 raise
             plan = Plan(kind="file", live=False, file=file, reader=s.reader)
         try:
-            self._launch(rec, plan, resume=None, create=True)
+            self._launch(rec, plan, resume=None, create=True, name=name)
         except BaseException:  # no worker took the file
             if plan.file is not None:
                 plan.file.close()
@@ -194,7 +196,8 @@ class IngestManager:
         self._workers = {k: w for k, w in self._workers.items() if w.thread.is_alive()}
         return len(self._workers)
 
-    def _launch(self, rec: StreamRecord, plan: Plan, resume, create: bool, fence: str | None = None) -> None:
+    def _launch(self, rec: StreamRecord, plan: Plan, resume, create: bool, fence: str | None = None,
+                name: str | None = None) -> None:
         """Start a worker: a new stream (`create`: stored and claimed here) or an adopted one (`fence`: the lease
         token already taken)."""
         s, store = self.rt.settings, self.rt.store
@@ -206,6 +209,8 @@ class IngestManager:
                 fence = store.claim(rec.stream_id, self.owner, self._ttl_ms)
                 if fence is None:  # cannot happen for a new id; never run unfenced
                     raise RuntimeError(f"stream {rec.stream_id}: could not take its new lease")
+                if name is not None:  # before the worker: it reads its camera's alert rules by this name
+                    store.set_name(name, rec.stream_id)
             controls = Controls()
             worker = StreamWorker(self.rt, rec, plan, controls, fence, resume)
             t = threading.Thread(target=self._run, args=(worker,), name=f"ingest-{rec.stream_id}", daemon=True)

@@ -22,6 +22,7 @@ import redis
 from encoders.base import EncodedSegment
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
+from services import alerts
 from services.paths import MediaFile
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
@@ -120,6 +121,7 @@ class StreamWorker:
         self.memory = rec.memory  # the stream's own options, recorded at start (not this server's settings)
         self.ending = controls.ending
         self._decoding = False  # once the decode thread runs, it closes plan.file
+        self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -184,6 +186,7 @@ class StreamWorker:
                              time.monotonic() - down_since)
                 return out
             except STORE_DOWN as exc:
+                self.rt.metrics.store_error("ingest")
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("stream %s: the store is unreachable (%s); waiting for it", sid,
@@ -280,10 +283,12 @@ class StreamWorker:
                 if self._durable(store.get_stream, sid).state == StreamState.RECONNECTING:  # back after an outage
                     self.rec.reconnects += 1
                 self._state(StreamState.RUNNING, error="", reconnects=self.rec.reconnects)
+                self.alerts.on_feed(True, wall_s=item.wall_s)
             elif isinstance(item, Disconnected):
                 if (clip := builder.flush()) is not None:  # a chunk never spans an outage
                     self._store(clip, mem)
                 self._state(StreamState.RECONNECTING, error=item.reason)
+                self.alerts.on_feed(False, item.reason, media_s=item.media_s, wall_s=item.wall_s)
             elif isinstance(item, Reconnecting):
                 self._durable(store.event, sid, "reconnect_attempt",
                               message=f"attempt {item.attempt} in {item.delay_s:.1f}s: {item.reason}")
@@ -301,10 +306,15 @@ class StreamWorker:
         rt, sid = self.rt, self.rec.stream_id
         key = clip.keyframe
         novelty = clip.novelty[key] if clip.novelty else 0.0
-        with rt.model_lock:
+        with rt.model_lock:  # timed around the calls (metrics), never inside them
+            t0 = time.perf_counter()
             enc = rt.adapter.ingest_clip(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
                                          context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys)
+            t1 = time.perf_counter()
             done = step(mem.prefix, mem.state, enc, novelty, self.memory)
+            t2 = time.perf_counter()
+        rt.metrics.encode_seconds.observe(t1 - t0)
+        rt.metrics.memory_step_seconds.observe(t2 - t1)
         desc = None
         describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
         if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:
@@ -328,6 +338,7 @@ class StreamWorker:
                       working=done.state, int8=self.memory.kv_int8, checkpoint=checkpoint,
                       detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag))
         mem.state = done.state  # only once stored: what resumes is what ingest continues from
+        self.alerts.on_chunk(record, desc.vectors if desc else None)
         self._durable(rt.store.enforce_retention, sid, self.memory.retention(), fence=self.fence)
 
 

@@ -1,23 +1,30 @@
 """The QA path: question -> searched window (request, or the question's time words) -> retrieval signals
 (late interaction over the model's keys, the frame index) -> fused top-k -> prefix + working memory + chunks
-in time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory."""
+in time order -> answer. Feature chunks are prefilled again (in time order) behind the KV memory.
+
+`prepare` does everything before the first answer token (validation, window, retrieval, memory, the
+conversation's earlier turns); `generate` yields the answer's text pieces, holding the model lock one decoding
+step at a time; Ask (`ask`) joins them, AskStream (`ask_streamed`) hands each one out as it comes."""
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import struct
+import threading
 import time
 import zlib
 import zoneinfo
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from encoders.base import EncodedSegment
+from encoders.base import EncodedSegment, Turn
 from memory.assemble import answer_memory
+from memory.conversations import CONVERSATION_ID, ConversationStore, recent_turns
 from memory.errors import ChunksGone, clipped
 from memory.fusion import SIGNALS, SearchOptions
 from memory.index import Hit, Query, StreamIndex
@@ -27,6 +34,7 @@ from memory.timewords import window_from_question
 from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
 
+log = logging.getLogger("vigil.qa")
 ALL, REQUEST, QUESTION = "all", "request", "question"  # what set the searched window
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{2,}'")  # quoted words are what to find, not when
 MAX_SIGNALS = 8
@@ -55,6 +63,8 @@ class Answer:
     latency_ms: float
     gaps: list[Gap]  # outages that overlap the searched window
     window: Searched
+    conversation_id: str = ""  # the conversation this answer was added to ("": none)
+    history_turns: int = 0  # its earlier turns that went into the prompt
 
 
 def validate_question(question: str, max_chars: int, max_tokens: int = 0,
@@ -132,16 +142,54 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
     return opts.restricted(signals)
 
 
-def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
-        max_new_tokens: int = 0, include_keyframes: bool = False, example_image: bytes = b"",
-        signals: list[str] | None = None) -> Answer:
+@dataclass(frozen=True)
+class Prepared:
+    """Everything an answer is generated from, found before any answer token: what Ask and AskStream share."""
+    question: str  # validated
+    memory: EncodedSegment  # prefix + working memory + the retrieved chunks, time order
+    budget: int  # max new tokens
+    hits: list[Hit]  # time order
+    ranks: list[int]
+    keyframes: list[bytes]
+    gaps: list[Gap]
+    window: Searched
+    history: tuple[Turn, ...]  # earlier turns that go into the prompt (bounded by max_conversation_tokens)
+    conversation_id: str  # "": none
+    t0: float  # perf_counter when the question arrived
+
+
+def conversations(rt: Runtime) -> ConversationStore:
+    return ConversationStore(rt.store.r, rt.store.ns, rt.settings.conversation_ttl_s)
+
+
+def conversation_of(rt: Runtime, sid: str, conversation_id: str) -> tuple[Turn, ...]:
+    """The earlier turns of a conversation that fit the prompt (max_conversation_tokens, oldest dropped first).
+    Refused unless it is about stream `sid` (INVALID_ARGUMENT); unknown or expired: NOT_FOUND."""
+    if not CONVERSATION_ID.match(conversation_id):
+        raise InvalidRequest(f"conversation_id {clipped(conversation_id)} is not 1-64 letters, digits, '-' or '_'")
+    conv = conversations(rt).get(conversation_id)
+    if conv.stream_id != sid:
+        raise InvalidRequest(f"conversation {clipped(conversation_id)} is about stream {clipped(conv.stream_id)}, "
+                             f"not {clipped(sid)}")
+    return recent_turns(conv.turns, rt.settings.max_conversation_tokens, rt.adapter.count_tokens)
+
+
+def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[float, float] | None = None,
+            max_new_tokens: int = 0, include_keyframes: bool = False, example_image: bytes = b"",
+            signals: list[str] | None = None, conversation_id: str = "", new_conversation: bool = False) -> Prepared:
+    """Validation, the searched window, retrieval and the memory the answer is generated on; no answer token."""
     t0 = time.perf_counter()
     s = rt.settings
     q = validate_question(question, s.max_question_chars, s.max_question_tokens, rt.adapter.count_tokens)
     if top_k > s.max_top_k:
         raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
     opts = search_options(rt, list(signals or []))
-    rec = rt.store.get_stream(sid)  # NOT_FOUND before any model work
+    if conversation_id and new_conversation:
+        raise InvalidRequest("give conversation_id to continue a conversation, or new_conversation to start one; "
+                             "not both")
+    rec = rt.store.get_stream(sid)  # NOT_FOUND before any model work (an unknown conversation too)
+    history = conversation_of(rt, sid, conversation_id) if conversation_id else ()
+    cid = conversation_id
     index = rt.indexes.synced(sid)  # synced again only when retention changes chunks during the question
     searched = searched_window(rt, index, q, window, rec.media_end_s)
     if searched.source == QUESTION and not index.allowed(searched.bounds):
@@ -180,13 +228,63 @@ def ask(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tuple[f
         with rt.model_lock:
             memory = prefill_features(rt, memory, features)
     budget = min(max_new_tokens or s.max_new_tokens, s.max_new_tokens_cap)
-    with rt.model_lock:
-        text = "".join(rt.adapter.answer(memory, q, budget))
     keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
     lo, hi = searched.start_s, searched.end_s
     gaps = [g for g in rt.store.gaps(sid) if g.overlaps(lo, hi)]
-    return Answer(text.strip(), hits, [rank_of[i] for i in ids], keyframes, memory.length,
-                  (time.perf_counter() - t0) * 1000, gaps, searched)
+    if new_conversation:  # once the question is known to be answerable
+        cid = conversations(rt).create(sid).conversation_id
+    return Prepared(q, memory, budget, hits, [rank_of[i] for i in ids], keyframes, gaps, searched, history, cid, t0)
+
+
+def generate(rt: Runtime, memory: EncodedSegment, question: str, budget: int, history: Sequence[Turn] = (),
+             stop: threading.Event | None = None) -> Iterator[str]:
+    """The answer's text pieces as the model decodes them. The model lock is held for one decoding step at a
+    time (the question's prefill, then each token) and released in between, so a stream's ingest (which takes
+    the lock per clip) goes on while an answer is generated; each step runs on this answer's own cache, so
+    interleaving changes no token. `stop` set: no further step is taken (a cancelled client)."""
+    pieces = rt.adapter.answer(memory, question, budget, history)
+    try:
+        while stop is None or not stop.is_set():
+            with rt.model_lock:
+                piece = next(pieces, None)
+            if piece is None:
+                return
+            yield piece
+    finally:
+        pieces.close()
+
+
+def complete(rt: Runtime, p: Prepared, text: str) -> Answer:
+    """The answer, recorded as the conversation's newest turn (when it has one)."""
+    text = text.strip()
+    if p.conversation_id:
+        conversations(rt).append(p.conversation_id, Turn(p.question, text))
+    return Answer(text, p.hits, p.ranks, p.keyframes, p.memory.length, (time.perf_counter() - p.t0) * 1000, p.gaps,
+                  p.window, p.conversation_id, len(p.history))
+
+
+def ask(rt: Runtime, sid: str, question: str, **kw) -> Answer:
+    """`prepare` (keywords as there), then the whole answer."""
+    p = prepare(rt, sid, question, **kw)
+    return complete(rt, p, "".join(generate(rt, p.memory, p.question, p.budget, p.history)))
+
+
+def ask_streamed(rt: Runtime, sid: str, question: str, *, emit: Callable[[Prepared | str | Answer], None],
+                 stop: threading.Event, **kw) -> int:
+    """Ask, handing out as it goes: the Prepared (evidence) first, then each text piece, then the Answer. Returns
+    the pieces generated; a `stop` set meanwhile ends it after the current token, with no Answer (and no turn
+    recorded)."""
+    p = prepare(rt, sid, question, **kw)
+    emit(p)
+    parts: list[str] = []
+    for piece in generate(rt, p.memory, p.question, p.budget, p.history, stop):
+        parts.append(piece)
+        emit(piece)
+    if stop.is_set():
+        log.info("answer on stream %s stopped after %d pieces: the client went away", sid, len(parts))
+    else:
+        emit(complete(rt, p, "".join(parts)))
+    return len(parts)
 
 
 def question_query(rt: Runtime, question: str, example: np.ndarray | None, frames_fingerprint: str = "") -> Query:

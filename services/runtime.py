@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -11,7 +11,9 @@ from encoders.describe import FrameDescriber, load_describer
 from memory.index import IndexRegistry
 from memory.layout import KVLayout
 from memory.store import MemoryStore
+from services.alerts import AlertHub
 from services.config import Settings
+from services.metrics import Metrics
 
 
 @dataclass
@@ -22,6 +24,8 @@ class Runtime:
     indexes: IndexRegistry
     model_lock: threading.Lock  # one forward pass at a time per model (CPU: no gain from overlap)
     describer: FrameDescriber | None = None  # the frame index (None: its packages are missing, or it is off)
+    metrics: Metrics = field(default_factory=Metrics)  # this process's own registry (services/metrics.py)
+    alerts: AlertHub | None = None  # named cameras' alert rules and publishers (ingest roles; services/alerts)
 
     @classmethod
     def create(cls, settings: Settings, adapter: VideoLM, redis_url: str,

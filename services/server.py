@@ -11,11 +11,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from encoders.loading import load_adapter
+from services.alerts import AlertHub
+from services.cameras import start_cameras
 from services.config import Settings
 from services.embedded_redis import EmbeddedRedis
 from services.errors import Unauthenticated
 from services.grpc_api import IngestServicer, QAServicer
 from services.health import StoreHealth
+from services.http import HttpSide, build_app
 from services.ingest import IngestManager
 from services import logs
 from services.runtime import Runtime
@@ -53,6 +56,16 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+def _https(s: Settings) -> dict:
+    """uvicorn's TLS arguments: gRPC's certificate and key, and its client CA (mutual TLS) when set."""
+    if not s.tls.enabled:
+        return {}
+    import ssl
+
+    extra = {"ssl_ca_certs": str(s.tls.client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED} if s.tls.client_ca_file else {}
+    return {"ssl_certfile": str(s.tls.cert_file), "ssl_keyfile": str(s.tls.key_file), **extra}
+
+
 class VigilServer:
     """One process: optional private Redis, the model, the runtime, and the gRPC server."""
 
@@ -66,6 +79,8 @@ class VigilServer:
         self.ingest: IngestManager | None = None
         self.work: WorkQueue | None = None  # the questions' own threads and bounded queue
         self.port: int | None = None
+        self.http: HttpSide | None = None  # the HTTP side (/metrics; services/http/), None when VIGIL_HTTP_PORT=0
+        self.http_port: int | None = None  # the port it bound (VIGIL_HTTP_PORT=-1: any free one)
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -73,6 +88,18 @@ class VigilServer:
         self.health: StoreHealth | None = None
 
     async def start_async(self) -> int:
+        s = self.settings
+        if s.http_port:  # bound first: a busy port fails before the model loads
+            self.http = HttpSide.bind(s.host, s.http_port)
+            self.http_port = self.http.port
+        try:
+            return await self._start()
+        except BaseException:
+            if self.http is not None:
+                self.http.close()
+            raise
+
+    async def _start(self) -> int:
         s = self.settings
         logs.install()  # the root's handlers mask URL credentials (idempotent; the CLI did it already)
         adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
@@ -84,10 +111,15 @@ class VigilServer:
             log.info("started a private redis-server at %s", url)
         describer = self._describer if s.frames.enabled else None
         self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer)
+        self.rt.metrics.watch(self.rt.store, role=s.role, model=adapter.spec.name,
+                              device=str(getattr(adapter, "device", "")))
+        if s.role in ("all", "ingest"):  # the cameras' alert rules, before any worker (adopted or new) runs
+            self.rt.alerts = await asyncio.to_thread(AlertHub.create, s, self.rt.store, self.rt.describer)
         self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
         interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
-                ("grpc.max_send_message_length", s.max_message_bytes)]
+                ("grpc.max_send_message_length", s.max_message_bytes),
+                ("grpc.so_reuseport", 0)]  # else a second server on the same port silently shares it
         server = grpc.aio.server(interceptors=interceptors, options=opts)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
@@ -101,25 +133,38 @@ class VigilServer:
         self.health = StoreHealth(hs, ["", *names[2:]], url)
         await self.health.start()
         reflection.enable_server_reflection(names, server)
-        if s.tls.enabled:  # mutual TLS when a client CA is set (TlsSettings.server_credentials)
-            self.port = server.add_secure_port(f"{s.host}:{s.port}", s.tls.server_credentials())
-        else:
-            self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        try:
+            if s.tls.enabled:  # mutual TLS when a client CA is set (TlsSettings.server_credentials)
+                self.port = server.add_secure_port(f"{s.host}:{s.port}", s.tls.server_credentials())
+            else:
+                self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:  # grpc's "Failed to bind": in use, or an address this host does not have
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"could not bind {s.host}:{s.port}")
+            raise RuntimeError(f"cannot bind the gRPC port {s.host}:{s.port} (in use by another `vigil serve`?): "
+                               "pick another with --port P (VIGIL_PORT)")
         await server.start()
         self._server = server
+        if self.http is not None:  # same token as gRPC; HTTPS with gRPC's certificate when TLS is on
+            await self.http.start(build_app(self.rt.metrics, s.auth_token.get_secret_value() if s.auth_token else None,
+                                            s.metrics_open), **_https(s))
         self._stopped = asyncio.Event()
         log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
         if self.ingest is not None:  # streams a killed or stopped server left behind continue here
             resumed = await asyncio.to_thread(self.ingest.adopt_orphans)
             if resumed:
                 log.info("resumed %d stream(s): %s", len(resumed), ", ".join(resumed))
+            if s.cameras:  # after adoption: a camera whose stream was adopted is not started twice
+                await asyncio.to_thread(start_cameras, self.rt, self.ingest, s.cameras)
         return self.port
 
     async def stop_async(self, grace_s: float = 2.0) -> None:
+        if self.http:
+            await self.http.stop()
         if self.ingest:
             await asyncio.to_thread(self.ingest.shutdown)
+        if self.rt is not None and self.rt.alerts is not None:  # after the workers: their last alerts go out
+            await asyncio.to_thread(self.rt.alerts.close)
         if self.health:
             await self.health.stop()
         if self._server:
@@ -131,8 +176,11 @@ class VigilServer:
         if self._stopped:
             self._stopped.set()
 
-    async def run_forever(self) -> None:
+    async def run_forever(self, on_ready=None) -> None:
+        """Serve until cancelled; `on_ready(self)` runs once both ports accept calls."""
         await self.start_async()
+        if on_ready is not None:
+            on_ready(self)
         try:
             await self._server.wait_for_termination()
         finally:

@@ -107,6 +107,7 @@ def make_server(redis_url, namespace, tiny_adapter, describer, media_dir, cache_
     def start(**overrides):
         roots = overrides.pop("media_roots", (str(media_dir), str(cache_dir)))
         url = overrides.pop("redis_url", redis_url)
+        overrides.setdefault("http_port", 0)  # the HTTP side off unless a test asks (-1: any free port)
         s = Settings(host="127.0.0.1", port=0, redis_url=url, namespace=namespace,
                      media_roots=roots, cache_dir=cache_dir / "vigil", **overrides)
         srv = VigilServer(s, adapter=tiny_adapter, describer=describer)

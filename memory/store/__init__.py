@@ -19,6 +19,7 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
     {ns}:s:{<id>}:fence                counter     claims of the stream so far (the n of the newest token)
     {ns}:s:{<id>}:source               string      the source with its credentials, when the record shows it redacted
     {ns}:active                        set         ids of streams in an active state (what adoption scans)
+    {ns}:names                         hash        camera name -> stream id (services/cameras.py); :lock:<name>, start-up
 
 Split by concern: `records` (the types), `streams` (records, states, paging, deletion), `chunks` (memory,
 chunks, checkpoint, retention), `events` (the event log and gaps), `leases` (ownership and fencing), `scripts`

@@ -130,3 +130,41 @@ class Streams(StoreBase):
         for i in range(0, len(keys), DELETE_BATCH):
             removed += int(self.r.delete(*keys[i:i + DELETE_BATCH]))
         return removed
+
+    # ---- camera names (services/cameras.py): {ns}:names hash, name -> stream id -----------------------------
+    @property
+    def _names(self) -> str:
+        return f"{self.ns}:names"
+
+    def set_name(self, name: str, sid: str) -> None:
+        """Map a camera's name to the stream it runs as (written when the camera's stream is created)."""
+        self.r.hset(self._names, name, sid)
+
+    def stream_for_name(self, name: str) -> str | None:
+        """The stream id a camera's name maps to (None: no camera of that name)."""
+        if not name or len(name) > 64:
+            return None
+        raw = self.r.hget(self._names, name)
+        return raw.decode() if raw is not None else None
+
+    def names(self) -> dict[str, str]:
+        """Every camera name -> its stream id."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(self._names).items()}
+
+    def name_of(self, sid: str) -> str | None:
+        """The camera name that maps to `sid` (None: the stream is no named camera's)."""
+        return next((n for n, s in self.names().items() if s == sid), None)
+
+    def forget_names(self, sid: str) -> int:
+        """Drop the names that map to `sid` (its stream was deleted). Returns how many."""
+        gone = [n for n, s in self.names().items() if s == sid]
+        return int(self.r.hdel(self._names, *gone)) if gone else 0
+
+    def lock_name(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Take the short start-up lock of a camera's name (so two servers do not both start it)."""
+        return bool(self.r.set(f"{self._names}:lock:{name}", owner, nx=True, px=ttl_ms))
+
+    def unlock_name(self, name: str, owner: str) -> None:
+        """Release the lock if it is still `owner`'s (compare and delete, atomically)."""
+        self.r.eval("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+                    1, f"{self._names}:lock:{name}", owner)

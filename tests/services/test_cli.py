@@ -19,7 +19,8 @@ VIGIL = shutil.which("vigil", path=os.path.dirname(sys.executable)) or shutil.wh
 
 def env_for(cache_dir, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update(VIGIL_CACHE_DIR=str(cache_dir / "vigil"), **extra)
+    env.update(VIGIL_CACHE_DIR=str(cache_dir / "vigil"), VIGIL_HTTP_PORT="0")  # no fixed 8080 in tests
+    env.update(extra)
     return env
 
 

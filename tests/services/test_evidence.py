@@ -126,7 +126,7 @@ def test_an_image_text_model_plugs_in_as_one_more_signal(tmp_path, redis_url, na
     d = load_describer(frames)
     assert set(d.signals) == {"ocr", "labels", "image"}
     s = Settings(host="127.0.0.1", port=0, redis_url=redis_url, namespace=namespace, frames=frames,
-                 media_roots=(str(footage.parent),), cache_dir=tmp_path / "vigil")
+                 media_roots=(str(footage.parent),), cache_dir=tmp_path / "vigil", http_port=0)
     srv = VigilServer(s, adapter=tiny_adapter, describer=d)
     port = srv.start_in_thread()
     try:

@@ -111,7 +111,7 @@ def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, describer, m
     from services.server import VigilServer
 
     s = Settings(host="127.0.0.1", port=0, redis_url=None, namespace=namespace, media_roots=(str(media_dir),),
-                 cache_dir=cache_dir / "vigil")
+                 cache_dir=cache_dir / "vigil", http_port=0)
     srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
     addr = f"127.0.0.1:{srv.start_in_thread()}"
     try:

@@ -229,7 +229,8 @@ def test_is_local(address, local):
 # ---- the command line ------------------------------------------------------------------------------------
 def _env(cache_dir, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
-    env.update(VIGIL_CACHE_DIR=str(cache_dir / "vigil"), **extra)
+    env.update(VIGIL_CACHE_DIR=str(cache_dir / "vigil"), VIGIL_HTTP_PORT="0")  # no fixed 8080 in tests
+    env.update(extra)
     return env
 
 
