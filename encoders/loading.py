@@ -43,11 +43,13 @@ def _device(opt: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a build without CUDA")
-            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE) but no CUDA GPU is usable here ({build}): "
-                                   "use VIGIL_MODEL__DEVICE=auto or cpu, or install a CUDA build of torch on a GPU host")
+            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE) but no CUDA GPU is usable here "
+                                   f"({build}): use VIGIL_MODEL__DEVICE=auto or cpu, or install a CUDA build of "
+                                   "torch on a GPU host")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE): this host has "
-                                   f"{torch.cuda.device_count()} CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            n = torch.cuda.device_count()
+            raise ModelUnavailable(f"device {opt!r} (VIGIL_MODEL__DEVICE): this host has {n} CUDA device(s), "
+                                   f"cuda:0 to cuda:{n - 1}")
     return device
 
 
@@ -62,10 +64,12 @@ def _check_folder(local: Path) -> None:
     missing = [what for what, ok in (
         ("config.json", "config.json" in names),
         ("weights (*.safetensors or *.bin)", any(n.endswith((".safetensors", ".bin")) for n in names)),
-        ("tokenizer (tokenizer.json or tokenizer_config.json)", bool({"tokenizer.json", "tokenizer_config.json"} & names)),
+        ("tokenizer (tokenizer.json or tokenizer_config.json)",
+         bool({"tokenizer.json", "tokenizer_config.json"} & names)),
     ) if not ok]
     if missing:
-        held = "it is empty" if not names else f"it holds {', '.join(sorted(names)[:6])}" + (" ..." if len(names) > 6 else "")
+        held = ("it is empty" if not names
+                else f"it holds {', '.join(sorted(names)[:6])}" + (" ..." if len(names) > 6 else ""))
         raise ModelUnavailable(f"model folder {local} has no {', no '.join(missing)} ({held}); {MODEL_FOLDER}")
 
 

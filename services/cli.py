@@ -797,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=0, help="longest answer, in tokens (default: the "
                     "server's VIGIL_MAX_NEW_TOKENS)")
     sp.add_argument("--keyframes-dir", help="write evidence keyframes (JPEG) here")
-    sp.add_argument("--example", type=_image_file, help="search by example: a JPEG/PNG still; chunks are retrieved by similarity to it")
+    sp.add_argument("--example", type=_image_file,
+                    help="search by example: a JPEG/PNG still; chunks are retrieved by similarity to it")
     sp.add_argument("--signals", type=lambda v: [x.strip() for x in v.split(",") if x.strip()], default=[],
                     help="retrieval signals to use, comma-separated: kv, ocr, labels, image, mean (default: all, fused)")
     server_opt(sp)
@@ -864,8 +865,8 @@ def _connect_hint(exc: grpc.RpcError, args) -> str | None:
     if exc.code() != grpc.StatusCode.UNAVAILABLE or not any(s in details for s in client_side):
         return None
     addr = getattr(args, "server", DEFAULT_SERVER)
-    tls = ("; TLS: the server and --tls / --tls-ca must agree" if any(w in details.lower() for w in ("ssl", "handshake", "tls"))
-           else "")
+    tls = ("; TLS: the server and --tls / --tls-ca must agree"
+           if any(w in details.lower() for w in ("ssl", "handshake", "tls")) else "")
     cause = details.rsplit(": ", 1)[-1].strip()[:160]
     return (f"error: no vigil server answered at {addr}: is `vigil serve` running at {addr}? "
             f"(--server HOST:PORT or VIGIL_SERVER names another{tls}; {cause})")

@@ -62,7 +62,8 @@ def _https(s: Settings) -> dict:
         return {}
     import ssl
 
-    extra = {"ssl_ca_certs": str(s.tls.client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED} if s.tls.client_ca_file else {}
+    ca = s.tls.client_ca_file
+    extra = {"ssl_ca_certs": str(ca), "ssl_cert_reqs": ssl.CERT_REQUIRED} if ca else {}
     return {"ssl_certfile": str(s.tls.cert_file), "ssl_keyfile": str(s.tls.key_file), **extra}
 
 

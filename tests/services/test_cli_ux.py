@@ -302,3 +302,20 @@ def test_setup_sh_skips_pip_when_nothing_changed():
     assert second.returncode == 0, second.stderr
     assert "skipped pip" in second.stderr and "BuildBackendWarning" not in second.stderr + second.stdout
     assert second.stderr.rstrip().splitlines()[-1].startswith("setup: ready (")
+
+
+def test_an_empty_model_folder_says_what_it_must_hold(cache_dir, tmp_path):
+    proc = run(["demo", "--model", str(tmp_path)], env_for(cache_dir), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"model folder {tmp_path} has no config.json" in proc.stderr and "*.safetensors" in proc.stderr
+
+
+def test_cuda_without_cuda_is_one_line(cache_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    proc = run(["demo"], env_for(cache_dir, VIGIL_MODEL__DEVICE="cuda"), timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no CUDA GPU is usable here" in errors[0] and "VIGIL_MODEL__DEVICE" in errors[0]
