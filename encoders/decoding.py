@@ -18,7 +18,7 @@ def greedy(model, logits: torch.Tensor, cache, first_pos: int, position: Callabl
         if token in eos_ids:
             return
         ids = torch.tensor([[token]], device=logits.device)
-        logits = model(input_ids=ids, position_ids=position(step_pos), past_key_values=cache, use_cache=True).logits
+        logits = model(input_ids=ids, position_ids=position(step_pos), cache=cache, use_cache=True).logits
         step_pos += 1
 
 

@@ -29,7 +29,24 @@ class ModelOptions:
     max_pixels: int = 112 * 112  # per frame; raise for real models (e.g. 360*420)
 
 
-SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL"}
+SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}  # config.json model_type -> family name
+TINY_PREPROCESSOR = {  # the tiny models' patch geometry, as each family's preprocessor_config.json states it
+    "qwen2_5_vl": {},
+    "qwen3_vl": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+}
+
+
+def _family_classes(family: str):
+    """(adapter class, transformers model class) of a supported family."""
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration
+
+        from encoders.qwen3_vl import Qwen3VLAdapter
+        return Qwen3VLAdapter, Qwen3VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from encoders.qwen2_5_vl import Qwen25VLAdapter
+    return Qwen25VLAdapter, Qwen2_5_VLForConditionalGeneration
 
 
 def _device(opt: str) -> torch.device:
@@ -53,7 +70,7 @@ def _device(opt: str) -> torch.device:
     return device
 
 
-MODEL_FOLDER = ("a model folder holds a Hugging Face checkpoint of a supported family (Qwen2.5-VL), as "
+MODEL_FOLDER = ("a model folder holds a Hugging Face checkpoint of a supported family (Qwen2.5-VL, Qwen3-VL), as "
                 "`hf download` writes it: config.json, the weights (*.safetensors), the tokenizer (tokenizer.json, "
                 "tokenizer_config.json) and preprocessor_config.json")
 
@@ -81,28 +98,33 @@ def _dtype(opt: str, device: torch.device) -> torch.dtype:
 
 def _geometry(opts: ModelOptions, preprocessor: dict | None) -> PatchGeometry:
     pp = preprocessor or {}
+    norm = {k: tuple(float(x) for x in pp[f"image_{k}"]) for k in ("mean", "std") if f"image_{k}" in pp}
     return PatchGeometry(
         patch_size=int(pp.get("patch_size", 14)),
         temporal_patch_size=int(pp.get("temporal_patch_size", 2)),
         merge_size=int(pp.get("merge_size", 2)),
         min_pixels=opts.min_pixels,
         max_pixels=opts.max_pixels,
+        **norm,
     )
 
 
 def load_adapter(opts: ModelOptions):
-    from encoders.qwen2_5_vl import Qwen25VLAdapter
-
     device = _device(opts.device)
     dtype = _dtype(opts.dtype, device)
-    if opts.name == "tiny":
+    if opts.name == "tiny" or opts.name.startswith("tiny:"):
         from encoders.tiny import tiny_model, tiny_tokenizer
 
+        family = opts.name.partition(":")[2] or "qwen2_5_vl"
+        if family not in SUPPORTED:
+            raise ModelUnavailable(f"model {opts.name!r}: no tiny model of family {family!r}; tiny models: "
+                                   + ", ".join(["tiny"] + [f"tiny:{f}" for f in SUPPORTED]))
+        adapter_cls, _ = _family_classes(family)
         tok = tiny_tokenizer(opts.cache_dir)
-        model = tiny_model(tok, dtype=dtype).to(device)
-        return Qwen25VLAdapter(model, tok, "tiny", _geometry(opts, None), random_weights=True)
+        model = tiny_model(tok, dtype=dtype, family=family).to(device)
+        return adapter_cls(model, tok, opts.name, _geometry(opts, TINY_PREPROCESSOR[family]), random_weights=True)
 
-    from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, AutoTokenizer
     from huggingface_hub.errors import HFValidationError
 
     local = Path(opts.name).expanduser()
@@ -124,8 +146,10 @@ def load_adapter(opts: ModelOptions):
         ) from exc
     if config.model_type not in SUPPORTED:
         raise ModelUnavailable(
-            f"model {opts.name!r} is a {config.model_type!r}; supported families: {', '.join(SUPPORTED.values())}"
+            f"model {opts.name!r} is a {config.model_type!r}; supported families: "
+            + ", ".join(f"{v} ({k})" for k, v in SUPPORTED.items())
         )
+    adapter_cls, model_cls = _family_classes(config.model_type)
     preprocessor = None
     try:
         from huggingface_hub import hf_hub_download
@@ -136,8 +160,8 @@ def load_adapter(opts: ModelOptions):
             preprocessor = json.loads(pp_path.read_text())
     except (OSError, ValueError):
         preprocessor = None  # the family's defaults apply
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model = model_cls.from_pretrained(
         source, local_files_only=offline, dtype=dtype, attn_implementation="sdpa",
     ).to(device).eval()
     tok = AutoTokenizer.from_pretrained(source, local_files_only=offline)
-    return Qwen25VLAdapter(model, tok, opts.name, _geometry(opts, preprocessor), random_weights=False)
+    return adapter_cls(model, tok, opts.name, _geometry(opts, preprocessor), random_weights=False)

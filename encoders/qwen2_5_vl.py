@@ -65,12 +65,16 @@ class Qwen25VLAdapter:
             num_layers=tcfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
             position_dims=3, dtype=str(self.dtype).removeprefix("torch."),
             retrieval_dim=self.num_kv_heads * self.head_dim, random_weights=random_weights,
-            feature_dim=tcfg.hidden_size, num_heads=self.num_heads, retrieval_layers=self.retrieval_layers,
+            feature_dim=self.feature_dim(cfg), num_heads=self.num_heads, retrieval_layers=self.retrieval_layers,
         )
         with torch.inference_mode():
             self._calibration = calibration_mean(  # [C, G, D] what every question's queries share
                 self.model.model.language_model, lambda t: torch.tensor(self._text(t), device=self.device),
                 self.retrieval_layers, self.num_kv_heads, self.num_heads, self.head_dim)
+
+    def feature_dim(self, cfg) -> int:
+        """Width of one stored input embedding (`_run_lm` reads what `_clip_embeds` writes)."""
+        return cfg.text_config.hidden_size
 
     # ---- prompt pieces (token ids) -------------------------------------------------------
     def _text(self, text: str) -> list[int]:
@@ -147,51 +151,61 @@ class Qwen25VLAdapter:
         ids = torch.tensor(self.prefix_ids(), device=self.device)
         pos, next_pos = self._positions(ids, 0)
         cache = self._cache(None)
-        self.model.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+        self.model.model(input_ids=ids[None], position_ids=pos[:, None], cache=cache, use_cache=True)
         keys, values = self._tail(cache, 0)
         return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), None)
+
+    def clip_ids_for(self, grid_thw: torch.Tensor, start_s: float, end_s: float) -> list[int]:
+        """The clip's token ids for a video of grid `grid_thw` [1, 3] (one video span)."""
+        return self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s)
+
+    def _clip_embeds(self, ids: torch.Tensor, pv: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """ids [S] -> the language model's input embeddings [S, F]: text embeddings, visual features at the
+        video tokens (what the model's own forward scatters in)."""
+        core = self.model.model
+        video = core.get_video_features(pv, grid_thw, return_dict=True)
+        feats = torch.cat(video.pooler_output, dim=0).to(self.dtype)  # [n_video, F]
+        embeds = core.get_input_embeddings()(ids).clone()  # [S, F]
+        embeds[ids == self.video_token_id] = feats
+        return embeds
+
+    def _run_lm(self, embeds: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, hidden: bool = False):
+        """Stored input embeddings [S, F] at positions [3, S] through the decoder stack behind `cache`;
+        with `hidden`, the output's hidden_states are the states entering each layer."""
+        return self.model.model.language_model(inputs_embeds=embeds[None], position_ids=pos[:, None], cache=cache,
+                                               use_cache=True, output_hidden_states=hidden)
+
+    def _prefill_clip(self, frames, fps, start_s, end_s, past: EncodedSegment, key_rows: int):
+        """One clip behind `past`: (segment, ids [S], embeds [S, F], grid_thw [1, 3], cache after the clip)."""
+        pv, grid_thw, spg = self.video_inputs(frames, fps)
+        ids = torch.tensor(self.clip_ids_for(grid_thw, start_s, end_s), device=self.device)
+        pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
+        embeds = self._clip_embeds(ids, pv, grid_thw)  # [S, F]
+        cache = self._cache(past)
+        out = self._run_lm(embeds, pos, cache, hidden=True)
+        keys, values = self._tail(cache, past.length)
+        retrieval = self._retrieval_from_hidden(out.hidden_states, ids == self.video_token_id, key_rows)
+        segment = EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
+        return segment, ids, embeds, grid_thw, cache
 
     @torch.inference_mode()
     def encode_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
                     past: EncodedSegment, key_rows: int = 64) -> EncodedSegment:
-        pv, grid_thw, spg = self.video_inputs(frames, fps)
-        ids = torch.tensor(self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s), device=self.device)
-        pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
-        cache = self._cache(past)
-        out = self.model.model(
-            input_ids=ids[None], pixel_values_videos=pv, video_grid_thw=grid_thw,
-            position_ids=pos[:, None], past_key_values=cache, use_cache=True, output_hidden_states=True,
-        )
-        keys, values = self._tail(cache, past.length)
-        retrieval = self._retrieval_from_hidden(out.hidden_states, ids == self.video_token_id, key_rows)
-        return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
+        return self._prefill_clip(frames, fps, start_s, end_s, past, key_rows)[0]
 
     @torch.inference_mode()
     def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
                     past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
         """The clip's KV (as `encode_clip`), its input embeddings, and the proxy opener's queries
         read behind past + clip (a second, few-token pass whose KV is dropped again)."""
-        pv, grid_thw, spg = self.video_inputs(frames, fps)
-        ids = torch.tensor(self.clip_ids(self.n_video_tokens(grid_thw), start_s, end_s), device=self.device)
-        pos, next_pos = self._positions(ids, past.next_pos, grid_thw, spg)
-        core = self.model.model
-        video = core.get_video_features(pv, grid_thw, return_dict=True)
-        feats = torch.cat(video.pooler_output, dim=0).to(self.dtype)  # [n_video, F]
+        segment, ids, embeds, grid_thw, cache = self._prefill_clip(frames, fps, start_s, end_s, past, key_rows)
         is_video = ids == self.video_token_id  # [S]
-        embeds = core.get_input_embeddings()(ids).clone()  # [S, F]
-        embeds[is_video] = feats
-        cache = self._cache(past)
-        out = core.language_model(inputs_embeds=embeds[None], position_ids=pos[:, None], past_key_values=cache,
-                                  use_cache=True, output_hidden_states=True)
-        keys, values = self._tail(cache, past.length)
-        retrieval = self._retrieval_from_hidden(out.hidden_states, is_video, key_rows)
-        segment = EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
         # proxy opener at the text positions a question would take
         proxy = torch.tensor(self.proxy_ids(), device=self.device)
-        ppos, _ = self._positions(proxy, next_pos)
+        ppos, _ = self._positions(proxy, segment.next_pos)
         with attention_probe.capture() as queries:
-            core.language_model(input_ids=proxy[None], position_ids=ppos[:, None], past_key_values=cache,
-                                use_cache=True)
+            self.model.model.language_model(input_ids=proxy[None], position_ids=ppos[:, None], cache=cache,
+                                            use_cache=True)
         q = torch.stack([queries[i][0] for i in range(len(cache.layers))])  # [L, H, Q, D]
         pk = torch.stack([layer.keys[0, :, -proxy.shape[0]:] for layer in cache.layers])  # [L, Hkv, Q, D]
         groups = int(grid_thw[0, 1] // self.geo.merge_size) * int(grid_thw[0, 2] // self.geo.merge_size)
@@ -203,9 +217,7 @@ class Qwen25VLAdapter:
     def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
                        next_pos: int, max_pos: int) -> EncodedSegment:
         cache = self._cache(past)
-        pos = positions.to(self.device)  # [3, S]
-        self.model.model.language_model(inputs_embeds=embeds.to(self.device, self.dtype)[None],
-                                         position_ids=pos[:, None], past_key_values=cache, use_cache=True)
+        self._run_lm(embeds.to(self.device, self.dtype), positions.to(self.device), cache)  # [S, F] at [3, S]
         keys, values = self._tail(cache, past.length)
         return EncodedSegment(keys.cpu(), values.cpu(), positions.cpu(), next_pos, max_pos, None)
 
@@ -233,7 +245,7 @@ class Qwen25VLAdapter:
         ids = torch.tensor(self.suffix_ids(question, history), device=self.device)
         pos, _ = self._positions(ids, memory.next_pos)
         cache = self._cache(memory)
-        logits = self.model(input_ids=ids[None], position_ids=pos[:, None], past_key_values=cache,
+        logits = self.model(input_ids=ids[None], position_ids=pos[:, None], cache=cache,
                             use_cache=True, logits_to_keep=1).logits  # [1, 1, V]
         first = max(memory.max_pos, int(pos.max())) + 1  # generate's rule: max position + 1 + i
         def position(p: int) -> torch.Tensor:  # [3, 1, 1] multimodal RoPE: one new token

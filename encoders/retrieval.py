@@ -17,7 +17,8 @@ Two representations, both read from the language model's own pre-RoPE keys and q
   keys (`memory.multivec`). Centring the keys would not change the ranking (q . mu is the same for every
   block), centring the queries does.
 
-Works for any decoder layer with `input_layernorm` and `self_attn.{q,k}_proj` (Qwen2/2.5(-VL), Llama).
+Works for any decoder layer with `input_layernorm` and `self_attn.{q,k}_proj` (Qwen2/2.5(-VL), Llama), and
+`self_attn.{q,k}_norm` where the family has them (Qwen3-VL).
 """
 from __future__ import annotations
 
@@ -80,20 +81,30 @@ def _unit(vec: torch.Tensor) -> np.ndarray:
     return (vec / vec.norm().clamp_min(1e-12)).float().cpu().numpy()
 
 
+def _head_norm(attn, name: str, x: torch.Tensor) -> torch.Tensor:
+    """x [S, heads, D] through the attention's per-head q/k RMSNorm where the family has one (Qwen3)."""
+    norm = getattr(attn, name, None)
+    return x if norm is None else norm(x)
+
+
 def pre_rope_keys(layer, hidden: torch.Tensor, num_kv_heads: int, head_dim: int) -> torch.Tensor:
-    """hidden [S, Hd] at the layer's input -> pre-RoPE keys [S, Hkv, D]."""
-    return layer.self_attn.k_proj(layer.input_layernorm(hidden)).view(-1, num_kv_heads, head_dim)
+    """hidden [S, Hd] at the layer's input -> pre-RoPE keys [S, Hkv, D] (after a k_norm, as the cache's)."""
+    k = layer.self_attn.k_proj(layer.input_layernorm(hidden)).view(-1, num_kv_heads, head_dim)  # [S, Hkv, D]
+    return _head_norm(layer.self_attn, "k_norm", k)
 
 
 def pre_rope_queries(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: int, head_dim: int) -> torch.Tensor:
     """hidden [S, Hd] -> pre-RoPE queries [S, Hkv, G, D], grouped by the KV head they attend with."""
-    q = layer.self_attn.q_proj(layer.input_layernorm(hidden))  # [S, H*D]
+    q = layer.self_attn.q_proj(layer.input_layernorm(hidden)).view(-1, num_heads, head_dim)  # [S, H, D]
+    q = _head_norm(layer.self_attn, "q_norm", q)
     return q.view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
 
 
 def mean_key(layer, hidden: torch.Tensor) -> np.ndarray:
     """hidden [S, Hd] at the layer's input -> [Hkv*D] float32 unit mean pre-RoPE key."""
-    keys = layer.self_attn.k_proj(layer.input_layernorm(hidden))  # [S, Hkv*D]
+    attn = layer.self_attn
+    d = attn.head_dim
+    keys = pre_rope_keys(layer, hidden, attn.k_proj.out_features // d, d).flatten(1)  # [S, Hkv*D]
     return _unit(keys.float().mean(0))
 
 

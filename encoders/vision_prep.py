@@ -22,6 +22,8 @@ class PatchGeometry:
     merge_size: int
     min_pixels: int
     max_pixels: int
+    mean: tuple[float, float, float] = tuple(CLIP_MEAN.tolist())  # per-channel normalisation (the family's
+    std: tuple[float, float, float] = tuple(CLIP_STD.tolist())  # preprocessor: CLIP's for Qwen2.5-VL, 0.5 for Qwen3-VL)
 
     def resized_hw(self, height: int, width: int) -> tuple[int, int]:
         return smart_resize(
@@ -41,7 +43,7 @@ def frames_to_patches(frames: np.ndarray, geo: PatchGeometry) -> tuple[np.ndarra
         np.asarray(Image.fromarray(f).resize((rw, rh), resample=Image.BICUBIC), dtype=np.float32)
         for f in frames
     ])  # [T, rh, rw, 3]
-    pixels = (resized / 255.0 - CLIP_MEAN) / CLIP_STD  # [T, rh, rw, 3]
+    pixels = (resized / 255.0 - np.float32(geo.mean)) / np.float32(geo.std)  # [T, rh, rw, 3]
     pixels = pixels.transpose(0, 3, 1, 2)  # [T, 3, rh, rw]
     tp, p, m = geo.temporal_patch_size, geo.patch_size, geo.merge_size
     pad = (-t_in) % tp
