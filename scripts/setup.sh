@@ -29,6 +29,8 @@ from gi.repository import Gst, GstRtspServer; Gst.init(None)
 assert all(Gst.ElementFactory.find(e) for e in ('qtdemux', 'h264parse', 'rtph264pay', 'appsrc'))" \
     2>/dev/null || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
                               gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+  # a real browser for the timeline page's tests (tests/http/): Debian's Chromium, driven by Playwright
+  command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

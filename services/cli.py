@@ -273,13 +273,10 @@ def cmd_serve(args) -> int:
     async def main() -> None:
         server = VigilServer(s)
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly: streams stopped, private Redis shut down
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await server.run_forever(on_ready=ready)
-        except asyncio.CancelledError:
-            pass
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):  # stop cleanly: streams released, private Redis shut down
+            loop.add_signal_handler(sig, stop.set)
+        await server.run_forever(on_ready=ready, stop=stop)
 
     asyncio.run(main())
     return 0

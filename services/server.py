@@ -148,7 +148,7 @@ class VigilServer:
         self._server = server
         if self.http is not None:  # same token as gRPC; HTTPS with gRPC's certificate when TLS is on
             await self.http.start(build_app(self.rt.metrics, s.auth_token.get_secret_value() if s.auth_token else None,
-                                            s.metrics_open), **_https(s))
+                                            s.metrics_open, rt=self.rt, work=self.work), **_https(s))
         self._stopped = asyncio.Event()
         log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
         if self.ingest is not None:  # streams a killed or stopped server left behind continue here
@@ -177,15 +177,25 @@ class VigilServer:
         if self._stopped:
             self._stopped.set()
 
-    async def run_forever(self, on_ready=None) -> None:
-        """Serve until cancelled; `on_ready(self)` runs once both ports accept calls."""
+    async def run_forever(self, on_ready=None, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set (a signal handler sets it) or the gRPC server ends; then shut down in full
+        (workers, alerts, health, gRPC, questions, the private Redis), uncancelled. `on_ready(self)` runs once
+        both ports accept calls."""
         await self.start_async()
         if on_ready is not None:
             on_ready(self)
+        waits = [asyncio.ensure_future(self._server.wait_for_termination())]
+        if stop is not None:
+            waits.append(asyncio.ensure_future(stop.wait()))
         try:
-            await self._server.wait_for_termination()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            await self.stop_async()
+            # the termination waiter is left to finish with the server: cancelling it cancels grpc's own
+            # shutdown future, and the server's stop() would then raise CancelledError half-way
+            for w in waits[1:]:
+                w.cancel()
+            await asyncio.shield(self.stop_async())
+            await asyncio.wait(waits[:1], timeout=5)
 
     # ---- run in a background thread (tests, `vigil demo`) ------------------------------
     def start_in_thread(self, timeout_s: float = 300.0) -> int:

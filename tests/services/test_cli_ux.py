@@ -4,6 +4,7 @@ script against real servers (a `vigil serve` process, or an in-process server fr
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -319,3 +320,35 @@ def test_cuda_without_cuda_is_one_line(cache_dir):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no CUDA GPU is usable here" in errors[0] and "VIGIL_MODEL__DEVICE" in errors[0]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_sigterm_shuts_down_in_full_and_removes_the_private_redis(cache_dir, media_dir):
+    """SIGTERM: workers released, gRPC and HTTP closed, the private redis-server stopped and its temp dir (with
+    every chunk) removed; exit 0 with no traceback."""
+    port = _free_port()
+    proc = subprocess.Popen([VIGIL, "serve", "--port", str(port), "--http-port", "0"],
+                            env=env_for(cache_dir, VIGIL_MEDIA_ROOTS=str(media_dir)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = Lines(proc.stdout), Lines(proc.stderr)
+    try:
+        out.until("ready", 180)
+        (redis_pid,) = [c for c in _children(proc.pid) if "redis-server" in Path(f"/proc/{c}/cmdline").read_text()]
+        data_dir = Path(os.readlink(f"/proc/{redis_pid}/cwd"))  # redis-server works in its --dir
+        assert data_dir.name.startswith("vigil-redis-")
+        assert data_dir.is_dir()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "\n".join(err.rest())
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert not Path(f"/proc/{redis_pid}").exists() or "redis" not in Path(f"/proc/{redis_pid}/cmdline").read_text()
+    assert not data_dir.exists()

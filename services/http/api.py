@@ -1,0 +1,388 @@
+"""The JSON API under /api/v1 (read by the timeline page, and by anyone with the token).
+
+Every handler resolves the stream like gRPC does (an id, or a camera's name: `grpc_api.stream_id`), runs its
+store reads off the event loop (asyncio.to_thread), and maps domain errors through the one table
+(`services.errors.status_for`) to an HTTP status, as JSON `{"error": {"code", "message"}}`. Questions and
+summaries run on the question WorkQueue, like AskStream and Summarize, and answer as server-sent events.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from memory.errors import StreamNotFound, clipped
+from memory.store import ChunkRecord, Gap, StreamRecord
+from services import alerts, qa, summarize
+from services.errors import InvalidRequest, NotServedHere, public_message, status_for
+from services.grpc_api import stream_id
+from services.metrics import STORE_DOWN
+from services.runtime import Runtime
+from services.streaming import worker_stream
+from services.work import WorkQueue
+from streamer.redact import redact_source, redact_text
+
+log = logging.getLogger("vigil.http")
+PREFIX = "/api/v1"
+PAGE, MAX_PAGE = 200, 1000
+
+# gRPC's codes as HTTP statuses (the mapping of google.rpc.Code to HTTP)
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.ABORTED: 409, grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.INTERNAL: 500,
+}
+
+
+def error_body(exc: BaseException) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of an error: the gRPC table's code, its message (credentials masked); anything
+    the table does not know is INTERNAL (logged)."""
+    code = status_for(exc)
+    if code is None:
+        log.error("HTTP API call failed", exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc.__class__.__name__}: " \
+                                                  f"{clipped(redact_text(str(exc)), 200)}"
+    else:
+        message = redact_text(public_message(exc))
+    return HTTP_STATUS.get(code, 500), {"error": {"code": code.name, "message": message}}
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, body = error_body(exc)
+    return JSONResponse(body, status_code=status)
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def stream_json(rec: StreamRecord, name: str | None = None) -> dict:
+    return dict(stream_id=rec.stream_id, name=name or "", source=redact_source(rec.source), state=str(rec.state),
+                error=redact_text(rec.error), kind=rec.kind, live=rec.live, fps=rec.fps, chunks=rec.chunks,
+                frames=rec.frames, duration_s=rec.media_end_s, source_duration_s=rec.source_duration_s,
+                memory_bytes=rec.bytes, dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
+                scene_cuts=rec.scene_cuts, model=rec.model, random_weights=rec.random_weights,
+                created_unix=rec.created, updated_unix=rec.updated)
+
+
+def keyframe_url(sid: str, cid: int) -> str:
+    return f"{PREFIX}/streams/{sid}/chunks/{cid}/keyframe.jpg"
+
+
+def chunk_json(sid: str, c: ChunkRecord) -> dict:
+    return dict(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s,
+                wall_start_unix=c.wall_start, wall_end_unix=c.wall_end, keyframe_url=keyframe_url(sid, c.chunk_id),
+                scene_cuts=c.cuts, on_screen_text=c.text, labels=c.labels, novelty=c.novelty, frames=c.frames,
+                tokens=c.tokens, bytes=c.bytes, level=c.level)
+
+
+def gap_json(g: Gap) -> dict:
+    return dict(start_s=g.start_s, end_s=_num(g.end_s), reason=g.reason, wall_start_unix=g.wall_start,
+                wall_end_unix=g.wall_end)
+
+
+def hit_json(sid: str, h, rank: int) -> dict:
+    c = h.chunk
+    return dict(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s, score=h.score,
+                rank=rank, on_screen_text=c.text, labels=c.labels, keyframe_url=keyframe_url(sid, c.chunk_id),
+                signals=[dict(signal=x.name, rank=x.rank, score=x.score) for x in h.signals])
+
+
+def searched_json(w: qa.Searched) -> dict:
+    return dict(start_s=w.start_s, end_s=_num(w.end_s), source=w.source, phrase=w.phrase)
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be an integer, not {clipped(raw)}") from None
+    if not lo <= v <= hi:
+        raise InvalidRequest(f"{name} {v} is out of range [{lo}, {hi}]")
+    return v
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"the request body is not JSON: {clipped(str(exc), 120)}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _window(body: dict) -> tuple[float, float] | None:
+    w = body.get("window")
+    if w is None:
+        return None
+    if not isinstance(w, dict):
+        raise InvalidRequest('window must be {"start_s": number, "end_s": number (0 or absent: to the end)}')
+    try:
+        return qa.request_window(float(w.get("start_s") or 0.0), float(w.get("end_s") or 0.0))
+    except (TypeError, ValueError):
+        raise InvalidRequest("window bounds must be numbers") from None
+
+
+def _typed(body: dict, name: str, kind: type, default):
+    v = body.get(name, default)
+    if kind is int and isinstance(v, bool) or not isinstance(v, kind):
+        raise InvalidRequest(f"{name} must be {kind.__name__}")
+    return v
+
+
+class Api:
+    """The /api/v1 routes of one server (`work`: its question queue; None on an ingest-only server)."""
+
+    def __init__(self, rt: Runtime, work: WorkQueue | None) -> None:
+        self.rt, self.work = rt, work
+
+    def routes(self) -> list[Route]:
+        p = PREFIX
+        return [
+            Route(f"{p}/streams", self.streams),
+            Route(f"{p}/streams/{{sid}}", self.stream),
+            Route(f"{p}/streams/{{sid}}/chunks", self.chunks),
+            Route(f"{p}/streams/{{sid}}/gaps", self.gaps),
+            Route(f"{p}/streams/{{sid}}/alerts", self.alerts),
+            Route(f"{p}/streams/{{sid}}/chunks/{{cid:int}}/keyframe.jpg", self.keyframe),
+            Route(f"{p}/streams/{{sid}}/ask", self.ask, methods=["POST"]),
+            Route(f"{p}/streams/{{sid}}/summarize", self.summarize, methods=["POST"]),
+        ]
+
+    async def _call(self, fn, *args):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except STORE_DOWN:
+            self.rt.metrics.store_error("api")
+            raise
+
+    def _sid(self, request: Request) -> str:
+        return stream_id(self.rt, request.path_params["sid"])  # blocking: called in a thread
+
+    # ---- reads -------------------------------------------------------------------------------------------
+
+    async def streams(self, request: Request) -> Response:
+        def read():
+            names = {sid: name for name, sid in self.rt.store.names().items()}
+            return {"streams": [stream_json(r, names.get(r.stream_id))
+                                for r in sorted(self.rt.store.list_streams(), key=lambda r: r.created)]}
+        try:
+            return JSONResponse(await self._call(read))
+        except Exception as exc:
+            return error_response(exc)
+
+    async def stream(self, request: Request) -> Response:
+        def read():
+            sid = self._sid(request)
+            rec = self.rt.store.get_stream(sid)
+            return stream_json(rec, self.rt.store.name_of(sid))
+        try:
+            return JSONResponse(await self._call(read))
+        except Exception as exc:
+            return error_response(exc)
+
+    async def chunks(self, request: Request) -> Response:
+        """`after` (a chunk id, -1: from the first) and `limit`: a page in id (= time) order; `next_after` is
+        the id to pass for the next page (null: this was the last)."""
+        def read():
+            after = _int(request, "after", -1, -1, 2**62)
+            limit = _int(request, "limit", PAGE, 1, MAX_PAGE)
+            sid = self._sid(request)
+            self.rt.store.get_stream(sid)  # NOT_FOUND for an unknown stream
+            records = self.rt.indexes.synced(sid).records
+            ids = sorted(i for i in records if i > after)
+            page = ids[:limit]
+            return {"stream_id": sid, "chunks": [chunk_json(sid, records[i]) for i in page],
+                    "next_after": page[-1] if len(ids) > limit else None, "total": len(records)}
+        try:
+            return JSONResponse(await self._call(read))
+        except Exception as exc:
+            return error_response(exc)
+
+    async def gaps(self, request: Request) -> Response:
+        def read():
+            sid = self._sid(request)
+            self.rt.store.get_stream(sid)
+            return {"stream_id": sid, "gaps": [gap_json(g) for g in self.rt.store.gaps(sid)]}
+        try:
+            return JSONResponse(await self._call(read))
+        except Exception as exc:
+            return error_response(exc)
+
+    async def alerts(self, request: Request) -> Response:
+        """The stream's alerts from its event log (kind "alert"; the log is capped, so the oldest may be gone)."""
+        def read():
+            sid = self._sid(request)
+            self.rt.store.get_stream(sid)
+            found, last = [], "0-0"
+            while events := self.rt.store.read_events(sid, last, None):
+                for eid, body in events:
+                    last = eid
+                    if body.get("kind") == alerts.EVENT_KIND and "alert" in body:
+                        a = json.loads(body["alert"])
+                        key = a.get("keyframe") or {}
+                        cid = key.get("chunk_id")
+                        found.append(dict(id=a.get("id"), rule=a.get("rule"), kind=a.get("kind"),
+                                          camera=a.get("camera") or "", start_s=a.get("start_s"),
+                                          end_s=a.get("end_s"), wall_start_unix=a.get("wall_start"),
+                                          wall_end_unix=a.get("wall_end"), matched_text=a.get("matched_text") or "",
+                                          score=a.get("score"), signal=a.get("signal") or "", chunk_id=cid,
+                                          keyframe_s=key.get("keyframe_s"),
+                                          keyframe_url=keyframe_url(sid, cid) if cid is not None else None,
+                                          message=redact_text(body.get("message", ""))))
+            return {"stream_id": sid, "alerts": found}
+        try:
+            return JSONResponse(await self._call(read))
+        except Exception as exc:
+            return error_response(exc)
+
+    async def keyframe(self, request: Request) -> Response:
+        def read():
+            sid = self._sid(request)
+            cid = request.path_params["cid"]
+            self.rt.store.get_stream(sid)
+            jpeg = self.rt.store.keyframes(sid, [cid])[0]
+            if not jpeg:
+                raise StreamNotFound(f"stream {clipped(sid)} has no chunk {cid} (or it has no keyframe)")
+            return jpeg
+        try:
+            jpeg = await self._call(read)
+        except Exception as exc:
+            return error_response(exc)
+        # a chunk id is never reused for other footage within a stream (merges take new ids): cache it a while
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    # ---- model work (server-sent events) -------------------------------------------------------------------
+
+    def _queue(self) -> WorkQueue:
+        if self.work is None:
+            raise NotServedHere("this server runs the ingest role only; ask a QA server")
+        return self.work
+
+    async def _sse(self, items: AsyncIterator, encode, metered: bool) -> Response:
+        """The first item is awaited before any byte is sent, so an error found before the work starts (a bad
+        question, an unknown stream, a full queue) is a plain JSON error with its status; a later one is an
+        `error` event."""
+        question = self.rt.metrics.question() if metered else None
+        if question is not None:
+            question.__enter__()
+
+        def finish(exc: BaseException | None) -> None:
+            nonlocal question
+            if question is not None:
+                q, question = question, None
+                q.__exit__(type(exc) if exc else None, exc, None)
+
+        try:
+            first = await anext(items)
+        except StopAsyncIteration:
+            finish(None)
+            return Response(status_code=204)
+        except Exception as exc:
+            finish(exc)
+            await items.aclose()
+            return error_response(exc)
+
+        async def body():
+            failed: BaseException | None = None
+            try:
+                yield encode(first)
+                async for item in items:
+                    yield encode(item)
+            except Exception as exc:  # after the first event: the status is sent already
+                failed = exc
+                status, err = error_body(exc)
+                yield sse("error", {**err["error"], "status": status})
+            except BaseException as exc:  # the client went away (cancelled)
+                failed = exc
+                raise
+            finally:
+                await items.aclose()
+                finish(failed)
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    async def ask(self, request: Request) -> Response:
+        """Body: {"question", "top_k", "window": {"start_s", "end_s"}, "max_new_tokens", "signals",
+        "conversation_id", "new_conversation"}. Events: `evidence` (once, first), `delta` (text pieces), `done`
+        (the whole answer, equal to Ask's), or `error`."""
+        try:
+            body = await _body(request)
+            question = _typed(body, "question", str, "")
+            kwargs = dict(top_k=_typed(body, "top_k", int, 0), window=_window(body),
+                          max_new_tokens=_typed(body, "max_new_tokens", int, 0),
+                          signals=[str(x) for x in _typed(body, "signals", list, [])],
+                          conversation_id=_typed(body, "conversation_id", str, ""),
+                          new_conversation=_typed(body, "new_conversation", bool, False))
+            work = self._queue()
+            sid = await self._call(self._sid, request)
+        except Exception as exc:
+            return error_response(exc)
+        spec = self.rt.adapter.spec
+
+        def encode(item) -> bytes:
+            if isinstance(item, str):
+                return sse("delta", {"text": item})
+            if isinstance(item, qa.Prepared):
+                return sse("evidence", dict(
+                    stream_id=sid, evidence=[hit_json(sid, h, r) for h, r in zip(item.hits, item.ranks)],
+                    gaps=[gap_json(g) for g in item.gaps], searched_window=searched_json(item.window),
+                    model=spec.name, random_weights=spec.random_weights, conversation_id=item.conversation_id,
+                    history_turns=len(item.history), memory_tokens=item.memory.length))
+            return sse("done", dict(answer=item.text, latency_ms=item.latency_ms, memory_tokens=item.memory_tokens,
+                                    conversation_id=item.conversation_id))
+
+        items = worker_stream(work, qa.ask_streamed, self.rt, sid, question, **kwargs)
+        return await self._sse(items, encode, metered=True)
+
+    async def summarize(self, request: Request) -> Response:
+        """Body: {"window": {"start_s", "end_s"}, "detail", "max_new_tokens"}. Events: `progress`, `segment`
+        (each as it is done), `done` (the overview), or `error`."""
+        try:
+            body = await _body(request)
+            window = _window(body)
+            detail = _typed(body, "detail", int, 0)
+            max_new = _typed(body, "max_new_tokens", int, 0)
+            work = self._queue()
+            sid = await self._call(self._sid, request)
+        except Exception as exc:
+            return error_response(exc)
+        spec = self.rt.adapter.spec
+        mark = dict(model=spec.name, random_weights=spec.random_weights)
+
+        def encode(item) -> bytes:
+            if isinstance(item, summarize.Progress):
+                return sse("progress", dict(segment=item.segment, segments=item.segments, stage=item.stage))
+            if isinstance(item, summarize.SegmentSummary):
+                return sse("segment", dict(
+                    index=item.index, segments=item.segments, start_s=item.start_s, end_s=item.end_s,
+                    summary=item.text, on_screen_text=list(item.on_screen), chunks=item.chunks,
+                    evidence=[chunk_json(sid, c) for c in item.read], **mark))
+            return sse("done", dict(overview=item.overview, start_s=item.start_s, end_s=item.end_s,
+                                    segments=item.segments, latency_ms=item.latency_ms,
+                                    gaps=[gap_json(g) for g in item.gaps], **mark))
+
+        items = worker_stream(work, summarize.summarize, self.rt, sid, window, detail, max_new, False)
+        return await self._sse(items, encode, metered=False)

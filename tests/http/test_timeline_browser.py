@@ -1,0 +1,129 @@
+"""The timeline page in a real browser (Debian's Chromium driven by Playwright) against a real server (tiny model,
+real Redis, real footage). Screenshots land in tests/.cache/screens/."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from services.client import Client, state_name
+from tests.conftest import wait_done
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra (scripts/setup.sh test)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+TOKEN = "browser-test-token-0123456789abcdef"
+SCREENS = Path(__file__).resolve().parents[1] / ".cache" / "screens"
+FPS, CLIP = 2.0, 4
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 860})
+    pg = ctx.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture
+def served(make_server, pattern_video):
+    srv, addr = make_server(http_port=-1, auth_token=TOKEN)
+    with Client(addr, token=TOKEN) as c:
+        info = wait_done(c, c.start(str(pattern_video), fps=FPS, clip_frames=CLIP).stream_id)
+    assert state_name(info.state) == "finished" and info.chunks >= 3
+    return srv, info
+
+
+def sign_in(page, port: int, token: str = TOKEN):
+    page.goto(f"http://127.0.0.1:{port}/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
+def test_thumbnails_ask_evidence_and_scroll(served, page):
+    srv, info = served
+    sign_in(page, srv.http_port)
+    page.wait_for_selector("#stream-state.finished")  # filled in by the first poll
+    # one thumbnail per chunk, every one a decoded image
+    page.wait_for_function("n => document.querySelectorAll('.thumb img').length === n", arg=info.chunks)
+    page.wait_for_function("() => [...document.querySelectorAll('.thumb img')].every(i => i.complete && "
+                           "i.naturalWidth > 0)")
+    assert page.locator(".cut").count() >= 1  # the pattern's scene cuts are marked
+
+    # clicking a thumbnail shows its keyframe large, with its time
+    page.locator(".thumb").nth(1).click()
+    page.wait_for_function("() => { const i = document.getElementById('viewer-img'); "
+                           "return !document.getElementById('viewer').hidden && i.complete && i.naturalWidth > 0 }")
+    assert "Keyframe at" in page.text_content("#viewer-caption")
+
+    # brushing the second half of the timeline sets the question's window
+    box = page.locator("#track").bounding_box()
+    width = page.evaluate("() => document.getElementById('track').scrollWidth")
+    y = box["y"] + 30
+    page.mouse.move(box["x"] + width * 0.5, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + width * 0.7, y, steps=5)
+    page.mouse.move(box["x"] + width * 0.95, y, steps=5)
+    page.mouse.up()
+    lo, hi = float(page.input_value("#win-start")), float(page.input_value("#win-end"))
+    assert 0.4 * info.duration_s < lo < hi and hi > 0.85 * info.duration_s
+    assert page.locator("#brush").is_visible()
+
+    page.fill("#question", "What is happening in the video?")
+    page.press("#question", "Enter")
+    page.wait_for_selector(".evidence img")
+    page.wait_for_function("() => document.getElementById('answer').textContent.trim().length > 0")
+    page.wait_for_selector("#answer[data-done=true]")
+    page.wait_for_function("() => [...document.querySelectorAll('.evidence img')].every(i => i.complete && "
+                           "i.naturalWidth > 0)")
+    starts = [float(s) for s in page.eval_on_selector_all(".evidence", "es => es.map(e => e.dataset.start)")]
+    assert starts and all(s + CLIP / FPS > lo for s in starts)  # every piece of evidence overlaps the window
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / "timeline.png"), full_page=True)
+
+    # zoomed in and scrolled to the start, the latest evidence is off screen; clicking it brings it into view
+    for _ in range(4):
+        page.click("#zoom-in")
+    page.evaluate("() => { document.getElementById('timeline').scrollLeft = 0 }")
+    target = max(starts)
+    visible = ("t => { const tl = document.getElementById('timeline').getBoundingClientRect(); "
+               "const c = document.getElementById('cursor'); if (c.hidden) return false; "
+               "const r = c.getBoundingClientRect(); return r.left >= tl.left && r.right <= tl.right }")
+    page.evaluate("() => { document.getElementById('cursor').hidden = true }")
+    assert page.evaluate("() => document.getElementById('timeline').scrollWidth > "
+                         "3 * document.getElementById('timeline').clientWidth")
+    page.locator(".evidence").nth(starts.index(target)).click()
+    page.wait_for_function(visible, arg=target)
+    assert float(page.get_attribute("#cursor", "data-t")) == pytest.approx(target)
+    assert page.evaluate("() => document.getElementById('timeline').scrollLeft") > 0
+    # the thumbnail of that time is marked
+    assert page.locator(".thumb.hit").count() == 1
+    page.screenshot(path=str(SCREENS / "timeline-zoomed.png"))
+
+
+def test_a_missing_or_wrong_token_gets_the_login_page(served, page):
+    srv, _ = served
+    resp = page.goto(f"http://127.0.0.1:{srv.http_port}/")
+    assert resp.status == 401
+    assert page.locator("form#login input#token").is_visible()
+    sign_in(page, srv.http_port, "not-the-token-0123456789")
+    assert page.locator("p.error[role=alert]").is_visible()
+    assert page.url.endswith("/login")
+    # without the cookie the API refuses too
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 401
+    sign_in(page, srv.http_port)
+    page.wait_for_selector("#stream:not([hidden])")
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 200
