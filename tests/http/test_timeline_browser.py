@@ -127,3 +127,47 @@ def test_a_missing_or_wrong_token_gets_the_login_page(served, page):
     sign_in(page, srv.http_port)
     page.wait_for_selector("#stream:not([hidden])")
     assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 200
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_camera_shows_as_a_shaded_gap_with_its_reason(make_server, page):
+    """A live RTSP camera killed and restarted: the page (polling while the stream runs) shades the outage on the
+    timeline and lists it with its reason and wall-clock times."""
+    import time
+
+    from tests import rtsp
+    from tests.services.test_live_streams import LIVE
+
+    srv, addr = make_server(http_port=-1, auth_token=TOKEN, live=LIVE)
+    with rtsp.RtspServer(rtsp.long_bikes()) as cam, Client(addr, token=TOKEN) as c:
+        sid = c.start(cam.url, fps=2, clip_frames=4).stream_id
+
+        def until(pred, timeout_s, what):
+            deadline = time.monotonic() + timeout_s
+            while not pred():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.2)
+
+        until(lambda: c.describe(sid).chunks >= 2, 60, "chunks from the camera")
+        sign_in(page, srv.http_port)
+        page.wait_for_selector("#stream-state.running")
+        assert page.locator("#track .gap").count() == 0
+        cam.kill()
+        until(lambda: state_name(c.describe(sid).state) == "reconnecting", 15, "reconnecting after the kill")
+        page.wait_for_selector("#stream-state.reconnecting")  # the live state reaches the page
+        time.sleep(2.0)
+        cam.restart()
+        until(lambda: len(c.describe(sid).gaps) == 1, 60, "the outage recorded as a gap")
+        gap = page.wait_for_selector("#track .gap")  # the next poll draws it
+        box = gap.bounding_box()
+        assert box["width"] >= 4 and box["height"] > 0
+        label = gap.get_attribute("aria-label")
+        assert label.startswith("gap ") and c.describe(sid).gaps[0].reason in label
+        page.wait_for_function("() => document.getElementById('gap-list').children.length === 1")
+        page.click("#gap-list button")  # the listed gap scrolls the timeline to it: the shading is on screen
+        page.wait_for_function("""() => { const g = document.querySelector('#track .gap').getBoundingClientRect(),
+            t = document.getElementById('timeline').getBoundingClientRect();  // the visible, scrolling part
+            return g.left < t.right && g.right > t.left }""")
+        SCREENS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENS / "timeline-gap.png"))
+        c.stop(sid)
