@@ -60,7 +60,7 @@ def test_proxy_scores_are_the_models_own_attention_rows(tiny_adapter, eager):
         cache = ad._cache(concat_segments([prefix, enc.segment]))
         proxy = torch.tensor(ad.proxy_ids())
         pos, _ = ad._positions(proxy, enc.segment.next_pos)
-        out = ad.model.model.language_model(input_ids=proxy[None], position_ids=pos[:, None], past_key_values=cache,
+        out = ad.model.model.language_model(input_ids=proxy[None], position_ids=pos[:, None], cache=cache,
                                             use_cache=True, output_attentions=True)
     S = prefix.length + enc.segment.length
     k_ctx = torch.cat([prefix.keys, enc.segment.keys], dim=2)
@@ -117,7 +117,7 @@ def test_retrieved_memory_positions_agree_with_the_models_forward_over_the_whole
         cache = DynamicCache(config=ad.model.config)
         logits = ad.model(input_ids=ids_t, pixel_values_videos=torch.cat(pv), video_grid_thw=grid,
                           second_per_grid_ts=spg, position_ids=pos, attention_mask=mask(slice(0, N), N),
-                          past_key_values=cache, use_cache=True).logits
+                          cache=cache, use_cache=True).logits
         ref, step_pos = [], int(pos.max()) + 1
         for i in range(8):
             token = int(logits[0, -1].argmax())
@@ -127,7 +127,7 @@ def test_retrieved_memory_positions_agree_with_the_models_forward_over_the_whole
             p = torch.full((3, 1, 1), step_pos + i, dtype=torch.long)
             allowed[N + i, :N + i + 1] = ~hidden[q_start, :N + i + 1]  # the answer sees what the question sees
             logits = ad.model(input_ids=torch.tensor([[token]]), position_ids=p,
-                              attention_mask=mask(slice(N + i, N + i + 1), N + i + 1), past_key_values=cache,
+                              attention_mask=mask(slice(N + i, N + i + 1), N + i + 1), cache=cache,
                               use_cache=True).logits
     assert ours == ref
 
@@ -165,8 +165,8 @@ def test_int8_kv_error_on_real_clip_kv_and_the_answer_it_gives(tiny_adapter):
     full = answer_memory(prefix, None, [(s.chunk, s.span) for s in steps], state.next_pos, state.max_pos)
     q8 = answer_memory(prefix, None, chunks8, state.next_pos, state.max_pos)
     with torch.inference_mode():
-        a = ad.model(input_ids=torch.tensor([ad.suffix_ids("what?")]), past_key_values=ad._cache(full),
+        a = ad.model(input_ids=torch.tensor([ad.suffix_ids("what?")]), cache=ad._cache(full),
                      position_ids=ad._positions(torch.tensor(ad.suffix_ids("what?")), full.next_pos)[0][:, None]).logits
-        b = ad.model(input_ids=torch.tensor([ad.suffix_ids("what?")]), past_key_values=ad._cache(q8),
+        b = ad.model(input_ids=torch.tensor([ad.suffix_ids("what?")]), cache=ad._cache(q8),
                      position_ids=ad._positions(torch.tensor(ad.suffix_ids("what?")), q8.next_pos)[0][:, None]).logits
     assert relative_error(a[0, -1], b[0, -1]) < 0.01  # next-token logits barely move
