@@ -124,15 +124,18 @@ def _published(config, name) -> set[tuple[str, str, int]]:
 
 
 def test_ports_are_published_on_loopback_by_default(config):
-    assert _published(config, "ingest") == {("127.0.0.1", "50051", 50051)}
-    assert _published(config, "qa") == {("127.0.0.1", "50052", 50051)}
+    assert _published(config, "ingest") == {("127.0.0.1", "50051", 50051), ("127.0.0.1", "8081", 8080)}
+    assert _published(config, "qa") == {("127.0.0.1", "50052", 50051), ("127.0.0.1", "8080", 8080)}
     assert not _published(config, "redis"), "redis must not be published"
+    for name in ("ingest", "qa"):  # the HTTP side listens where the published port points
+        cmd = config["services"][name]["command"]
+        assert cmd[cmd.index("--http-port") + 1] == "8080"
 
 
 def test_vigil_bind_moves_the_published_ports():
     cfg = _config(VIGIL_BIND="0.0.0.0")
-    assert _published(cfg, "ingest") == {("0.0.0.0", "50051", 50051)}
-    assert _published(cfg, "qa") == {("0.0.0.0", "50052", 50051)}
+    assert _published(cfg, "ingest") == {("0.0.0.0", "50051", 50051), ("0.0.0.0", "8081", 8080)}
+    assert _published(cfg, "qa") == {("0.0.0.0", "50052", 50051), ("0.0.0.0", "8080", 8080)}
 
 
 @pytest.mark.parametrize("token", [None, ""], ids=["unset", "empty"])
@@ -169,7 +172,7 @@ def test_healthcheck_matches_how_the_server_listens(config, name):
     cmd = svc["command"]
     assert host in ("localhost", "127.0.0.1")
     assert int(port) == int(cmd[cmd.index("--port") + 1])
-    assert {p["target"] for p in svc["ports"]} == {int(port)}
+    assert {p["target"] for p in svc["ports"]} == {int(port), int(cmd[cmd.index("--http-port") + 1])}
     tls_env = sorted(k for k in svc["environment"] if k.startswith("VIGIL_TLS__"))
     assert not tls_env and "insecure_channel" in code, f"TLS is set ({tls_env}) but the healthcheck is plaintext"
     assert "authorization" not in code and "/grpc.health.v1.Health/" in OPEN_METHODS
