@@ -862,10 +862,15 @@ def _connect_hint(exc: grpc.RpcError, args) -> str | None:
     if exc.code() != grpc.StatusCode.UNAVAILABLE or not any(s in details for s in client_side):
         return None
     addr = getattr(args, "server", DEFAULT_SERVER)
-    tls = ("; TLS: the server and --tls / --tls-ca must agree"
-           if any(w in details.lower() for w in ("ssl", "handshake", "tls")) else "")
+    speaks_tls = bool(getattr(args, "tls", False) or getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None))
+    tls = ""
+    if speaks_tls:  # a refused handshake looks like a closed socket: the server may want a client certificate
+        tls = ("; over TLS: the server may require a client certificate (--tls-cert/--tls-key), or --tls-ca / "
+               "--tls-server-name do not match its certificate")
+    elif any(w in details.lower() for w in ("ssl", "handshake", "tls")):
+        tls = "; TLS: the server and --tls / --tls-ca must agree"
     cause = details.rsplit(": ", 1)[-1].strip()[:160]
-    return (f"error: no vigil server answered at {addr}: is `vigil serve` running at {addr}? "
+    return (f"error: UNAVAILABLE: no vigil server answered at {addr}: is `vigil serve` running at {addr}? "
             f"(--server HOST:PORT or VIGIL_SERVER names another{tls}; {cause})")
 
 
