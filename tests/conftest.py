@@ -132,3 +132,60 @@ def wait_done(client, stream_id: str, timeout_s: float = 300.0):
             return info
         time.sleep(0.1)
     raise AssertionError(f"stream {stream_id} did not finish in {timeout_s}s")
+
+
+def wait_for(fn, timeout_s: float, what: str, period_s: float = 0.1):
+    """fn()'s first truthy value, polled every `period_s`; AssertionError naming `what` after `timeout_s`."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (v := fn()):
+            return v
+        time.sleep(period_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class Watcher:
+    """A stream's WatchStream events, collected in a thread until the stream ends or `close()` cancels the call."""
+
+    def __init__(self, client, stream: str) -> None:
+        import threading
+
+        self.events: list = []
+        self.ended = threading.Event()
+        self._call = client.watch(stream)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        import grpc
+
+        try:
+            for ev in self._call:
+                self.events.append(ev)
+        except grpc.RpcError:
+            pass
+        self.ended.set()
+
+    def transitions(self) -> list[tuple[str, str]]:
+        from services.client import state_name
+
+        return [(state_name(e.previous_state), state_name(e.info.state)) for e in self.events if e.kind == 2]
+
+    def kinds(self) -> set[int]:
+        return {e.kind for e in self.events}
+
+    def alerts(self) -> list:
+        from services.wire import ingest_pb2
+
+        return [e.alert for e in self.events if e.kind == ingest_pb2.StreamEvent.KIND_ALERT]
+
+    def wait_ended(self, timeout_s: float = 60) -> None:
+        self._t.join(timeout_s)
+        assert not self._t.is_alive(), "WatchStream did not end with the stream"
+
+    def close(self, wait_s: float = 0.0) -> None:
+        self.ended.wait(wait_s)
+        self._call.cancel()
+        self._t.join(10)

@@ -10,9 +10,9 @@ import pytest
 from services.client import Client, state_name
 from tests.conftest import wait_done
 
-playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra (scripts/setup.sh test)")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
+import playwright.sync_api as playwright_sync  # a test extra: scripts/setup.sh test installs it, and Chromium
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # missing: the browser fixture fails, naming it
 
 TOKEN = "browser-test-token-0123456789abcdef"
 SCREENS = Path(__file__).resolve().parents[1] / ".cache" / "screens"
@@ -21,6 +21,7 @@ FPS, CLIP = 2.0, 4
 
 @pytest.fixture(scope="module")
 def browser():
+    assert Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM}: run scripts/setup.sh test (apt-get install chromium)"
     with playwright_sync.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -136,17 +137,12 @@ def test_a_killed_camera_shows_as_a_shaded_gap_with_its_reason(make_server, page
     import time
 
     from tests import rtsp
+    from tests.conftest import wait_for as until
     from tests.services.test_live_streams import LIVE
 
     srv, addr = make_server(http_port=-1, auth_token=TOKEN, live=LIVE)
     with rtsp.RtspServer(rtsp.long_bikes()) as cam, Client(addr, token=TOKEN) as c:
         sid = c.start(cam.url, fps=2, clip_frames=4).stream_id
-
-        def until(pred, timeout_s, what):
-            deadline = time.monotonic() + timeout_s
-            while not pred():
-                assert time.monotonic() < deadline, what
-                time.sleep(0.2)
 
         until(lambda: c.describe(sid).chunks >= 2, 60, "chunks from the camera")
         sign_in(page, srv.http_port)

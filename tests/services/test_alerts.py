@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import grpc
 import numpy as np
 import pytest
 
@@ -20,7 +18,7 @@ from services.alerts import rules as R
 from services.client import Client, state_name
 from services.wire import ingest_pb2
 from tests import media, rtsp
-from tests.conftest import wait_done
+from tests.conftest import Watcher, wait_done, wait_for
 
 BROKER = ("127.0.0.1", 1883)
 ALERT = ingest_pb2.StreamEvent.KIND_ALERT
@@ -242,43 +240,6 @@ def test_a_dead_broker_and_webhook_never_block_or_raise_and_are_counted():
                      ("mqtt://b:99999", "port")]:
         with pytest.raises(ValueError, match=why):
             parse_mqtt_url(bad)
-
-
-class Watcher:
-    """A stream's WatchStream events, collected in a thread until it ends or is cancelled."""
-
-    def __init__(self, client: Client, stream: str) -> None:
-        self.events = []
-        self._call = client.watch(stream)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self._call:
-                self.events.append(ev)
-        except grpc.RpcError:
-            pass
-
-    def alerts(self):
-        return [e.alert for e in self.events if e.kind == ALERT]
-
-    def wait_ended(self, timeout_s: float = 60) -> None:
-        self._t.join(timeout_s)
-        assert not self._t.is_alive(), "WatchStream did not end with the stream"
-
-    def close(self) -> None:
-        self._call.cancel()
-        self._t.join(10)
-
-
-def wait_for(fn, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (v := fn()):
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def mqtt_settings() -> dict:

@@ -4,7 +4,6 @@ monotonic clock, resumes at the live edge after the ingest server restarts, and 
 clearly and quickly without touching other streams."""
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
@@ -12,8 +11,7 @@ import pytest
 
 from services.client import Client, state_name
 from tests import rtsp
-from tests.conftest import wait_done
-
+from tests.conftest import Watcher, wait_done, wait_for
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -23,39 +21,6 @@ def rtsp_server_available():
         pytest.fail(why)
 
 LIVE = {"open_timeout_s": 3.0, "read_timeout_s": 2.0, "backoff_initial_s": 0.2, "backoff_cap_s": 1.0}
-
-
-def wait_for(fn, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (v := fn()):
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-class Watcher:
-    """Collects a stream's WatchStream events in a thread."""
-
-    def __init__(self, client: Client, sid: str) -> None:
-        self.events = []
-        self._call = client.watch(sid)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self._call:
-                self.events.append(ev)
-        except grpc.RpcError:
-            pass
-
-    def transitions(self) -> list[tuple[str, str]]:
-        return [(state_name(e.previous_state), state_name(e.info.state)) for e in self.events if e.kind == 2]
-
-    def close(self) -> None:
-        self._t.join(10)
-        self._call.cancel()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from memory.layout import KVLayout
 from memory.store import StreamRecord
 from services.client import Client, state_name
 from tests.conftest import wait_done
+from tests.conftest import wait_for as _until
 from tests.services.test_cli import _free_port
 from tests.services.test_ingest_streams import _serve, _wait_serving, assert_same_chunks, chunks_of
 
@@ -38,15 +39,6 @@ def long_video(media_dir) -> Path:
     if not video.exists():
         media.synthetic_video(video, seconds=90, fps=10, scenes=6)
     return video
-
-
-def _until(pred, timeout_s: float, what: str, period_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if got := pred():
-            return got
-        time.sleep(period_s)
-    raise AssertionError(f"not within {timeout_s}s: {what}")
 
 
 def _health(addr: str) -> int | None:

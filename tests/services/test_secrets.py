@@ -8,8 +8,6 @@ import io
 import logging
 import os
 import stat
-import threading
-import time
 
 import grpc
 import pytest
@@ -20,6 +18,7 @@ from services.client import Client, state_name
 from services.embedded_redis import EmbeddedRedis
 from services.wire import ingest_pb2
 from tests import rtsp
+from tests.conftest import Watcher, wait_for
 
 SECRETS = ("s3cret-pw", "SECRET-TOKEN")
 LIVE = {"open_timeout_s": 3.0, "read_timeout_s": 2.0, "backoff_initial_s": 0.2, "backoff_cap_s": 1.0}
@@ -38,42 +37,6 @@ def assert_clean(text, what: str) -> None:
     text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
     for s in SECRETS:
         assert s not in text, f"{s!r} leaked in {what}: ...{text[max(0, text.find(s) - 200):text.find(s) + 50]}..."
-
-
-def wait_for(fn, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (v := fn()):
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-class Watcher:
-    """Collects a stream's WatchStream events in a thread."""
-
-    def __init__(self, client: Client, sid: str) -> None:
-        self.events: list = []
-        self.ended = threading.Event()
-        self._call = client.watch(sid)
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self._call:
-                self.events.append(ev)
-        except grpc.RpcError:
-            pass
-        self.ended.set()
-
-    def kinds(self) -> set[int]:
-        return {e.kind for e in self.events}
-
-    def close(self, wait_s: float = 0.0) -> None:
-        self.ended.wait(wait_s)
-        self._call.cancel()
-        self._t.join(10)
 
 
 @pytest.fixture(scope="module", autouse=True)
