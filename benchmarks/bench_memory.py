@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("loading the tiny model")
     ad = load_adapter(ModelOptions(name="tiny", device="cpu"))
-    layout = KVLayout.from_spec(ad.spec)
+    layout = ad.spec.layout
     prefix = ad.encode_prefix()
     stream = SyntheticStream(STREAM_SEED, n_clips * CLIP_FRAMES / FPS)
     detector = SceneDetector()

@@ -1,8 +1,5 @@
 """Model adapters: frames -> visual tokens -> language-model KV; question -> answer tokens.
 
-One file per model family. `load_adapter` is the only entry point the services use.
+One file per model family. `encoders.loading.load_adapter` is the only entry point the services use. Nothing is
+imported here, so light modules (`encoders.options`, the frame describer's options) load without torch.
 """
-from encoders.base import EncodedSegment, ModelSpec, VideoLM
-from encoders.loading import ModelUnavailable, load_adapter
-
-__all__ = ["EncodedSegment", "ModelSpec", "VideoLM", "ModelUnavailable", "load_adapter"]

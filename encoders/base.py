@@ -1,29 +1,26 @@
 """The narrow boundary between the model families and the rest of the service."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
 
+from encoders.kv_layout import KVLayout
 from encoders.retrieval import BlockKeys, QueryKeys
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model family declares about its KV cache; `memory.layout` derives every shape from it."""
+    """What a model family declares about itself; its `layout` is the KV layout every memory shape and byte
+    size derives from (`memory.layout`)."""
 
     family: str  # e.g. "qwen2_5_vl"
     name: str  # local path, hub id or "tiny"
     fingerprint: str  # changes whenever KV produced by the model would differ (weights, config)
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    position_dims: int  # rows of position ids per token (3 for multimodal RoPE)
-    dtype: str  # torch dtype name of the KV, e.g. "float32"
+    layout: KVLayout  # L, Hkv, D, position rows P (3: multimodal RoPE, 1: 1-D), KV dtype, feature width F
     retrieval_dim: int  # size of the mean-key baseline vector (Hkv * D)
-    feature_dim: int  # size of one input embedding (a visual feature as the language model reads it)
     num_heads: int  # query heads; num_heads // num_kv_heads share each KV head (GQA group)
     random_weights: bool  # True for the seeded tiny model: its answers are noise
     retrieval_layers: tuple[int, ...] = ()  # decoder layers whose representative keys retrieve blocks
@@ -55,6 +52,11 @@ class EncodedSegment:
     def length(self) -> int:
         return int(self.keys.shape[2])
 
+    def to(self, device: torch.device) -> "EncodedSegment":
+        """The segment with its tensors on `device` (the same tensors when they are there already)."""
+        return replace(self, keys=self.keys.to(device), values=self.values.to(device),
+                       positions=self.positions.to(device))
+
 
 @dataclass(frozen=True)
 class ClipEncoding:
@@ -68,10 +70,32 @@ class ClipEncoding:
     proxy_keys: torch.Tensor  # [L, Hkv, Q, D] the proxy opener's own keys (its causal part of the softmax)
 
 
+@dataclass(frozen=True)
+class ClipRequest:
+    """One stream's next clip, to be prefilled behind that stream's own memory (`VideoLM.ingest_clips`)."""
+
+    frames: np.ndarray  # [T, H, W, 3] uint8 RGB
+    fps: float
+    start_s: float
+    end_s: float
+    past: EncodedSegment  # the stream's prefix + working memory, ending at past.next_pos
+    key_rows: int = 64  # representative retrieval keys per KV head and layer
+
+
+@dataclass(frozen=True)
+class PreparedClip:
+    """A clip's host-side model inputs (resized frames as patches, token ids, positions), made by
+    `VideoLM.prepare_clip` in the caller's thread so the model's own thread only runs the model. Each adapter
+    extends it with what its family needs."""
+
+    request: ClipRequest
+
+
 class VideoLM(Protocol):
     """A vision-language model that can prefill clips behind a memory and answer from a memory."""
 
     spec: ModelSpec
+    device: torch.device  # where the model, its KV and every stream's working memory live
 
     def clip_frames(self) -> int:
         """Frames per clip must be a multiple of this (temporal patch size)."""
@@ -93,6 +117,13 @@ class VideoLM(Protocol):
                     past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
         """`encode_clip` plus the proxy query's view of `past` + the clip, for query-agnostic scoring;
         the clip's retrieval keys keep `key_rows` representative keys per KV head and layer."""
+
+    def prepare_clip(self, request: ClipRequest) -> PreparedClip:
+        """The clip's host-side inputs (no model work): called by the stream's own thread."""
+
+    def ingest_clips(self, clips: Sequence[PreparedClip]) -> list[ClipEncoding]:
+        """`ingest_clip` for several streams' prepared clips at once (one vision pass, one padded prefill, one
+        proxy pass); each result equals that stream's own `ingest_clip` within float rounding."""
 
     def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
                        next_pos: int, max_pos: int) -> EncodedSegment:

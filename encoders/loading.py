@@ -6,34 +6,30 @@ allows it (`allow_download`), and then the hub's own conventions (HF_HOME, HF_TO
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
 from pathlib import Path
 
 import torch
 
+from encoders.options import ModelOptions  # noqa: F401  (the loader's options, torch-free)
 from encoders.vision_prep import PatchGeometry
+
+
+log = logging.getLogger("vigil.model")
 
 
 class ModelUnavailable(RuntimeError):
     """The model cannot be loaded; the message says how to get it."""
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    name: str = "tiny"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    allow_download: bool = False
-    cache_dir: Path = Path.home() / ".cache" / "vigil"
-    min_pixels: int = 56 * 56
-    max_pixels: int = 112 * 112  # per frame; raise for real models (e.g. 360*420)
-
-
-SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL"}  # config.json model_type -> family name
+SUPPORTED = {  # config.json model_type -> family name
+    "qwen2_5_vl": "Qwen2.5-VL", "qwen3_vl": "Qwen3-VL", "llava_onevision": "LLaVA-OneVision",
+}
 TINY_PREPROCESSOR = {  # the tiny models' patch geometry, as each family's preprocessor_config.json states it
     "qwen2_5_vl": {},
     "qwen3_vl": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
-}
+    "llava_onevision": {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},  # SigLIP's; the frame size
+}                                                                                     # is the tower's image_size
 
 
 def _family_classes(family: str):
@@ -43,6 +39,11 @@ def _family_classes(family: str):
 
         from encoders.qwen3_vl import Qwen3VLAdapter
         return Qwen3VLAdapter, Qwen3VLForConditionalGeneration
+    if family == "llava_onevision":
+        from transformers import LlavaOnevisionForConditionalGeneration
+
+        from encoders.llava_onevision import LlavaOnevisionAdapter
+        return LlavaOnevisionAdapter, LlavaOnevisionForConditionalGeneration
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from encoders.qwen2_5_vl import Qwen25VLAdapter
@@ -70,7 +71,8 @@ def _device(opt: str) -> torch.device:
     return device
 
 
-MODEL_FOLDER = ("a model folder holds a Hugging Face checkpoint of a supported family (Qwen2.5-VL, Qwen3-VL), as "
+MODEL_FOLDER = ("a model folder holds a Hugging Face checkpoint of a supported family ("
+                + ", ".join(SUPPORTED.values()) + "), as "
                 "`hf download` writes it: config.json, the weights (*.safetensors), the tokenizer (tokenizer.json, "
                 "tokenizer_config.json) and preprocessor_config.json")
 
@@ -110,8 +112,40 @@ def _geometry(opts: ModelOptions, preprocessor: dict | None) -> PatchGeometry:
 
 
 def load_adapter(opts: ModelOptions):
+    """The adapter of `opts.name` on its device (CUDA when there is one: bfloat16, SDPA), compiled when asked;
+    logs what it runs on (`runtime_summary`)."""
     device = _device(opts.device)
     dtype = _dtype(opts.dtype, device)
+    adapter = _load_adapter(opts, device, dtype)
+    if opts.compile:
+        _compile(adapter.model)
+    log.info("model %s: %s", opts.name, runtime_summary(adapter, opts.compile))
+    return adapter
+
+
+def _compile(model) -> None:
+    """torch.compile (opt-in, VIGIL_MODEL__COMPILE) each decoder and vision block in place: the modules keep
+    their types and attributes, so the adapters and the attention probe work on them unchanged; shapes vary
+    (clip and memory lengths), hence dynamic shapes. The first clips of each new shape pay the compile."""
+    import torch.nn as nn
+
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                block.compile(dynamic=True)
+
+
+def runtime_summary(adapter, compiled: bool = False) -> str:
+    """Device, dtype and attention kernel, in one line (the serve banner and the start-up log)."""
+    device = getattr(adapter, "device", "?")
+    kernel = "SDPA"
+    if str(device).startswith("cuda"):
+        kernel += " (PyTorch picks its flash or memory-efficient kernel per call)"
+    return (f"{device}, {str(getattr(adapter, 'dtype', '?')).removeprefix('torch.')}, attention {kernel}"
+            + (", torch.compile" if compiled else ""))
+
+
+def _load_adapter(opts: ModelOptions, device: torch.device, dtype: torch.dtype):
     if opts.name == "tiny" or opts.name.startswith("tiny:"):
         from encoders.tiny import tiny_model, tiny_tokenizer
 
@@ -120,7 +154,7 @@ def load_adapter(opts: ModelOptions):
             raise ModelUnavailable(f"model {opts.name!r}: no tiny model of family {family!r}; tiny models: "
                                    + ", ".join(["tiny"] + [f"tiny:{f}" for f in SUPPORTED]))
         adapter_cls, _ = _family_classes(family)
-        tok = tiny_tokenizer(opts.cache_dir)
+        tok = tiny_tokenizer(opts.cache_dir, family)
         model = tiny_model(tok, dtype=dtype, family=family).to(device)
         return adapter_cls(model, tok, opts.name, _geometry(opts, TINY_PREPROCESSOR[family]), random_weights=True)
 

@@ -45,35 +45,22 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         return ids + self._text("\n")
 
     # ---- deepstack --------------------------------------------------------------------------
-    def _clip_embeds(self, ids: torch.Tensor, pv: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """ids [S] -> [S, Hd * (1 + k)]: the model's input embeddings, then its k deepstack additions
-        (visual tokens only; zeros elsewhere)."""
-        core = self.model.model
-        video = core.get_video_features(pv, grid_thw, return_dict=True)
-        is_video = ids == self.video_token_id  # [S]
-        base = core.get_input_embeddings()(ids).clone()  # [S, Hd]
-        base[is_video] = torch.cat(video.pooler_output, dim=0).to(self.dtype)
-        parts = [base]
-        for feat in video.deepstack_features:  # k tuples of [n_video, Hd] per video
-            extra = base.new_zeros(base.shape)  # [S, Hd]
-            extra[is_video] = torch.cat(feat, dim=0).to(self.dtype)
-            parts.append(extra)
-        return torch.cat(parts, dim=1)  # [S, Hd * (1 + k)]
-
-    def _run_lm(self, embeds: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, hidden: bool = False):
-        """Stored [S, Hd * (1 + k)] embeddings through the decoder: the first Hd as input embeddings, the
-        rest as the deepstack additions after layers 0..k-1 (at every token; text tokens add zeros)."""
-        S, hd = embeds.shape[0], self.model.config.text_config.hidden_size
-        k = embeds.shape[1] // hd - 1
-        stack = embeds[:, hd:].reshape(S, k, hd)  # [S, k, Hd]
+    # `_clip_embeds` (shared) stores the deepstack features beside the input embedding: [S, Hd * (1 + k)].
+    def _run_lm(self, embeds: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, hidden: bool = False,
+                mask: torch.Tensor | None = None):
+        """Stored [B, S, Hd * (1 + k)] embeddings through the decoder: the first Hd as input embeddings, the
+        rest as the deepstack additions after layers 0..k-1 (at every token; text and padding tokens add zeros)."""
+        B, S, hd = embeds.shape[0], embeds.shape[1], self.model.config.text_config.hidden_size
+        k = embeds.shape[2] // hd - 1
+        stack = embeds[..., hd:].reshape(B, S, k, hd)  # [B, S, k, Hd]
         out = self.model.model.language_model(
-            inputs_embeds=embeds[None, :, :hd], position_ids=pos[:, None], cache=cache, use_cache=True,
-            output_hidden_states=hidden, visual_pos_masks=torch.ones(1, S, dtype=torch.bool, device=embeds.device),
-            deepstack_visual_embeds=[stack[:, i] for i in range(k)],
+            inputs_embeds=embeds[..., :hd], position_ids=pos, cache=cache, attention_mask=mask, use_cache=True,
+            output_hidden_states=hidden, visual_pos_masks=torch.ones(B, S, dtype=torch.bool, device=embeds.device),
+            deepstack_visual_embeds=[stack[:, :, i].reshape(B * S, hd) for i in range(k)],  # [B*S, Hd] row-major
         )
         if hidden:  # the recorded states are the layers' outputs; layer i + 1 reads them plus deepstack i
             states = list(out.hidden_states)
             for i in range(min(k, len(states) - 1)):
-                states[i + 1] = states[i + 1] + stack[None, :, i]
+                states[i + 1] = states[i + 1] + stack[:, :, i]
             out.hidden_states = tuple(states)
         return out

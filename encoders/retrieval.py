@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 # Depths (fractions of the decoder stack) whose keys retrieve. Chosen by measurement on real weights
 # (SmolLM2-135M, 30 layers, two ~7.5K-token planted-fact streams, 30 questions): in a sweep with every
@@ -115,24 +116,40 @@ def mean_query(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: int, h
     return _unit(q.float().mean(dim=(0, 2)).reshape(-1))
 
 
-def covering_rows(keys: torch.Tensor, m: int) -> torch.Tensor:
-    """keys [S, Hkv, D] -> indices [Hkv, min(m, S)] of the rows farthest-point sampling picks per head, over
-    the keys centred by their own mean and made unit length; the first pick is the key farthest from the
-    mean. Stays on the keys' device (no host sync)."""
-    S, hkv, _ = keys.shape
+def covering_rows(keys: torch.Tensor, m: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """keys [S, Hkv, D] (or a batch [B, S, Hkv, D] with `valid` [B, S] marking each block's own rows) ->
+    indices [Hkv, min(m, S)] (batch: [B, Hkv, min(m, S)]) of the rows farthest-point sampling picks per head,
+    over each block's keys centred by their own mean and made unit length; the first pick is the key farthest
+    from the mean. Padding rows are never picked while a block has unpicked rows of its own (a block with
+    fewer than m rows repeats its picks: keep its first `valid.sum()`). Stays on the keys' device."""
+    single = keys.dim() == 3
+    if single:
+        keys = keys[None]
+    B, S, hkv, _ = keys.shape
     m = min(m, S)
-    x = keys.float() - keys.float().mean(0, keepdim=True)  # [S, Hkv, D]
-    x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    x = x.transpose(0, 1)  # [Hkv, S, D]
-    heads = torch.arange(hkv, device=keys.device)
-    first = (keys.float() - keys.float().mean(0, keepdim=True)).norm(dim=-1).argmax(0)  # [Hkv]
+    if valid is None:
+        valid = torch.ones(B, S, dtype=torch.bool, device=keys.device)
+    w = valid[:, :, None, None].float()  # [B, S, 1, 1]
+    k = keys.float()
+    centred = k - (k * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)  # [B, S, Hkv, D]
+    x = centred / centred.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x = x.permute(0, 2, 1, 3)  # [B, Hkv, S, D]
+    pad = ~valid[:, None, :]  # [B, 1, S]
+    far = centred.norm(dim=-1).permute(0, 2, 1).masked_fill(pad, -1.0)  # [B, Hkv, S]
+    first = far.argmax(-1)  # [B, Hkv]
     picks = [first]
-    dist = 1 - torch.einsum("hsd,hd->hs", x, x[heads, first])  # [Hkv, S] cosine distance to the picked set
+
+    def dist_to(idx: torch.Tensor) -> torch.Tensor:  # idx [B, Hkv] -> cosine distance of every row [B, Hkv, S]
+        chosen = x.gather(2, idx[..., None, None].expand(-1, -1, 1, x.shape[-1]))  # [B, Hkv, 1, D]
+        return (1 - (x * chosen).sum(-1)).masked_fill(pad, -float("inf"))
+
+    dist = dist_to(first)  # [B, Hkv, S] distance to the picked set
     for _ in range(m - 1):
-        nxt = dist.argmax(1)  # [Hkv]
+        nxt = dist.argmax(-1)  # [B, Hkv]
         picks.append(nxt)
-        dist = torch.minimum(dist, 1 - torch.einsum("hsd,hd->hs", x, x[heads, nxt]))
-    return torch.stack(picks, 1)  # [Hkv, m]
+        dist = torch.minimum(dist, dist_to(nxt))
+    out = torch.stack(picks, -1)  # [B, Hkv, m]
+    return out[0] if single else out
 
 
 def block_keys(layers, hidden_states, mask: torch.Tensor, which: tuple[int, ...], middle: int, m: int,
@@ -140,16 +157,34 @@ def block_keys(layers, hidden_states, mask: torch.Tensor, which: tuple[int, ...]
     """A block's `BlockKeys` from the hidden states entering each decoder layer (`hidden_states[l]` [S, Hd])
     of the tokens where `mask` [S] is set: `m` covering keys per KV head at each layer in `which` (m <= 0:
     every token), and the mean key at `middle`."""
-    rows = []
+    return blocks_keys(layers, [hidden_states], [mask], which, middle, m, num_kv_heads, head_dim)[0]
+
+
+def blocks_keys(layers, hidden_states: list, masks: list[torch.Tensor], which: tuple[int, ...], middle: int, m: int,
+                num_kv_heads: int, head_dim: int) -> list[BlockKeys]:
+    """`block_keys` of several blocks at once (a batch of clips): one key projection and one farthest-point
+    sampling per layer for all of them (padded to the longest block), then one copy to the host."""
+    rows: list[list[torch.Tensor]] = [[] for _ in hidden_states]
     for layer in which:
-        k = pre_rope_keys(layers[layer], hidden_states[layer][mask], num_kv_heads, head_dim)  # [S, Hkv, D]
-        if m > 0:
-            idx = covering_rows(k, m)  # [Hkv, m]
-            rows.append(torch.stack([k[idx[h], h] for h in range(num_kv_heads)]))  # [Hkv, m, D]
-        else:
-            rows.append(k.transpose(0, 1))  # [Hkv, S, D]
-    tokens = torch.cat(rows).to(torch.float16).cpu().numpy()  # [C, m, D]
-    return BlockKeys(tokens, mean_key(layers[middle], hidden_states[middle][mask]))
+        sel = [h[layer][mask] for h, mask in zip(hidden_states, masks)]  # [S_b, Hd] each
+        sizes = [t.shape[0] for t in sel]
+        k = pre_rope_keys(layers[layer], torch.cat(sel), num_kv_heads, head_dim)  # [sum S_b, Hkv, D]
+        parts = torch.split(k, sizes)
+        if m <= 0:
+            for b, kb in enumerate(parts):
+                rows[b].append(kb.transpose(0, 1))  # [Hkv, S_b, D]
+            continue
+        S = max(sizes)
+        padded = torch.stack([nn.functional.pad(kb, (0, 0, 0, 0, 0, S - kb.shape[0])) for kb in parts])  # [B, S, Hkv, D]
+        valid = torch.arange(S, device=k.device)[None] < torch.tensor(sizes, device=k.device)[:, None]  # [B, S]
+        idx = covering_rows(padded, m, valid)  # [B, Hkv, m]
+        for b, kb in enumerate(parts):
+            mb = min(m, kb.shape[0])
+            picked = padded[b].permute(1, 0, 2).gather(1, idx[b, :, :mb, None].expand(-1, -1, head_dim))  # [Hkv, mb, D]
+            rows[b].append(picked)
+    tokens = [torch.cat(r).to(torch.float16) for r in rows]  # [C, m, D] each
+    host = [t.cpu().numpy() for t in tokens]  # the store's copy: retrieval rows go to Redis with the chunk
+    return [BlockKeys(t, mean_key(layers[middle], h[middle][mask])) for t, h, mask in zip(host, hidden_states, masks)]
 
 
 def question_keys(lm, ids: torch.Tensor, which: tuple[int, ...], middle: int, calibration: torch.Tensor | None,

@@ -31,6 +31,7 @@ from encoders import attention_probe
 from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec, Turn
+from encoders.kv_layout import KVLayout
 from encoders.loading import ModelUnavailable
 from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
                                 retrieval_layers)
@@ -96,7 +97,7 @@ class TextLMAdapter:
         attention_probe.install(model)  # outputs unchanged (SDPA); lets ingest read the proxy's queries
         self.tok = tokenizer
         self.system_prompt = system_prompt
-        cfg = model.config
+        cfg = self.lm_config(model.config)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.num_heads = cfg.num_attention_heads
@@ -109,20 +110,26 @@ class TextLMAdapter:
             self.eos_ids.add(self.tok.eos_token_id)
         self._head, self._tail_text = self._template()
         digest = hashlib.sha256(
-            (cfg.to_json_string(use_diff=False) + name + system_prompt + str(self.retrieval_layer)
+            (model.config.to_json_string(use_diff=False) + name + system_prompt + str(self.retrieval_layer)
              + str(self.retrieval_layers)).encode()
         ).hexdigest()[:16]
         self.spec = ModelSpec(
             family=self.family, name=name, fingerprint=digest,
-            num_layers=cfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-            position_dims=1, dtype=str(self.dtype).removeprefix("torch."),
+            layout=KVLayout(num_layers=cfg.num_hidden_layers, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                            position_dims=1, dtype=str(self.dtype).removeprefix("torch."),
+                            feature_dim=cfg.hidden_size),
             retrieval_dim=self.num_kv_heads * self.head_dim, random_weights=random_weights,
-            feature_dim=cfg.hidden_size, num_heads=self.num_heads, retrieval_layers=self.retrieval_layers,
+            num_heads=self.num_heads, retrieval_layers=self.retrieval_layers,
         )
         with torch.inference_mode():
             self._calibration = calibration_mean(  # [C, G, D] what every question's queries share
                 self.lm, lambda t: torch.tensor(self._text(t), device=self.device),
                 self.retrieval_layers, self.num_kv_heads, self.num_heads, self.head_dim)
+
+    @staticmethod
+    def lm_config(config):
+        """The decoder stack's config (a multimodal family's `text_config`)."""
+        return config
 
     @property
     def lm(self):
@@ -219,23 +226,34 @@ class TextLMAdapter:
         ids = torch.as_tensor(ids, dtype=torch.long).to(self.device)  # [S]
         if ids.dim() != 1 or ids.shape[0] == 0:
             raise ValueError(f"a chunk is a non-empty 1-D run of token ids, got shape {tuple(ids.shape)}")
-        pos, next_pos = self._positions(ids.shape[0], past.next_pos)
         embeds = self.lm.get_input_embeddings()(ids)  # [S, F]
+        segment, cache = self._prefill(embeds, past, torch.ones_like(ids, dtype=torch.bool), key_rows)
+        q, pk = self._proxy(cache, segment.next_pos)
+        frame_ids = torch.full((ids.shape[0],), -1, dtype=torch.long)
+        return ClipEncoding(segment, frame_ids, 0, embeds.cpu(), q, pk)
+
+    def _prefill(self, embeds: torch.Tensor, past: EncodedSegment, retrieve: torch.Tensor,
+                 key_rows: int) -> tuple[EncodedSegment, DynamicCache]:
+        """Input embeddings [S, F] prefilled behind `past` at the stream's next positions: the segment (its KV,
+        positions [1, S], retrieval keys over the tokens where `retrieve` [S] is set) and the cache after it."""
+        pos, next_pos = self._positions(embeds.shape[0], past.next_pos)
         cache = self._cache(past)
         out = self.lm(inputs_embeds=embeds[None], position_ids=pos, cache=cache, use_cache=True,
                       output_hidden_states=True)
         keys, values = self._tail(cache, past.length)
-        retrieval = self._retrieval_from_hidden(out.hidden_states, torch.ones_like(ids, dtype=torch.bool), key_rows)
-        segment = EncodedSegment(keys.cpu(), values.cpu(), pos.cpu(), next_pos, int(pos.max()), retrieval)
-        # proxy opener at the positions a question's text would take
+        retrieval = self._retrieval_from_hidden(out.hidden_states, retrieve, key_rows)
+        return EncodedSegment(keys, values, pos, next_pos, next_pos - 1, retrieval), cache  # on the model's device
+
+    def _proxy(self, cache: DynamicCache, next_pos: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The proxy opener read behind `cache` at the positions a question's text would take (its KV is then
+        dropped by the caller): its rotated queries [L, H, Q, D] and its own keys [L, Hkv, Q, D]."""
         proxy = torch.tensor(self.proxy_ids(), device=self.device)
         ppos, _ = self._positions(proxy.shape[0], next_pos)
         with attention_probe.capture() as queries:
             self.lm(input_ids=proxy[None], position_ids=ppos, cache=cache, use_cache=True)
         q = torch.stack([queries[i][0] for i in range(len(cache.layers))])  # [L, H, Q, D]
         pk = torch.stack([layer.keys[0, :, -proxy.shape[0]:] for layer in cache.layers])  # [L, Hkv, Q, D]
-        frame_ids = torch.full((ids.shape[0],), -1, dtype=torch.long)
-        return ClipEncoding(segment, frame_ids, 0, embeds.cpu(), q.cpu(), pk.cpu())
+        return q, pk
 
     @torch.inference_mode()
     def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,

@@ -1,7 +1,8 @@
-"""Frames -> Qwen-VL patch layout, in numpy/PIL (the hub's video processor needs torchvision).
+"""Frames -> the vision tower's input, in numpy/PIL (the hub's video processors need torchvision).
 
-The flattened layout follows the model family's documented patch order; tests check it against
-the family's own PIL image processor.
+Qwen-VL: patches in the family's documented flattened order (`frames_to_patches`); LLaVA-OneVision: whole
+frames at the SigLIP tower's fixed square size (`frames_to_pixels`). Tests check both against the family's
+own PIL image processor.
 """
 from __future__ import annotations
 
@@ -55,3 +56,16 @@ def frames_to_patches(frames: np.ndarray, geo: PatchGeometry) -> tuple[np.ndarra
     x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
     patches = np.ascontiguousarray(x.reshape(gt * gh * gw, 3 * tp * p * p), dtype=np.float32)
     return patches, (gt, gh, gw)
+
+
+def frames_to_pixels(frames: np.ndarray, size: int, mean: tuple[float, float, float],
+                     std: tuple[float, float, float]) -> np.ndarray:
+    """frames [T, H, W, 3] uint8 -> [T, 3, size, size] float32: each frame resized to the vision tower's fixed
+    square input (bicubic, aspect not kept), scaled to [0, 1] and normalised per channel, as the LLaVA-OneVision
+    video processor does (SigLIP towers read one fixed size; there are no patches to lay out)."""
+    resized = np.stack([
+        np.asarray(Image.fromarray(f).resize((size, size), resample=Image.BICUBIC), dtype=np.float32)
+        for f in frames
+    ])  # [T, size, size, 3]
+    pixels = (resized / 255.0 - np.float32(mean)) / np.float32(std)  # [T, size, size, 3]
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)  # [T, 3, size, size]

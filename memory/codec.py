@@ -7,6 +7,8 @@ Formats (the header's `format`; each has its own version):
                     KV in the layout's dtype or int8 (quant=int8: int8 values + float32 scales)
     vigil.features  a FeatureSet: compressed visual features of a chunk, prefilled again at question time
 
+Tensors may live on the model's device: encoding quantizes there and copies to the host only the bytes it
+writes (`_to_host`); decoding returns host tensors (`TokenSet.to` / `WorkingState.to` move them back).
 Every blob names the model fingerprint and the layout; a blob written by another model, layout,
 format or version raises IncompatibleBlob with what differs.
 """
@@ -76,6 +78,27 @@ def _open(blob: bytes, fmt: str, layout: KVLayout, fingerprint: str) -> tuple[di
         raise IncompatibleBlob(f"blob body is damaged: {exc}") from exc
 
 
+def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The one place memory leaves the model's device: before safetensors reads the bytes. CUDA tensors are
+    copied into pinned host memory, all copies queued without blocking, then one synchronize per device;
+    host tensors pass as they are."""
+    out, devices = {}, set()
+    for name, t in tensors.items():
+        if t.device.type == "cuda":
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            out[name] = host.copy_(t, non_blocking=True)
+            devices.add(t.device)
+        else:
+            out[name] = t.cpu()  # host tensors: themselves; another device: a plain copy
+    for dev in devices:
+        torch.cuda.current_stream(dev).synchronize()  # the queued copies have landed before the bytes are read
+    return out
+
+
+def _save(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    return save(_to_host(tensors), metadata=metadata)
+
+
 def _shape_checked(check, value):
     try:
         check(value)
@@ -92,7 +115,7 @@ def encode_segment(seg: EncodedSegment, layout: KVLayout, fingerprint: str) -> b
         "values": seg.values.contiguous(),  # [L, Hkv, S, D]
         "positions": seg.positions.to(torch.int64).contiguous(),  # [P, S]
     }
-    return save(tensors, metadata=_meta(FORMAT, layout, fingerprint, next_pos=seg.next_pos, max_pos=seg.max_pos))
+    return _save(tensors, _meta(FORMAT, layout, fingerprint, next_pos=seg.next_pos, max_pos=seg.max_pos))
 
 
 def decode_segment(blob: bytes, layout: KVLayout, fingerprint: str) -> EncodedSegment:
@@ -114,7 +137,7 @@ def encode_tokens(ts: TokenSet, layout: KVLayout, fingerprint: str, *, int8: boo
             tensors[f"{name}_q"], tensors[f"{name}_scale"] = q.contiguous(), scale.contiguous()
     else:
         tensors["keys"], tensors["values"] = ts.keys.contiguous(), ts.values.contiguous()  # [L, Hkv, n, D]
-    return save(tensors, metadata=_meta(TOKENS, layout, fingerprint, quant="int8" if int8 else "none", **extra))
+    return _save(tensors, _meta(TOKENS, layout, fingerprint, quant="int8" if int8 else "none", **extra))
 
 
 def decode_tokens(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[TokenSet, dict]:
@@ -141,7 +164,7 @@ def encode_features(fs: FeatureSet, layout: KVLayout, fingerprint: str, **extra)
     tensors = {"embeds": fs.embeds.contiguous(),  # [n, F]
                "positions": fs.positions.to(torch.int64).contiguous(),  # [P, n]
                "serial": fs.serial.contiguous(), "score": fs.score.to(torch.float32).contiguous()}  # [n]
-    return save(tensors, metadata=_meta(FEATURES, layout, fingerprint, **extra))
+    return _save(tensors, _meta(FEATURES, layout, fingerprint, **extra))
 
 
 def decode_features(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[FeatureSet, dict]:

@@ -1,6 +1,7 @@
 """Query-agnostic scoring and fixed-budget pruning (re-derived from StreamMem's idea).
 
-All pure tensor functions: no I/O, no logging, no host syncs.
+All pure tensor functions: no I/O, no logging, no host syncs (no `.item()`, no value-dependent shapes or
+branches: tests/memory/test_host_syncs.py), every tensor made on the inputs' device.
 
 * `proxy_attention`: the attention of a short generic proxy query (the chat template's
   assistant opener) over the cached tokens, built for the proxy's rows only.
@@ -60,29 +61,46 @@ def select(scores: torch.Tensor, budget: int, policy: str = "attention",
         if b == 0:
             return torch.zeros(L, 0, dtype=torch.long, device=scores.device)
         if order is not None:
-            return torch.stack([_uniform_in_time(order[layer], b) for layer in range(L)])
+            return _uniform_in_time(order, b)
         idx = torch.linspace(0, N - 1, b, device=scores.device).round().long()  # distinct: step >= 1
         return idx[None].expand(L, -1).contiguous()
     raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
 
 
 def _uniform_in_time(key: torch.Tensor, b: int) -> torch.Tensor:
-    """b of the N candidates closest to b evenly spaced times between the oldest and newest key [N];
-    targets that share a nearest token leave their slots to the unchosen, spread evenly."""
-    sorted_idx = torch.argsort(key, stable=True)  # [N]
-    ks = key[sorted_idx].double()
-    targets = torch.linspace(float(ks[0]), float(ks[-1]), b, dtype=torch.float64)  # [b]
-    right = torch.searchsorted(ks, targets).clamp(max=ks.shape[0] - 1)
-    left = (right - 1).clamp(min=0)
-    nearest = torch.where((targets - ks[left]) <= (ks[right] - targets), left, right)  # ties: the older
-    chosen = torch.unique(nearest)  # ascending ranks
-    if chosen.shape[0] < b:
-        rest = torch.ones(ks.shape[0], dtype=torch.bool)
-        rest[chosen] = False
-        free = rest.nonzero().flatten()
-        extra = free[torch.linspace(0, free.shape[0] - 1, b - chosen.shape[0]).round().long()]
-        chosen = torch.cat([chosen, extra])
-    return sorted_idx[chosen].sort().values
+    """Per layer, b of the N candidates closest to b evenly spaced times between the oldest and newest key
+    [L, N] (0 < b <= N) -> indices [L, b], ascending; targets that share a nearest token leave their slots to
+    the unchosen, spread evenly over them (rank j * (F - 1) / (m - 1) of the F unchosen, rounded half to even).
+
+    Fixed shapes, no host syncs: with d = b - 1 the targets are d * t_i = d * k_0 + (k_N - k_0) * i, compared
+    with d * k in exact integer arithmetic for integer keys (float keys: float64)."""
+    L, N = key.shape
+    dev = key.device
+    sorted_idx = torch.argsort(key, dim=1, stable=True)  # [L, N] candidate of each stream-order rank
+    ks = key.gather(1, sorted_idx)  # [L, N] ascending
+    if ks.is_floating_point():
+        ks = ks.double()
+    d = max(b - 1, 1)
+    i = torch.arange(b, device=dev)[None]  # [1, b]
+    first, last = ks[:, :1], ks[:, -1:]  # [L, 1]
+    t = first * d + (last - first) * i  # [L, b] the targets, times d
+    kd = ks * d  # [L, N] the keys, times d
+    right = torch.searchsorted(kd, t).clamp_(max=N - 1)  # [L, b] first key at or after each target
+    left = (right - 1).clamp_(min=0)  # [L, b]
+    nearest = torch.where(2 * t <= kd.gather(1, left) + kd.gather(1, right), left, right)  # [L, b] ties: older
+    taken = torch.zeros(L, N, dtype=torch.bool, device=dev).scatter_(1, nearest, True)  # [L, N] ranks chosen
+    u = taken.sum(dim=1, keepdim=True)  # [L, 1] distinct nearest ranks
+    m, F = b - u, N - u  # [L, 1] slots left, unchosen ranks (F >= m)
+    den = (m - 1).clamp(min=1)  # [L, 1]
+    num = i * (F - 1)  # [L, b]
+    q = num.div(den, rounding_mode="floor")
+    r = num - q * den
+    e = q + ((2 * r > den) | ((2 * r == den) & (q % 2 == 1))).long()  # [L, b] round half to even
+    e = torch.where(i < m, e, N)  # [L, b] unchosen-order number of extra j; N: no extra j
+    pick = torch.zeros(L, N + 1, dtype=torch.bool, device=dev).scatter_(1, e, True)[:, :N]  # [L, N]
+    free_no = ((~taken).cumsum(dim=1) - 1).clamp_(min=0)  # [L, N] unchosen-order number of each rank
+    keep = taken | (~taken & pick.gather(1, free_no))  # [L, N] exactly b per layer
+    return torch.where(keep, sorted_idx, N).sort(dim=1).values[:, :b]  # [L, b]
 
 
 def frame_prototypes(tokens: TokenSet, weights: torch.Tensor, frame_ids: torch.Tensor, n_frames: int) -> TokenSet:
@@ -141,19 +159,19 @@ def value_novelty(values: torch.Tensor, order: torch.Tensor, window: int = 0) ->
     rank = torch.argsort(order, dim=1, stable=True)  # [L, N] candidate index of each stream-order slot
     i = torch.arange(W, device=values.device)[:, None]  # [W, 1] row within its block
     j = torch.arange(2 * W, device=values.device)[None, :]  # [1, 2W] column: previous block, then own block
-    allowed = (j < W + i)[None].expand(nb, W, 2 * W).clone()  # [nb, W, 2W]: strictly earlier
-    allowed[0, :, :W] = False  # the first block has no block before it
+    blk = torch.arange(nb, device=values.device)[:, None, None]  # [nb, 1, 1]
+    allowed = (j < W + i)[None] & ((blk > 0) | (j >= W)[None])  # [nb, W, 2W] strictly earlier; block 0: own only
     if nb == 1:
         allowed = allowed[:, :, W:]  # [1, W, W]: one block, nothing before it
     rows = []
     for layer in range(L):
-        u = torch.nn.functional.pad(unit[layer][rank[layer]], (0, 0, 0, nb * W - N)).view(nb, W, -1)  # [nb, W, E]
+        u = torch.nn.functional.pad(unit[layer].index_select(0, rank[layer]), (0, 0, 0, nb * W - N))
+        u = u.view(nb, W, -1)  # [nb, W, E] in stream order
         cols = u if nb == 1 else torch.cat([torch.cat([u.new_zeros(1, W, u.shape[2]), u[:-1]]), u], dim=1)
         sim = torch.bmm(u, cols.transpose(1, 2)) / hkv  # [nb, W, 2W] (one block: [1, N, N]) mean cosine
         best = sim.masked_fill_(~allowed, float("-inf")).amax(dim=2).reshape(-1)[:N]  # [N] in stream order
-        nov = torch.empty(N, dtype=torch.float32, device=values.device)
-        nov[rank[layer]] = (1.0 - best).clamp_(0.0, 1.0)
-        rows.append(nov)
+        nov = (1.0 - best).clamp_(0.0, 1.0)  # [N] in stream order
+        rows.append(torch.empty_like(nov).scatter_(0, rank[layer], nov))  # [N] in candidate order
     return torch.stack(rows)  # [L, N]
 
 

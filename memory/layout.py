@@ -1,6 +1,7 @@
 """The one owner of memory shapes and byte sizes. Everything else asks this module.
 
-Two shapes of memory exist:
+`KVLayout` (the shapes and byte sizes a model's spec declares, `ModelSpec.layout`) is defined in
+`encoders.kv_layout`, beside the spec that carries it, and re-exported here. Two shapes of memory exist:
 
 * `EncodedSegment` (encoders/base.py): a run of tokens as the model produced it, every layer
   holding the same tokens; positions [P, S] (or [L, P, S] once layers kept different tokens).
@@ -14,13 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from encoders.base import EncodedSegment, ModelSpec
-
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-POSITION_BYTES = 8  # int64 position ids
-SERIAL_BYTES = 8  # int64 serials
-SCORE_BYTES = 4  # float32 scores
-INT8_SCALE_BYTES = 4  # float32 scale per (layer, head, token) of int8 KV
+from encoders.base import EncodedSegment
+from encoders.kv_layout import KVLayout  # noqa: F401  (memory code asks this module for it)
 
 
 @dataclass(frozen=True)
@@ -38,11 +34,16 @@ class TokenSet:
     @staticmethod
     def from_segment(seg: EncodedSegment, first_serial: int) -> "TokenSet":
         """All tokens of a segment, numbered from `first_serial`, with zero scores."""
-        L, n = seg.keys.shape[0], seg.length
+        L, n, dev = seg.keys.shape[0], seg.length, seg.keys.device
         pos = seg.positions if seg.positions.dim() == 3 else seg.positions[None].expand(L, -1, -1)  # [L, P, n]
-        serial = torch.arange(first_serial, first_serial + n, dtype=torch.int64)[None].expand(L, -1)  # [L, n]
-        return TokenSet(seg.keys, seg.values, pos.to(torch.int64).contiguous(), serial.contiguous(),
-                        torch.zeros(L, n, dtype=torch.float32))
+        serial = torch.arange(first_serial, first_serial + n, dtype=torch.int64, device=dev)[None].expand(L, -1)
+        return TokenSet(seg.keys, seg.values, pos.to(torch.int64).contiguous(), serial.contiguous(),  # serial [L, n]
+                        torch.zeros(L, n, dtype=torch.float32, device=dev))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TokenSet":
+        """The same tokens on `device` (e.g. a working memory read back from the store, onto the model's)."""
+        return TokenSet(*(t.to(device, non_blocking=non_blocking) for t in
+                          (self.keys, self.values, self.positions, self.serial, self.score)))
 
     def take(self, idx: torch.Tensor) -> "TokenSet":
         """The tokens at per-layer indices idx [L, m]."""
@@ -76,100 +77,18 @@ class FeatureSet:
         return int(self.embeds.shape[0])
 
     def take(self, idx: torch.Tensor) -> "FeatureSet":
-        return FeatureSet(self.embeds[idx], self.positions[:, idx], self.serial[idx], self.score[idx])
+        """The features at indices idx [m] (index_select: no host sync on any device)."""
+        return FeatureSet(self.embeds.index_select(0, idx), self.positions.index_select(1, idx),
+                          self.serial.index_select(0, idx), self.score.index_select(0, idx))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "FeatureSet":
+        return FeatureSet(*(t.to(device, non_blocking=non_blocking) for t in
+                            (self.embeds, self.positions, self.serial, self.score)))
 
     @staticmethod
     def cat(sets: list["FeatureSet"]) -> "FeatureSet":
         return FeatureSet(torch.cat([s.embeds for s in sets]), torch.cat([s.positions for s in sets], 1),
                           torch.cat([s.serial for s in sets]), torch.cat([s.score for s in sets]))
-
-
-@dataclass(frozen=True)
-class KVLayout:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    position_dims: int
-    dtype: str
-    feature_dim: int
-
-    @classmethod
-    def from_spec(cls, spec: ModelSpec) -> "KVLayout":
-        return cls(spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.position_dims, spec.dtype,
-                   spec.feature_dim)
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return getattr(torch, self.dtype)
-
-    @property
-    def dtype_bytes(self) -> int:
-        return _DTYPE_BYTES[self.dtype]
-
-    def kv_shape(self, tokens: int) -> tuple[int, int, int, int]:
-        return (self.num_layers, self.num_kv_heads, tokens, self.head_dim)  # [L, Hkv, S, D]
-
-    def positions_shape(self, tokens: int) -> tuple[int, int]:
-        return (self.position_dims, tokens)  # [P, S]
-
-    def layered_positions_shape(self, tokens: int) -> tuple[int, int, int]:
-        return (self.num_layers, self.position_dims, tokens)  # [L, P, S]
-
-    # ---- byte sizes (tensor payload; a blob adds its JSON header) ---------------------------
-    @property
-    def bytes_per_token(self) -> int:
-        """An uncompressed segment token: K and V of every layer plus its positions."""
-        kv = 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
-        return kv + self.position_dims * POSITION_BYTES
-
-    def segment_bytes(self, tokens: int) -> int:
-        return tokens * self.bytes_per_token
-
-    def kv_token_bytes(self, int8: bool) -> int:
-        """K and V of one token in every layer, native dtype or int8 with a scale per head."""
-        per_head = self.head_dim + INT8_SCALE_BYTES if int8 else self.head_dim * self.dtype_bytes
-        return 2 * self.num_layers * self.num_kv_heads * per_head
-
-    def token_set_bytes(self, tokens: int, int8: bool = False) -> int:
-        """A TokenSet of `tokens` per layer: KV plus per-layer positions, serial and score."""
-        per_layer_meta = self.position_dims * POSITION_BYTES + SERIAL_BYTES + SCORE_BYTES
-        return tokens * (self.kv_token_bytes(int8) + self.num_layers * per_layer_meta)
-
-    def feature_bytes(self, tokens: int) -> int:
-        """Compressed visual features: one input embedding per token plus positions, serial and score."""
-        return tokens * (self.feature_dim * self.dtype_bytes + self.position_dims * POSITION_BYTES
-                         + SERIAL_BYTES + SCORE_BYTES)
-
-    def check_features(self, fs: FeatureSet) -> None:
-        n = fs.length
-        if tuple(fs.embeds.shape) != (n, self.feature_dim) or fs.embeds.dtype != self.torch_dtype:
-            raise ValueError(f"features {tuple(fs.embeds.shape)} {fs.embeds.dtype} do not match layout "
-                             f"({n}, {self.feature_dim}) {self.dtype}")
-        if tuple(fs.positions.shape) != self.positions_shape(n) or tuple(fs.serial.shape) != (n,) \
-                or tuple(fs.score.shape) != (n,):
-            raise ValueError("feature positions/serial/score shapes do not match the layout")
-
-    # ---- checks --------------------------------------------------------------------------
-    def check(self, seg: EncodedSegment) -> None:
-        """Raise ValueError if a segment does not have this layout."""
-        n = seg.length
-        if tuple(seg.keys.shape) != self.kv_shape(n) or tuple(seg.values.shape) != self.kv_shape(n):
-            raise ValueError(f"KV shape {tuple(seg.keys.shape)} does not match layout {self.kv_shape(n)}")
-        if tuple(seg.positions.shape) not in (self.positions_shape(n), self.layered_positions_shape(n)):
-            raise ValueError(f"positions shape {tuple(seg.positions.shape)} != {self.positions_shape(n)}")
-        if seg.keys.dtype != self.torch_dtype or seg.values.dtype != self.torch_dtype:
-            raise ValueError(f"KV dtypes {seg.keys.dtype}/{seg.values.dtype} do not match layout {self.dtype}")
-
-    def check_tokens(self, ts: TokenSet) -> None:
-        n = ts.length
-        if tuple(ts.keys.shape) != self.kv_shape(n) or tuple(ts.values.shape) != self.kv_shape(n):
-            raise ValueError(f"KV shape {tuple(ts.keys.shape)} does not match layout {self.kv_shape(n)}")
-        if tuple(ts.positions.shape) != self.layered_positions_shape(n):
-            raise ValueError(f"positions shape {tuple(ts.positions.shape)} != {self.layered_positions_shape(n)}")
-        if tuple(ts.serial.shape) != (self.num_layers, n) or tuple(ts.score.shape) != (self.num_layers, n):
-            raise ValueError("serial/score shapes do not match the layout")
-        if ts.keys.dtype != self.torch_dtype or ts.values.dtype != self.torch_dtype:
-            raise ValueError(f"KV dtypes {ts.keys.dtype}/{ts.values.dtype} do not match layout {self.dtype}")
 
 
 def layered(positions: torch.Tensor, num_layers: int) -> torch.Tensor:

@@ -11,6 +11,9 @@
 With `redundancy_weight` > 0 the attention scores of the KV candidates are mixed with their value novelty
 (`memory.compress.value_novelty`) before pruning; feature chunks keep attention alone.
 The prefix (system prompt, user turn opener) is never pruned and not counted in the budget.
+
+Everything runs where the inputs live (the model's device) and never waits for it: the working memory stays
+on the device between clips, and only the store's write (`memory.codec`) copies to the host.
 """
 from __future__ import annotations
 
@@ -35,12 +38,18 @@ class WorkingState:
 
     @staticmethod
     def empty(prefix: EncodedSegment) -> "WorkingState":
+        """No tokens yet, on the prefix's device."""
         L, hkv, _, D = prefix.keys.shape
-        P = prefix.positions.shape[-2]
-        none = TokenSet(prefix.keys.new_zeros(L, hkv, 0, D), prefix.values.new_zeros(L, hkv, 0, D),
-                        torch.zeros(L, P, 0, dtype=torch.int64), torch.zeros(L, 0, dtype=torch.int64),
-                        torch.zeros(L, 0, dtype=torch.float32))
+        P, dev = prefix.positions.shape[-2], prefix.keys.device
+        none = TokenSet(prefix.keys.new_zeros(L, hkv, 0, D), prefix.values.new_zeros(L, hkv, 0, D),  # [L, Hkv, 0, D]
+                        torch.zeros(L, P, 0, dtype=torch.int64, device=dev),  # [L, P, 0]
+                        torch.zeros(L, 0, dtype=torch.int64, device=dev),  # [L, 0]
+                        torch.zeros(L, 0, dtype=torch.float32, device=dev))  # [L, 0]
         return WorkingState(none, prefix.next_pos, prefix.max_pos, 0, 0)
+
+    def to(self, device: torch.device | str) -> "WorkingState":
+        """The same state with its tokens on `device` (a state read back from the store is on the host)."""
+        return WorkingState(self.tokens.to(device), self.next_pos, self.max_pos, self.next_serial, self.next_frame)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 PY="${VIGIL_VENV:-.venv}/bin/python"
+# Generated test media (looped and captioned footage, the tiny tokenizer, downloaded sample videos) are kept
+# per user, outside the checkout, so a new clone (and CI on this machine) reuses them; every file is keyed by
+# what made it. VIGIL_TEST_CACHE=$(mktemp -d) runs from nothing.
+export VIGIL_TEST_CACHE="${VIGIL_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vigil/tests}"
 
 started=""
 if ! "$PY" -c "import redis,sys; redis.Redis(socket_connect_timeout=0.5).ping()" 2>/dev/null; then

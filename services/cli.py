@@ -241,8 +241,11 @@ def _serve_banner(server) -> str:
         http = "off (VIGIL_HTTP_PORT=0)"
     roles = {"all": "all: streams and questions", "ingest": "ingest: streams only (questions: a server with role qa)",
              "qa": "qa: questions only (streams are started on a server with role ingest)"}
-    device = getattr(server.rt.adapter, "device", "?")
-    model = f"{spec.name} on {device}" + (" (random weights: answers are noise)" if spec.random_weights else "")
+    from encoders.loading import runtime_summary
+
+    model = (f"{spec.name} on {runtime_summary(server.rt.adapter, s.model.compile)}"
+             + (" (random weights: answers are noise)" if spec.random_weights else "")
+             + f"; clips of up to {s.encode_batch} streams batched")
     if s.redis_url is not None:
         store = redact_url(s.redis_url)
     elif server.redis is not None and server.redis.persistent:
@@ -257,9 +260,10 @@ def _serve_banner(server) -> str:
 
 
 def cmd_serve(args) -> int:
+    s = _settings(model=args.model, host=args.host, port=args.port, role=args.role, http_port=args.http_port)
+    # settings (and camera/TLS/token checks) fail above before torch is imported: a bad config answers at once
     from services.server import VigilServer
 
-    s = _settings(model=args.model, host=args.host, port=args.port, role=args.role, http_port=args.http_port)
     for why in (_port_taken(s.host, s.port, "gRPC", "--port P (VIGIL_PORT)"),
                 _port_taken(s.host, s.http_port, "HTTP", "--http-port P (VIGIL_HTTP_PORT; 0 turns it off)")):
         if why:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.describe import DescriberOptions
-from encoders.loading import ModelOptions
+from encoders.options import ModelOptions
 from memory.fusion import SearchOptions
 from memory.options import MemoryOptions
 from services.alerts import AlertSettings, MqttSettings
@@ -30,6 +30,8 @@ class ModelSettings(BaseModel):
     allow_download: bool = Field(False, description="let a hub id be downloaded when it is not in the HF cache")
     min_pixels: int = 56 * 56
     max_pixels: int = Field(112 * 112, description="per sampled frame, before patching; raise for real models")
+    compile: bool = Field(False, description="torch.compile the model's decoder and vision blocks (opt-in; the "
+                          "first clips of each new shape pay the compile)")
 
 
 class LiveSettings(BaseModel):
@@ -187,6 +189,8 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(8 * 1024**3, description="largest file a stream may be started on")
     max_source_duration_s: float = Field(24 * 3600.0, description="longest file a stream may be started on")
     max_streams: int = Field(16, ge=1, description="concurrent running streams per process")
+    encode_batch: int = Field(8, ge=1, le=64, description="most streams whose ready clips are encoded together in "
+                              "one batch (services/scheduler.py); 1: one clip at a time")
     max_message_bytes: int = 8 * 1024 * 1024
 
     reader: str = Field("pyav", pattern="^(pyav|decord)$", description="file reader; decord reads only sampled frames")
@@ -268,6 +272,4 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def model_options(self) -> ModelOptions:
-        m = self.model
-        return ModelOptions(name=m.name, device=m.device, dtype=m.dtype, allow_download=m.allow_download,
-                            cache_dir=self.cache_dir, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+        return ModelOptions(**self.model.model_dump(), cache_dir=self.cache_dir)  # the same fields, one list

@@ -58,10 +58,15 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     # Redis unreachable, stalled past the socket timeout, or still loading its data after a restart
     redis.ConnectionError: grpc.StatusCode.UNAVAILABLE,
     redis.TimeoutError: grpc.StatusCode.UNAVAILABLE,
+    # Redis at its maxmemory with noeviction: nothing is evicted, writes are refused until room is made
+    redis.exceptions.OutOfMemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 STORE_UNAVAILABLE = ("the memory store (Redis) is not answering; the server keeps retrying and its health "
                      "check reports NOT_SERVING until it answers again: retry shortly")
+STORE_FULL = ("the memory store (Redis) is full (its maxmemory, noeviction): nothing was evicted; streams wait "
+              "until there is room: raise Redis's maxmemory (compose: VIGIL_REDIS_MAXMEMORY) or lower retention "
+              "(VIGIL_MEMORY__MAX_BYTES / __MAX_AGE_S), or delete streams")
 
 
 def public_message(exc: BaseException) -> str:
@@ -69,6 +74,8 @@ def public_message(exc: BaseException) -> str:
     socket path or host of the store)."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return STORE_UNAVAILABLE
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return STORE_FULL
     return str(exc)
 
 

@@ -2,9 +2,10 @@
 
 Measured where the work happens, around the calls (the tensor code itself stays free of it):
 
-- `vigil_encode_seconds`: one clip through the model (`adapter.ingest_clip`: vision encoder + LM prefill behind the
-  stream's memory), `vigil_memory_step_seconds`: the working-memory step after it (scoring, pruning to the budget);
-  both in `services/pipeline.py`.
+- `vigil_encode_seconds`: one batch of clips through the model (`adapter.ingest_clips`: vision encoder + LM prefill
+  behind each stream's memory + the proxy pass), `vigil_encode_batch_clips`: the clips in it (streams batched
+  together; `services/scheduler.py`); `vigil_memory_step_seconds`: the working-memory step after each clip (scoring,
+  pruning to the budget; `services/pipeline.py`).
 - `vigil_question_seconds{outcome}`: one question as the server sees it, queue wait included (`services/grpc_api.py`).
 - `vigil_redis_errors_total{where}`: the store not answering: `ingest` counts each wait of a stream worker for it
   (it then sends the same write again), `api` each RPC answered UNAVAILABLE, `metrics` a scrape that could not read it.
@@ -29,11 +30,17 @@ STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)
 ENCODE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 QUESTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STATES = ("starting", "running", "reconnecting", "finished", "stopped", "failed")
 
 
 class Metrics:
     """The registry and the instruments the pipeline and the servicers record into (cheap, thread-safe)."""
+
+    def encode_batch(self, clips: int, seconds: float) -> None:
+        """One batch of the encode scheduler ran."""
+        self.encode_seconds.observe(seconds)
+        self.encode_batch_clips.observe(clips)
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -41,8 +48,11 @@ class Metrics:
         self.streams = StreamCollector(self)  # first: a store error it meets is counted in the same scrape
         r.register(self.streams)
         self.encode_seconds = Histogram(
-            "vigil_encode_seconds", "Seconds to encode one clip: vision encoder + language-model prefill behind the "
-            "stream's memory (adapter.ingest_clip)", buckets=ENCODE_BUCKETS, registry=r)
+            "vigil_encode_seconds", "Seconds to encode one batch of clips: vision encoder + language-model prefill "
+            "behind each stream's memory + proxy pass (adapter.ingest_clips)", buckets=ENCODE_BUCKETS, registry=r)
+        self.encode_batch_clips = Histogram(
+            "vigil_encode_batch_clips", "Clips (one per stream) encoded together in one batch",
+            buckets=BATCH_BUCKETS, registry=r)
         self.memory_step_seconds = Histogram(
             "vigil_memory_step_seconds", "Seconds of one working-memory step: scoring old memory and the new clip "
             "and pruning them to the budget (memory.working.step)", buckets=STEP_BUCKETS, registry=r)

@@ -19,10 +19,11 @@ from queue import Empty
 
 import redis
 
-from encoders.base import EncodedSegment
+from encoders.base import ClipRequest, EncodedSegment
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
 from services import alerts
+from services.errors import STORE_FULL as STORE_FULL_MESSAGE
 from services.paths import MediaFile
 from services.runtime import Runtime
 from streamer.backpressure import FrameQueue
@@ -37,6 +38,7 @@ from streamer.source import AvSource, DecodedFrame, FileSource
 
 log = logging.getLogger("vigil.ingest")
 STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)  # Redis unreachable, stalled or loading: wait, then resend
+STORE_FULL = redis.exceptions.OutOfMemoryError  # Redis at maxmemory (noeviction): wait for room, then resend
 STORE_BACKOFF_CAP_S = 5.0
 
 
@@ -191,6 +193,11 @@ class StreamWorker:
                     down_since = time.monotonic()
                     log.warning("stream %s: the store is unreachable (%s); waiting for it", sid,
                                 exc.__class__.__name__)
+            except STORE_FULL:
+                self.rt.metrics.store_error("ingest")
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("stream %s: %s", sid, STORE_FULL_MESSAGE)
             except LeaseLost:
                 retakes += 1
                 try:
@@ -257,8 +264,9 @@ class StreamWorker:
                 prefix = rt.adapter.encode_prefix()
             self._durable(store.put_prefix, sid, prefix)
             return _Memory(prefix, WorkingState.empty(prefix))
-        prefix = self._durable(store.get_prefix, sid)
-        return _Memory(prefix, self._durable(store.get_working, sid) or WorkingState.empty(prefix))
+        prefix = self._durable(store.get_prefix, sid).to(rt.adapter.device)  # the store's copy is on the host
+        state = self._durable(store.get_working, sid)
+        return _Memory(prefix, state.to(rt.adapter.device) if state is not None else WorkingState.empty(prefix))
 
     def _consume(self, mem: _Memory) -> None:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
@@ -306,15 +314,13 @@ class StreamWorker:
         rt, sid = self.rt, self.rec.stream_id
         key = clip.keyframe
         novelty = clip.novelty[key] if clip.novelty else 0.0
-        with rt.model_lock:  # timed around the calls (metrics), never inside them
-            t0 = time.perf_counter()
-            enc = rt.adapter.ingest_clip(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
-                                         context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys)
-            t1 = time.perf_counter()
-            done = step(mem.prefix, mem.state, enc, novelty, self.memory)
-            t2 = time.perf_counter()
-        rt.metrics.encode_seconds.observe(t1 - t0)
-        rt.metrics.memory_step_seconds.observe(t2 - t1)
+        # batched with other streams' ready clips (services/scheduler.py); the result stays on the model's device
+        enc = rt.encoder.encode(ClipRequest(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
+                                            context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys),
+                                stream=self.rec.stream_id)
+        t0 = time.perf_counter()  # timed around the step (metrics), never inside it
+        done = step(mem.prefix, mem.state, enc, novelty, self.memory)
+        rt.metrics.memory_step_seconds.observe(time.perf_counter() - t0)
         desc = None
         describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
         if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:

@@ -1,7 +1,6 @@
 """Everything one process serves with: settings, the model, the store, the indexes, the ingest workers."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import redis
@@ -9,11 +8,11 @@ import redis
 from encoders.base import VideoLM
 from encoders.describe import FrameDescriber, load_describer
 from memory.index import IndexRegistry
-from memory.layout import KVLayout
 from memory.store import MemoryStore
 from services.alerts import AlertHub
 from services.config import Settings
 from services.metrics import Metrics
+from services.scheduler import EncodeScheduler, ModelGate
 
 
 @dataclass
@@ -22,10 +21,16 @@ class Runtime:
     adapter: VideoLM
     store: MemoryStore
     indexes: IndexRegistry
-    model_lock: threading.Lock  # one forward pass at a time per model (CPU: no gain from overlap)
+    model_lock: ModelGate  # the model, one user at a time; questions first (services/scheduler.py)
     describer: FrameDescriber | None = None  # the frame index (None: its packages are missing, or it is off)
     metrics: Metrics = field(default_factory=Metrics)  # this process's own registry (services/metrics.py)
     alerts: AlertHub | None = None  # named cameras' alert rules and publishers (ingest roles; services/alerts)
+    encoder: EncodeScheduler | None = None  # every stream's clips, batched across streams on the model
+
+    def __post_init__(self) -> None:
+        if self.encoder is None:
+            self.encoder = EncodeScheduler(self.adapter, self.model_lock, self.settings.encode_batch,
+                                           observe=self.metrics.encode_batch)
 
     @classmethod
     def create(cls, settings: Settings, adapter: VideoLM, redis_url: str,
@@ -37,7 +42,7 @@ class Runtime:
                                       health_check_interval=30)
         client.ping()
         spec = adapter.spec
-        store = MemoryStore(client, settings.namespace, KVLayout.from_spec(spec), spec.fingerprint)
+        store = MemoryStore(client, settings.namespace, spec.layout, spec.fingerprint)
         indexes = IndexRegistry(store, len(spec.retrieval_layers), settings.retrieval.exact_max_rows)
-        return cls(settings, adapter, store, indexes, threading.Lock(),
+        return cls(settings, adapter, store, indexes, ModelGate(),
                    describer if describer is not None else load_describer(settings.frames))

@@ -164,6 +164,8 @@ class VigilServer:
             await self.http.stop()
         if self.ingest:
             await asyncio.to_thread(self.ingest.shutdown)
+        if self.rt is not None:  # after the workers: none of them waits for a clip any more
+            await asyncio.to_thread(self.rt.encoder.close)
         if self.rt is not None and self.rt.alerts is not None:  # after the workers: their last alerts go out
             await asyncio.to_thread(self.rt.alerts.close)
         if self.health:

@@ -1,12 +1,20 @@
 """Server-side (Lua) compare-and-write scripts: each proves, in the same atomic step as its write, that the
 writer still holds the stream's lease (its fencing token), so a worker paused past its lease can never write
 after another one adopted the stream. Chunk writes are also idempotent (a chunk id below the checkpoint's
-`next_clip` is already stored), so a write whose reply was lost to a Redis fault can simply be sent again."""
+`next_clip` is already stored), so a write whose reply was lost to a Redis fault can simply be sent again.
+
+Each script starts with a shebang (Redis 7): without one, Redis checks its maxmemory only when a script's first
+command writes, and PUT_CHUNK's first command reads, so chunks were stored past maxmemory. `#!lua` is refused
+(OOM) while Redis is full, which the worker waits out; the small lease and state writes carry `allow-oom`, so
+a full store can still be handed over, stopped and failed."""
+
+ALLOW_OOM = "#!lua flags=allow-oom\n"  # a few bytes: allowed even when Redis is at its maxmemory
+DENY_OOM = "#!lua\n"  # grows the store: refused while Redis is at its maxmemory
 
 # KEYS[1] lease, KEYS[2] fence counter, KEYS[3] stream meta. ARGV[1] owner, ARGV[2] ttl ms.
 # A new token "<owner>:<n>" (n counts every claim of the stream), or nil when someone holds the lease or the
 # stream is gone.
-CLAIM = """
+CLAIM = ALLOW_OOM + """
 if redis.call('exists', KEYS[1]) == 1 or redis.call('exists', KEYS[3]) == 0 then return false end
 local tok = ARGV[1] .. ':' .. redis.call('incr', KEYS[2])
 redis.call('set', KEYS[1], tok, 'px', ARGV[2])
@@ -16,21 +24,21 @@ return tok
 # KEYS[1] lease, KEYS[2] stream meta. ARGV[1] token, ARGV[2] ttl ms. 1: renewed; 2: it had expired with no
 # other taker and is taken back with the same token (nobody else can have written meanwhile: any other
 # writer needs its own, newer token); 0: someone else holds it, or the stream was deleted.
-RENEW = """
+RENEW = ALLOW_OOM + """
 local cur = redis.call('get', KEYS[1])
 if cur == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
 if not cur and redis.call('exists', KEYS[2]) == 1 then redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 2 end
 return 0
 """
 
-RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+RELEASE = ALLOW_OOM + "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 # Change a stream's state (and other meta fields), keep the active set in step, and publish the change.
 # KEYS: 1 meta, 2 events, 3 active set, 4 lease. ARGV: 1 token ("" = unfenced: an operator's stop, an
 # owner-less stream), 2 stream id, 3 new state (JSON string), 4 "1" if the new state is active, 5 events
 # maxlen, 6 now (JSON), 7 message, 8 n, then n field/value pairs.
 # -1: the lease is not the writer's; -2: the stream is gone (deleted); else 1.
-SET_STATE = """
+SET_STATE = ALLOW_OOM + """
 if ARGV[1] ~= '' and redis.call('get', KEYS[4]) ~= ARGV[1] then return -1 end
 if redis.call('exists', KEYS[1]) == 0 then return -2 end
 local prev = redis.call('hget', KEYS[1], 'state') or '""'
@@ -53,7 +61,7 @@ return 1
 # 12 n chunk fields, then those pairs, then m meta fields and their pairs.
 # The progress event names the writer's token (`by`). -1: not the lease holder; 0: already stored (a resent
 # write); 1: stored.
-PUT_CHUNK = """
+PUT_CHUNK = DENY_OOM + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 local cid = tonumber(ARGV[2])
 if cid < tonumber(redis.call('hget', KEYS[2], 'next_clip') or '0') then return 0 end

@@ -62,4 +62,4 @@ def test_the_mean_key_baseline_ranks_alike_and_the_calibration_is_what_differs(i
     assert means[0][0] == means[1][0]  # one mean key per chunk: the same best chunk for both questions
     raw = ad.question_keys(next(iter(FACTS)))
     assert np.abs(ad._calibration.numpy()).mean() > 0  # a real shared component was measured and removed
-    assert raw.tokens.shape[0] == len(ad.spec.retrieval_layers) * ad.spec.num_kv_heads
+    assert raw.tokens.shape[0] == len(ad.spec.retrieval_layers) * ad.spec.layout.num_kv_heads

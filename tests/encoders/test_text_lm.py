@@ -51,8 +51,9 @@ def ingest(adapter, ids: list[int], chunk: int, opts: MemoryOptions, key_rows: i
 
 def test_spec_and_prompt(adapter):
     spec = adapter.spec
-    assert spec.family == "text_lm" and spec.position_dims == 1 and not spec.random_weights
-    assert (spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.num_heads) == (30, 3, 64, 9)
+    assert spec.family == "text_lm" and spec.layout.position_dims == 1 and not spec.random_weights
+    lay = spec.layout
+    assert (lay.num_layers, lay.num_kv_heads, lay.head_dim, spec.num_heads) == (30, 3, 64, 9)
     assert spec.retrieval_layers == (8, 17)
     text = adapter.tok.decode(adapter.prefix_ids() + adapter.text_ids("Hello.") + adapter.suffix_ids("Why?"))
     assert text.endswith("user\nHello.\n\nQuestion: Why?<|im_end|>\n<|im_start|>assistant\n"), text
@@ -84,15 +85,16 @@ def test_step_keeps_its_budget(adapter):
     ids = adapter.text_ids(TEXT)
     opts = MemoryOptions(working_tokens=64, chunk_tokens=16, retrieval_keys=8)
     prefix, state, steps = ingest(adapter, ids, 64, opts, key_rows=opts.retrieval_keys)
-    L = adapter.spec.num_layers
+    L = adapter.spec.layout.num_layers
     seen = 0
     for enc, done in steps:
         c = enc.segment.length
         assert enc.n_frames == 0 and bool((enc.frame_ids == -1).all())
         assert tuple(enc.segment.positions.shape) == (1, c)
         assert int(enc.segment.positions[0, 0]) == prefix.next_pos + seen
-        assert enc.segment.retrieval.tokens.shape == (len(adapter.spec.retrieval_layers) * adapter.spec.num_kv_heads,
-                                              min(8, c), adapter.spec.head_dim)
+        lay = adapter.spec.layout
+        assert enc.segment.retrieval.tokens.shape == (len(adapter.spec.retrieval_layers) * lay.num_kv_heads,
+                                                      min(8, c), lay.head_dim)
         assert enc.segment.retrieval.mean.shape == (adapter.spec.retrieval_dim,)
         assert np.isclose(np.linalg.norm(enc.segment.retrieval.mean), 1.0, atol=1e-4)
         seen += c

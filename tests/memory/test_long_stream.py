@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import redis
 
-from memory.layout import KVLayout
 from memory.retention import Retention
 from memory.store import ChunkRecord, MemoryStore, StreamRecord
 from memory.options import MemoryOptions
@@ -42,7 +41,7 @@ def redis_bytes(r: redis.Redis, ns: str, sid: str) -> int:
 @pytest.fixture
 def store(redis_url, namespace, tiny_adapter):
     r = redis.Redis.from_url(redis_url)
-    yield MemoryStore(r, namespace, KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint)
+    yield MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
     for k in r.scan_iter(f"{namespace}:*"):
         r.delete(k)
 

@@ -10,7 +10,6 @@ import redis
 from encoders.retrieval import covering_rows, retrieval_layers
 from memory.fusion import SearchOptions, SignalScore, fuse
 from memory.index import IndexRegistry, Query, StreamIndex
-from memory.layout import KVLayout
 from memory.multivec import combined, maxsim, merged_keys, pad_rows, standardise
 from memory.options import MemoryOptions
 from memory.retention import Retention
@@ -85,7 +84,7 @@ def test_fusion_by_hand():
 @pytest.fixture
 def store(redis_url, namespace, tiny_adapter):
     r = redis.Redis.from_url(redis_url)
-    yield MemoryStore(r, namespace, KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint)
+    yield MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
     for k in r.scan_iter(f"{namespace}:*"):
         r.delete(k)
 
@@ -140,14 +139,15 @@ def fresh(store, sid, n_layers) -> StreamIndex:
 def test_index_rebuilt_from_redis_equals_the_live_one_also_across_merges(tiny_adapter, store):
     ad = tiny_adapter
     n_layers = len(ad.spec.retrieval_layers)
-    assert ad.spec.retrieval_layers == retrieval_layers(ad.spec.num_layers)
+    assert ad.spec.retrieval_layers == retrieval_layers(ad.spec.layout.num_layers)
     opts = MemoryOptions(working_tokens=64, chunk_tokens=12, retrieval_keys=8)
     ingest(ad, store, "mv1", 12, opts)
     reg = IndexRegistry(store, n_layers)
     live = reg.synced("mv1")  # built incrementally from here on
     qs = queries(ad)
     row = store.chunk_index_rows("mv1", [0])[0]
-    assert isinstance(row, IndexRow) and row.keys.shape == (n_layers * ad.spec.num_kv_heads, 8, ad.spec.head_dim)
+    lay = ad.spec.layout
+    assert isinstance(row, IndexRow) and row.keys.shape == (n_layers * lay.num_kv_heads, 8, lay.head_dim)
     assert set(row.dense) == {"ocr"} and row.record.text == "SIGN 0"
     same_rankings(live, fresh(store, "mv1", n_layers), qs)
     # different questions rank the chunks differently (the calibration removes what all questions share)

@@ -8,7 +8,6 @@ import pytest
 import redis
 
 from memory.errors import StreamNotFound
-from memory.layout import KVLayout
 from memory.options import MemoryOptions
 from memory.retention import Retention
 from memory.store import Checkpoint, ChunkRecord, Gap, LeaseLost, MemoryStore, StreamRecord, StreamState
@@ -19,7 +18,7 @@ from tests.memory.test_long_stream import stream_frames
 @pytest.fixture
 def store(redis_url, namespace, tiny_adapter):
     r = redis.Redis.from_url(redis_url)
-    return MemoryStore(r, namespace, KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint)
+    return MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
 
 
 @pytest.fixture(scope="module")

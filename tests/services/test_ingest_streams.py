@@ -191,9 +191,8 @@ def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_r
             first.kill()
     assert state_name(resumed.state) == "finished", resumed.error
     assert resumed.chunks == ref.chunks >= 45 and resumed.frames == ref.frames == 180
-    from memory.layout import KVLayout
 
-    layout, fp = KVLayout.from_spec(tiny_adapter.spec), tiny_adapter.spec.fingerprint
+    layout, fp = tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint
     assert_same_chunks(chunks_of(redis_url, namespace, sid), chunks_of(redis_url, namespace, ref.stream_id), layout, fp)
     assert len(resumed.gaps) == 0  # a file resumes where it stopped: no footage is missing
 
