@@ -88,7 +88,8 @@ def test_serve_says_where_it_listens_then_ready_and_refuses_busy_ports(cache_dir
         assert f"gRPC    127.0.0.1:{port}  (plaintext; no auth" in banner
         assert f"HTTP    http://127.0.0.1:{http_port}/metrics" in banner
         assert "role    all: streams and questions" in banner
-        assert "model   tiny on cpu (random weights" in banner
+        assert "model   tiny on cpu, float32, attention SDPA (random weights" in banner
+        assert "clips of up to 8 streams batched" in banner
         assert f"media   {media_dir}" in banner and "VIGIL_MEDIA_ROOTS" in banner
         assert f"redis   redis://***@127.0.0.1:{password_redis.rsplit(':', 1)[1].split('/')[0]}/0" in banner
         assert REDIS_PASSWORD not in banner

@@ -257,7 +257,7 @@ def test_a_full_redis_makes_streams_wait_and_writes_refused_then_both_go_on(make
         with Client(addr) as c:
             sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
             _until(lambda: _chunks(url, ns, sid) >= 1, 60, "a chunk stored")
-            r.config_set("maxmemory", int(r.info("memory")["used_memory"]))  # full from now on
+            r.config_set("maxmemory", int(r.info("memory")["used_memory"]) // 2)  # over the cap from now on
             _until(lambda: srv.rt.metrics.redis_errors.labels("ingest")._value.get() >= 2, 60,
                    "the worker meeting the full store and waiting")
             held = _chunks(url, ns, sid)
