@@ -14,8 +14,11 @@ time to first token and full-answer latency with 1 minute and 1 hour of memory, 
   8 frames; frames are resized by the model's own rule under `--max-pixels` (448 x 448).
 * **Encode**: N threads, one per stream, each ingesting its clips as a 1 fps stream's worker does
   (`EncodeScheduler.encode` with a `ClipRequest` behind its own `memory.working.context`, then
-  `memory.working.step`): the production path. *serial*: the scheduler with `max_batch=1` (one clip at a
-  time, as before batching); *batched*: `max_batch=N`. frames/s = sampled frames encoded per wall second;
+  `memory.working.step`): the production path. *batched*: `max_batch=N`; *serial*: the scheduler with
+  `max_batch=1` (one clip at a time; each stream's host-side preparation and memory step still overlap the
+  model's work); *one lock per clip*: the previous design, one model lock held around a clip's whole ingest
+  (preparation, encoding, memory step), the same production functions. *model alone*: `adapter.ingest_clips`
+  of N prepared clips at once against N calls of one (batching's own speed-up, no threads, no host work). frames/s = sampled frames encoded per wall second;
   a live 1 fps stream needs 1 frame/s, so *live streams* = total frames/s.
 * **Answer**: the question's keys, the search over the stream's index (`memory.index.StreamIndex`, the chunks'
   own retrieval keys), `memory.assemble.answer_memory` (working memory + top-k chunks) and `adapter.answer`:
@@ -134,9 +137,12 @@ def _sync(device: str) -> None:
 
 
 def encode_streams(adapter, clips, n_streams: int, clips_per_stream: int, max_batch: int, opts: MemoryOptions,
-                   device: str) -> dict:
-    """n_streams worker threads, each its own stream's clips through the scheduler and the memory step."""
+                   device: str, locked: bool = False) -> dict:
+    """n_streams worker threads, each its own stream's clips through the scheduler and the memory step.
+    `locked`: the previous design instead, one model lock held around each clip's whole ingest (prepare, encode,
+    memory step), the same production functions called one clip at a time."""
     sched = EncodeScheduler(adapter, ModelGate(), max_batch)
+    lock = threading.Lock()
     prefix = adapter.encode_prefix()
     steps: list[float] = []
     errors: list[BaseException] = []
@@ -148,8 +154,17 @@ def encode_streams(adapter, clips, n_streams: int, clips_per_stream: int, max_ba
         try:
             for j in range(clips_per_stream):
                 frames = clips[(i * 3 + j) % len(clips)]
-                enc = sched.encode(ClipRequest(frames, 1.0, j * CLIP_S, (j + 1) * CLIP_S, context(prefix, state),
-                                               opts.retrieval_keys), stream=i)
+                req = ClipRequest(frames, 1.0, j * CLIP_S, (j + 1) * CLIP_S, context(prefix, state),
+                                  opts.retrieval_keys)
+                if locked:
+                    with lock:
+                        enc = adapter.ingest_clips([adapter.prepare_clip(req)])[0]
+                        t = time.perf_counter()
+                        state = step(prefix, state, enc, 0.0, opts).state
+                        _sync(device)
+                        steps.append(time.perf_counter() - t)
+                    continue
+                enc = sched.encode(req, stream=i)
                 t = time.perf_counter()
                 state = step(prefix, state, enc, 0.0, opts).state
                 _sync(device)
@@ -174,6 +189,28 @@ def encode_streams(adapter, clips, n_streams: int, clips_per_stream: int, max_ba
             "fps_total": frames / wall, "fps_per_stream": frames / wall / n_streams,
             "batches": sched.batches, "mean_batch": sched.clips / max(1, sched.batches),
             "step_ms_p50": 1000 * statistics.median(steps)}
+
+
+def model_only(adapter, clips, n: int, opts: MemoryOptions, device: str, repeats: int = 5) -> float:
+    """`adapter.ingest_clips` on n prepared clips at once against n calls of one: the model-side speed-up of
+    batching alone (no preparation, no memory step, no threads)."""
+    prefix = adapter.encode_prefix()
+    preps = [adapter.prepare_clip(ClipRequest(clips[i % len(clips)], 1.0, 0.0, CLIP_S, prefix, opts.retrieval_keys))
+             for i in range(n)]
+
+    def timed(fn) -> float:
+        fn()
+        out = []
+        for _ in range(repeats):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    one_by_one = timed(lambda: [adapter.ingest_clips([p]) for p in preps])
+    return one_by_one / timed(lambda: adapter.ingest_clips(preps))
 
 
 def memory_of(adapter, clips, n_clips: int, opts: MemoryOptions):
@@ -253,15 +290,18 @@ def main(argv=None) -> None:
         runs = []
         for n in counts:
             # batched and serial alternate, `--repeats` times each; the run with the median throughput is kept
-            tries: dict[str, list[dict]] = {"batched": [], "serial": []}
+            tries: dict[str, list[dict]] = {"batched": [], "serial": [], "locked": []}
             for _ in range(args.repeats):
                 tries["batched"].append(encode_streams(adapter, clips, n, per_stream, n, opts, device))
                 if not args.no_serial:
                     tries["serial"].append(encode_streams(adapter, clips, n, per_stream, 1, opts, device))
+                    tries["locked"].append(encode_streams(adapter, clips, n, per_stream, 1, opts, device, locked=True))
             row = {k: sorted(v, key=lambda r: r["fps_total"])[len(v) // 2] for k, v in tries.items() if v}
             row["repeats"] = args.repeats
+            row["model_only"] = model_only(adapter, clips, n, opts, device)
             if not args.no_serial:
                 row["ratio"] = row["batched"]["fps_total"] / row["serial"]["fps_total"]
+                row["ratio_locked"] = row["batched"]["fps_total"] / row["locked"]["fps_total"]
             runs.append(row)
             print(f"{arch}: {n} streams done", file=sys.stderr)
         answers = {}
@@ -283,15 +323,15 @@ def main(argv=None) -> None:
 def print_tables(report: dict) -> None:
     print(f"device: {report['device']}, {report['threads']} CPU threads\n")
     print("| model | streams | batched frames/s total | per stream | mean batch | serial frames/s | batched / serial "
-          "| memory step ms p50 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| one lock per clip frames/s | batched / one lock | model alone: batch / one by one | memory step ms p50 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for a in report["archs"]:
         for r in a["runs"]:
-            b, s = r["batched"], r.get("serial")
+            b, s, k = r["batched"], r.get("serial"), r.get("locked")
+            tail = (f"{s['fps_total']:.1f} | {r['ratio']:.2f} | {k['fps_total']:.1f} | {r['ratio_locked']:.2f}" if s
+                    else "- | - | - | -")
             print(f"| {a['arch']} | {b['streams']} | {b['fps_total']:.1f} | {b['fps_per_stream']:.2f} "
-                  f"| {b['mean_batch']:.1f} | {s['fps_total']:.1f} | {r['ratio']:.2f} | {b['step_ms_p50']:.1f} |"
-                  if s else f"| {a['arch']} | {b['streams']} | {b['fps_total']:.1f} | {b['fps_per_stream']:.2f} "
-                  f"| {b['mean_batch']:.1f} | - | - | {b['step_ms_p50']:.1f} |")
+                  f"| {b['mean_batch']:.1f} | {tail} | {r['model_only']:.2f} | {b['step_ms_p50']:.1f} |")
     print("\n| model | memory | clips | answer-memory tokens/layer | first token s | whole answer s | pieces "
           "| peak GPU GiB |")
     print("|---|---|---|---|---|---|---|---|")
