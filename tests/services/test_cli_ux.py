@@ -239,7 +239,8 @@ def test_ctrl_c_during_ingest_wait_says_the_stream_goes_on(make_server, cache_di
     if not video.exists():
         media.synthetic_video(video, seconds=90, fps=10, scenes=6)
     _, addr = make_server()
-    proc = subprocess.Popen([VIGIL, "ingest", str(video), "--fps", "2", "--clip-frames", "4", "--wait",
+    # 450 clips: the ingest runs for seconds, so Ctrl-C lands while the client waits (at 2 fps it could finish first)
+    proc = subprocess.Popen([VIGIL, "ingest", str(video), "--fps", "10", "--clip-frames", "2", "--wait",
                              "--server", addr], env=env_for(cache_dir), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
