@@ -6,6 +6,8 @@ Formats (the header's `format`; each has its own version):
     vigil.tokens    a TokenSet: a KV chunk, or the working memory (kind=working, with its counters);
                     KV in the layout's dtype or int8 (quant=int8: int8 values + float32 scales)
     vigil.features  a FeatureSet: compressed visual features of a chunk, prefilled again at question time
+    vigil.delta     a WorkingDelta: what one clip changed in the working memory (memory/delta.py), with the
+                    chunk id it was written with (`chunk`)
 
 Tensors may live on the model's device: encoding quantizes there and copies to the host only the bytes it
 writes (`_to_host`); decoding returns host tensors (`TokenSet.to` / `WorkingState.to` move them back).
@@ -21,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from encoders.base import EncodedSegment
+from memory.delta import WorkingDelta
 from memory.errors import IncompatibleBlob
 from memory.layout import FeatureSet, KVLayout, TokenSet
 from memory.quant import dequantize_int8, quantize_int8
@@ -29,7 +32,10 @@ FORMAT = "vigil.kv"
 VERSION = "1"
 TOKENS = "vigil.tokens"
 FEATURES = "vigil.features"
-VERSIONS = {FORMAT: "1", TOKENS: "1", FEATURES: "1"}
+DELTA = "vigil.delta"
+VERSIONS = {FORMAT: "1", TOKENS: "1", FEATURES: "1", DELTA: "1"}
+_DELTA_TENSORS = ("src", "score", "counts", "keys", "values", "positions", "serial")
+_DELTA_COUNTERS = ("base_serial", "next_pos", "max_pos", "next_serial", "next_frame")
 
 
 def _layout_json(layout: KVLayout) -> str:
@@ -184,3 +190,25 @@ def decode_chunk(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[Token
     if fmt == TOKENS:
         return decode_tokens(blob, layout, fingerprint)
     raise IncompatibleBlob(f"blob format {fmt!r} is not a chunk format ({TOKENS}, {FEATURES})")
+
+
+# ---- working-memory deltas ---------------------------------------------------------------------
+def encode_delta(d: WorkingDelta, layout: KVLayout, fingerprint: str, **extra) -> bytes:
+    """A delta; `extra` (e.g. chunk=<chunk id>) travels in the header."""
+    tensors = {name: getattr(d, name).contiguous() for name in _DELTA_TENSORS}
+    counters = {name: getattr(d, name) for name in _DELTA_COUNTERS}
+    return _save(tensors, _meta(DELTA, layout, fingerprint, **counters, **extra))
+
+
+def decode_delta(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[WorkingDelta, dict]:
+    meta, t = _open(blob, DELTA, layout, fingerprint)
+    try:
+        d = WorkingDelta(**{name: t[name] for name in _DELTA_TENSORS},
+                         **{name: int(meta[name]) for name in _DELTA_COUNTERS})
+    except KeyError as exc:
+        raise IncompatibleBlob(f"blob lacks {exc}") from exc
+    hkv, D, L = layout.num_kv_heads, layout.head_dim, layout.num_layers
+    if d.keys.shape[0] != hkv or d.keys.shape[-1] != D or d.src.shape[0] != L or d.counts.shape != (L,) \
+            or int(d.counts.sum()) != d.serial.shape[0]:
+        raise IncompatibleBlob(f"delta tensors do not fit layout {layout}")
+    return d, meta

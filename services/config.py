@@ -192,6 +192,13 @@ class Settings(BaseSettings):
     encode_batch: int = Field(8, ge=1, le=64, description="most streams whose ready clips are encoded together in "
                               "one batch (services/scheduler.py); 1: one clip at a time")
     max_message_bytes: int = 8 * 1024 * 1024
+    working_snapshot_ratio: float = Field(4.0, ge=0, le=1000, description="the working memory is stored as a "
+                                          "snapshot plus one delta per chunk (the tokens that entered); a new "
+                                          "snapshot is written once the deltas since the last add up to this many "
+                                          "times its size (0: a snapshot with every chunk)")
+    resident_max_bytes: int = Field(4 * 1024**3, ge=0, description="working memories and prefixes kept on the "
+                                    "model's device for questions (streams ingested here always stay); the least "
+                                    "recently asked are dropped past this and read again from Redis when asked")
 
     reader: str = Field("pyav", pattern="^(pyav|decord)$", description="file reader; decord reads only sampled frames")
     queue_frames: int = Field(32, ge=2, le=4096, description="sampled frames buffered between decode and encode")

@@ -246,6 +246,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         else:  # a QA server: the owning ingest worker, wherever it runs, lets go at its next (fenced) write
             removed = await asyncio.to_thread(self.rt.store.delete_stream, sid)
             self.rt.indexes.drop(sid)
+            self.rt.resident.drop(sid)
         await asyncio.to_thread(self.rt.store.forget_names, sid)  # a camera's name no longer leads to it
         return ingest_pb2.DeleteStreamResponse(stream_id=sid, keys_removed=removed)
 

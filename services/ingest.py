@@ -167,6 +167,7 @@ class IngestManager:
             w.thread.join(timeout_s)
         removed = self.rt.store.delete_stream(sid)
         self.rt.indexes.drop(sid)
+        self.rt.resident.drop(sid)
         return removed
 
     def shutdown(self) -> None:

@@ -20,6 +20,7 @@ from queue import Empty
 import redis
 
 from encoders.base import ClipRequest, EncodedSegment
+from memory.delta import diff, snapshot_due
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
 from services import alerts
@@ -43,10 +44,13 @@ STORE_BACKOFF_CAP_S = 5.0
 
 
 class _Memory:
-    """The stream's prefix and working memory as ingest advances them (one per worker)."""
+    """The stream's prefix and working memory as ingest advances them (one per worker), and what the store holds
+    of the working memory: a snapshot of `snapshot_bytes` and `log_bytes` of deltas after it."""
 
-    def __init__(self, prefix: EncodedSegment, state: WorkingState) -> None:
+    def __init__(self, prefix: EncodedSegment, state: WorkingState, snapshot_bytes: int = 0,
+                 log_bytes: int = 0) -> None:
         self.prefix, self.state = prefix, state
+        self.snapshot_bytes, self.log_bytes = snapshot_bytes, log_bytes
 
 
 class _End:
@@ -248,6 +252,7 @@ class StreamWorker:
             log.warning("stream %s: letting go (%s)", sid, exc or "released while waiting for the store")
             self.controls.release()
         finally:
+            rt.resident.release(sid)  # the copy stays for questions until space is needed
             if not self.controls.ending.is_set():
                 self.controls.stop()
             if self.plan.feed is not None:
@@ -265,8 +270,10 @@ class StreamWorker:
             self._durable(store.put_prefix, sid, prefix)
             return _Memory(prefix, WorkingState.empty(prefix))
         prefix = self._durable(store.get_prefix, sid).to(rt.adapter.device)  # the store's copy is on the host
-        state = self._durable(store.get_working, sid)
-        return _Memory(prefix, state.to(rt.adapter.device) if state is not None else WorkingState.empty(prefix))
+        got = self._durable(store.load_working, sid)  # the snapshot with its deltas applied
+        if got is None:
+            return _Memory(prefix, WorkingState.empty(prefix))
+        return _Memory(prefix, got.state.to(rt.adapter.device), got.snapshot_bytes, got.log_bytes)
 
     def _consume(self, mem: _Memory) -> None:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
@@ -339,11 +346,19 @@ class StreamWorker:
                                 last_wall_s=clip.wall_end, next_tick=d.next_tick if d else None,
                                 next_index=d.next_index if d else None)
         lag = max(0.0, time.time() - clip.wall_end) if clip.wall_end is not None and self.plan.live else None
+        # the working memory: a delta (the tokens that entered) after the stored one, or now and then a snapshot
+        snapshot = snapshot_due(mem.log_bytes, mem.snapshot_bytes, rt.settings.working_snapshot_ratio)
+        working = done.state if snapshot else diff(mem.state, done.state)
         self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
                       self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
-                      working=done.state, int8=self.memory.kv_int8, checkpoint=checkpoint,
+                      working=working, int8=self.memory.kv_int8, checkpoint=checkpoint,
                       detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag))
+        if snapshot:
+            mem.snapshot_bytes, mem.log_bytes = rt.store.layout.token_set_bytes(done.state.tokens.length), 0
+        else:
+            mem.log_bytes += working.nbytes
         mem.state = done.state  # only once stored: what resumes is what ingest continues from
+        rt.resident.publish(sid, mem.prefix, done.state, clip.index, mem.snapshot_bytes, mem.log_bytes)
         self.alerts.on_chunk(record, desc.vectors if desc else None)
         self._durable(rt.store.enforce_retention, sid, self.memory.retention(), fence=self.fence)
 

@@ -38,6 +38,7 @@ log = logging.getLogger("vigil.qa")
 ALL, REQUEST, QUESTION = "all", "request", "question"  # what set the searched window
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{2,}'")  # quoted words are what to find, not when
 MAX_SIGNALS = 8
+MAX_GAPS = 64  # outages an answer lists (those overlapping its window, oldest first)
 
 
 @dataclass(frozen=True)
@@ -212,25 +213,34 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
         # answer comes from the working memory alone, with no evidence
         hits = sorted(ranked, key=lambda h: h.chunk.start_s)
         ids = [h.chunk.chunk_id for h in hits]
-        try:
-            payloads = rt.store.chunk_payloads(sid, ids)
-            working = rt.store.get_working(sid)
+        try:  # the chunks (and their keyframes) in one round trip
+            payloads, keyframes = rt.store.chunk_payloads(sid, ids, keyframes=True)
             break
         except ChunksGone:
             if attempt == 2:
                 raise
+    # the working memory after the newest stored chunk: the live copy where this process ingests the stream,
+    # else this replica's resident copy brought up to date by the deltas stored since (memory/resident.py)
+    working = rt.resident.working(sid)
     rank_of = {h.chunk.chunk_id: i + 1 for i, h in enumerate(ranked)}
-    prefix = rt.store.get_prefix(sid)
-    kv = [(p, (h.chunk.span_start, h.chunk.span_end)) for p, h in zip(payloads, hits) if isinstance(p, TokenSet)]
-    memory = answer_memory(prefix, working.tokens if working else None, kv, rec.next_pos, rec.max_pos)
+    prefix = rt.resident.prefix(sid)
+    dev = rt.adapter.device  # the resident memory is there; chunks read from Redis join it
+    kv = [(p.to(dev), (h.chunk.span_start, h.chunk.span_end)) for p, h in zip(payloads, hits)
+          if isinstance(p, TokenSet)]
+    if working is not None:
+        state = working.state
+        memory = answer_memory(prefix, state.tokens, kv, state.next_pos, state.max_pos)
+    else:
+        memory = answer_memory(prefix, None, kv, rec.next_pos, rec.max_pos)
     features = [p for p in payloads if isinstance(p, FeatureSet)]
     if features:
         with rt.model_lock:
             memory = prefill_features(rt, memory, features)
     budget = min(max_new_tokens or s.max_new_tokens, s.max_new_tokens_cap)
-    keyframes = rt.store.keyframes(sid, ids) if include_keyframes else [b""] * len(ids)
+    if not include_keyframes:
+        keyframes = [b""] * len(ids)
     lo, hi = searched.start_s, searched.end_s
-    gaps = [g for g in rt.store.gaps(sid) if g.overlaps(lo, hi)]
+    gaps = rt.store.gaps_in(sid, lo, hi, MAX_GAPS)
     if new_conversation:  # once the question is known to be answerable
         cid = conversations(rt).create(sid).conversation_id
     return Prepared(q, memory, budget, hits, [rank_of[i] for i in ids], keyframes, gaps, searched, history, cid, t0)

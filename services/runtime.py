@@ -8,6 +8,7 @@ import redis
 from encoders.base import VideoLM
 from encoders.describe import FrameDescriber, load_describer
 from memory.index import IndexRegistry
+from memory.resident import ResidentMemory
 from memory.store import MemoryStore
 from services.alerts import AlertHub
 from services.config import Settings
@@ -26,8 +27,11 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)  # this process's own registry (services/metrics.py)
     alerts: AlertHub | None = None  # named cameras' alert rules and publishers (ingest roles; services/alerts)
     encoder: EncodeScheduler | None = None  # every stream's clips, batched across streams on the model
+    resident: ResidentMemory | None = None  # prefixes and working memories on the model's device (memory/resident.py)
 
     def __post_init__(self) -> None:
+        if self.resident is None:
+            self.resident = ResidentMemory(self.store, self.adapter.device, self.settings.resident_max_bytes)
         if self.encoder is None:
             self.encoder = EncodeScheduler(self.adapter, self.model_lock, self.settings.encode_batch,
                                            observe=self.metrics.encode_batch)

@@ -10,10 +10,14 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
                                                    keys (representative keys, .npy float16 [C, m, D]), jpeg,
                                                    d:<signal> (frame-index vectors, .npy float32 [n, d]: d:ocr,
                                                    d:labels, d:image; n > 1 once retention merged chunks)
-    {ns}:s:{<id>}:wm                   string      working memory blob (written with each chunk)
+    {ns}:s:{<id>}:wm                   string      working-memory snapshot (vigil.tokens; meta wm_snapshot_version)
+    {ns}:s:{<id>}:wmlog                list        working-memory deltas after the snapshot (vigil.delta), one per
+                                                   chunk in chunk order; snapshot + deltas = the memory at
+                                                   meta wm_version (the newest chunk)
     {ns}:s:{<id>}:ckpt                 hash        json (where ingest resumes), detector (bytes), next_clip (the
                                                    chunk id after the newest stored one: resent writes are no-ops)
     {ns}:s:{<id>}:gaps                 list        JSON gaps, oldest first
+    {ns}:s:{<id>}:gapz                 sorted set  the same gaps by end time (a question reads its window's)
     {ns}:s:{<id>}:events               stream      state changes, progress, gaps (capped), for WatchStream
     {ns}:s:{<id>}:lease                string      the owning worker's fencing token "<owner>:<n>" (expires)
     {ns}:s:{<id>}:fence                counter     claims of the stream so far (the n of the newest token)
@@ -38,12 +42,13 @@ from memory.store.chunks import DENSE_SIGNALS, Chunks
 from memory.store.events import Events
 from memory.store.keys import EVENTS_MAXLEN, STREAM_ID
 from memory.store.leases import LeaseLost, Leases
+from memory.store.chunks import ChunkGap
 from memory.store.records import (ACTIVE, TERMINAL, Checkpoint, ChunkRecord, Gap, IndexRow, Progress, StreamRecord,
-                                  StreamState)
+                                  StreamState, WorkingLoad)
 from memory.store.streams import Streams
 
-__all__ = ["ACTIVE", "TERMINAL", "DENSE_SIGNALS", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkRecord", "Gap",
-           "IndexRow", "LeaseLost", "MemoryStore", "Progress", "StreamRecord", "StreamState"]
+__all__ = ["ACTIVE", "TERMINAL", "DENSE_SIGNALS", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkGap", "ChunkRecord",
+           "Gap", "IndexRow", "LeaseLost", "MemoryStore", "Progress", "StreamRecord", "StreamState", "WorkingLoad"]
 
 
 class MemoryStore(Streams, Chunks, Events, Leases):

@@ -12,8 +12,9 @@ import redis
 
 from encoders.base import EncodedSegment
 from encoders.retrieval import BlockKeys
-from memory.codec import (decode_chunk, decode_segment, decode_tokens, encode_features, encode_segment,
-                          encode_tokens)
+from memory.codec import (decode_chunk, decode_delta, decode_segment, decode_tokens, encode_delta, encode_features,
+                          encode_segment, encode_tokens)
+from memory.delta import WorkingDelta, apply
 from memory.errors import ChunksGone, StreamNotFound
 from memory.layout import FeatureSet, TokenSet
 from memory.multivec import merged_keys
@@ -21,7 +22,7 @@ from memory.retention import Chunk, Retention, merge_features, merge_tokens, mer
 from memory.store import scripts
 from memory.store.keys import EVENTS_MAXLEN, StoreBase
 from memory.store.leases import LeaseLost
-from memory.store.records import Checkpoint, ChunkRecord, IndexRow, Progress
+from memory.store.records import Checkpoint, ChunkRecord, IndexRow, Progress, WorkingLoad
 from memory.working import WorkingState
 
 DENSE_SIGNALS = ("ocr", "labels", "image")  # frame-index vectors a chunk may carry (`d:<signal>` fields)
@@ -35,6 +36,17 @@ def _npy(a: np.ndarray) -> bytes:
 
 def _from_npy(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def _wm_version(field: bytes | None, chunks: bytes | None) -> int:
+    """A stored version field; streams written before versions existed hold the memory of their newest chunk."""
+    if field is not None:
+        return int(field)
+    return int(json.loads(chunks)) - 1 if chunks is not None else -1
+
+
+class ChunkGap(RuntimeError):
+    """A chunk write skipped a chunk id (the script takes exactly the next one): a bug, never stored."""
 
 
 class Chunks(StoreBase):
@@ -65,12 +77,16 @@ class Chunks(StoreBase):
 
     def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
                   keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[str, np.ndarray] | None = None,
-                  working: WorkingState | None = None, int8: bool = False, checkpoint: Checkpoint | None = None,
-                  detector_state: bytes = b"", progress: Progress | None = None) -> int:
-        """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and the working
-        memory after it, advance the stream's counters and move its resume checkpoint, in one atomic step that
-        also proves the writer holds the stream's lease (`fence`, its token; LeaseLost if not). Sent again
-        after a lost reply, a chunk already stored is not stored twice. Returns the chunk's bytes."""
+                  working: WorkingState | WorkingDelta | None = None, int8: bool = False,
+                  checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
+                  progress: Progress | None = None) -> int:
+        """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
+        the working memory with it (`working`: a whole WorkingState is a new snapshot and empties the delta
+        log; a WorkingDelta from the previous chunk's memory is appended to the log), advance the stream's
+        counters and move its resume checkpoint, in one atomic step that also proves the writer holds the
+        stream's lease (`fence`, its token; LeaseLost if not). The chunk id must be the next one (ChunkGap if it
+        skips one); sent again after a lost reply, a chunk already stored is not stored twice. Returns the
+        chunk's bytes."""
         blob = self.encode_payload(payload, int8)
         vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
         extra = {"keys": _npy(keys.tokens.astype(np.float16))}
@@ -81,37 +97,99 @@ class Chunks(StoreBase):
         size = len(blob) + len(vec_bytes) + len(keyframe_jpeg) + sum(len(b) for b in extra.values())
         fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
         meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
-        wm_blob = b""
-        if working is not None:
-            wm_blob = encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working",
-                                    next_pos=working.next_pos, max_pos=working.max_pos,
-                                    next_serial=working.next_serial, next_frame=working.next_frame)
+        mode, wm_blob = "0", b""
+        if isinstance(working, WorkingState):
+            mode, wm_blob = "S", encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working",
+                                               next_pos=working.next_pos, max_pos=working.max_pos,
+                                               next_serial=working.next_serial, next_frame=working.next_frame,
+                                               chunk=chunk.chunk_id)
+        elif isinstance(working, WorkingDelta):
+            mode, wm_blob = "D", encode_delta(working, self.layout, self.fingerprint, chunk=chunk.chunk_id)
         now = json.dumps(time.time())
         fields = {
             "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
             "media_end_s": json.dumps(chunk.end_s), "updated": now, **(progress or Progress()).fields(),
         }
         if working is not None:
+            n = working.tokens.length if isinstance(working, WorkingState) else int(working.src.shape[1])
             fields.update(next_pos=json.dumps(working.next_pos), max_pos=json.dumps(working.max_pos),
-                          working_bytes=json.dumps(len(wm_blob)), working_used=json.dumps(working.tokens.length))
+                          working_used=json.dumps(n))
         chunk_fields = {"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg, **extra}
         ckpt = checkpoint or Checkpoint(next_clip=chunk.chunk_id + 1, after_s=chunk.end_s, frames_total=frames_total)
-        args = [fence, chunk.chunk_id, chunk.start_s, size, chunk.cuts, "1" if working is not None else "0", wm_blob,
+        args = [fence, chunk.chunk_id, chunk.start_s, size, chunk.cuts, mode, wm_blob,
                 ckpt.to_json(), detector_state, EVENTS_MAXLEN, now,
                 len(chunk_fields), *[x for kv in chunk_fields.items() for x in kv],
                 len(fields), *[x for kv in fields.items() for x in kv]]
         got = self._put_chunk(keys=[self._k(sid, "lease"), self._k(sid, "ckpt"), self._chunk_key(sid, chunk.chunk_id),
                                     self._k(sid, "chunks"), self._k(sid, "meta"), self._k(sid, "wm"),
-                                    self._k(sid, "events")], args=args)
+                                    self._k(sid, "events"), self._k(sid, "wmlog")], args=args)
         if got == -1:
             raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; chunk {chunk.chunk_id} not stored")
+        if got == -2:
+            raise ChunkGap(f"stream {sid}: chunk {chunk.chunk_id} skips the next chunk id; not stored")
+        if got == -3:
+            raise ChunkGap(f"stream {sid}: the working-memory delta of chunk {chunk.chunk_id} does not follow the "
+                           "stored memory; not stored")
         return size
 
     def get_working(self, sid: str) -> WorkingState | None:
-        """The working memory stored with the newest chunk (None before the first chunk)."""
-        blob = self.r.get(self._k(sid, "wm"))
-        if blob is None:
-            return None
+        """The working memory after the newest chunk: its snapshot with the logged deltas applied (None before
+        the first chunk)."""
+        got = self.load_working(sid)
+        return got.state if got is not None else None
+
+    def working_version(self, sid: str) -> int:
+        """The chunk id the stored working memory is at (-1: none yet)."""
+        v = self.r.hmget(self._k(sid, "meta"), ["wm_version", "chunks"])
+        return _wm_version(v[0], v[1])
+
+    def load_working(self, sid: str, have: WorkingLoad | None = None) -> WorkingLoad | None:
+        """The stored working memory, read consistently (one transaction): with `have` (a copy at some
+        version), only the deltas after it are read and applied; nothing at all beyond two small fields when
+        it is current. Returns None before the first chunk. `.read_bytes` counts what was read of memory."""
+        k_meta, k_wm, k_log = self._k(sid, "meta"), self._k(sid, "wm"), self._k(sid, "wmlog")
+        fields = ["wm_version", "wm_snapshot_version", "chunks", "working_bytes", "wm_log_bytes"]
+        raw = self.r.hmget(k_meta, fields)
+        version = _wm_version(raw[0], raw[2])
+        snap_v = _wm_version(raw[1], raw[2])
+        snap_bytes, log_bytes = int(raw[3] or 0), int(raw[4] or 0)
+        if have is not None and have.version == version:
+            return WorkingLoad(have.state, version, snap_bytes, log_bytes, 0)
+        for _ in range(5):  # the version moved between the two reads: read again
+            pipe = self.r.pipeline(transaction=True)
+            pipe.hmget(k_meta, fields)
+            incremental = have is not None and snap_v <= have.version < version
+            if incremental:
+                pipe.lrange(k_log, have.version - snap_v, -1)
+            else:
+                pipe.get(k_wm)
+                pipe.lrange(k_log, 0, -1)
+            out = pipe.execute()
+            raw = out[0]
+            now_v = _wm_version(raw[0], raw[2])
+            now_snap = _wm_version(raw[1], raw[2])
+            if now_snap != snap_v:  # a new snapshot came between: plan again
+                version, snap_v = now_v, now_snap
+                continue
+            version = now_v
+            if incremental:
+                state, blobs, read = have.state, out[1], 0
+            else:
+                if out[1] is None:
+                    return None
+                state = self._decode_snapshot(out[1])
+                blobs, read = out[2], len(out[1])
+            first = (have.version + 1) if incremental else snap_v + 1
+            for i, b in enumerate(blobs):
+                d, meta = decode_delta(b, self.layout, self.fingerprint)
+                if int(meta.get("chunk", first + i)) != first + i:
+                    raise RuntimeError(f"stream {sid}: working-memory log out of order at chunk {first + i}")
+                state = apply(state, d)
+                read += len(b)
+            return WorkingLoad(state, first + len(blobs) - 1, int(raw[3] or 0), int(raw[4] or 0), read)
+        raise RuntimeError(f"stream {sid}: the working memory kept changing while it was read")
+
+    def _decode_snapshot(self, blob: bytes) -> WorkingState:
         tokens, meta = decode_tokens(blob, self.layout, self.fingerprint)
         return WorkingState(tokens, int(meta["next_pos"]), int(meta["max_pos"]), int(meta["next_serial"]),
                             int(meta["next_frame"]))
@@ -254,16 +332,23 @@ class Chunks(StoreBase):
                                  {n: _from_npy(d) for n, d in zip(DENSE_SIGNALS, dense) if d is not None}))
         return rows
 
-    def chunk_payloads(self, sid: str, ids: list[int]) -> list[TokenSet | FeatureSet]:
-        """The stored chunks (KV token sets or feature sets) of these ids, in the given order."""
+    def chunk_payloads(self, sid: str, ids: list[int], keyframes: bool = False
+                       ) -> list[TokenSet | FeatureSet] | tuple[list[TokenSet | FeatureSet], list[bytes]]:
+        """The stored chunks (KV token sets or feature sets) of these ids, in the given order; with `keyframes`,
+        (chunks, their keyframe JPEGs), read in the same round trip."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hget(self._chunk_key(sid, cid), "kv")
-        blobs = pipe.execute()
+            if keyframes:
+                pipe.hmget(self._chunk_key(sid, cid), ["kv", "jpeg"])
+            else:
+                pipe.hget(self._chunk_key(sid, cid), "kv")
+        got = pipe.execute()
+        blobs = [g[0] for g in got] if keyframes else got
         missing = [cid for cid, b in zip(ids, blobs) if b is None]
         if missing:
             raise ChunksGone(f"stream {sid!r} no longer holds chunks {missing} (retention removed them)")
-        return [decode_chunk(b, self.layout, self.fingerprint)[0] for b in blobs]
+        payloads = [decode_chunk(b, self.layout, self.fingerprint)[0] for b in blobs]
+        return (payloads, [g[1] or b"" for g in got]) if keyframes else payloads
 
     def keyframes(self, sid: str, ids: list[int]) -> list[bytes]:
         pipe = self.r.pipeline(transaction=False)

@@ -12,6 +12,7 @@ class Events(StoreBase):
     def add_gap(self, sid: str, gap: Gap) -> None:
         pipe = self.r.pipeline(transaction=True)
         pipe.rpush(self._k(sid, "gaps"), gap.to_json())
+        pipe.zadd(self._k(sid, "gapz"), {gap.to_json(): gap.end_s})
         self._event(pipe, sid, "gap", gap=gap.to_json())
         pipe.execute()
 
@@ -19,6 +20,16 @@ class Events(StoreBase):
         """Gaps oldest first; `last` > 0 returns only the newest `last`."""
         raw = self.r.lrange(self._k(sid, "gaps"), -last if last else 0, -1)
         return [Gap.from_json(g) for g in raw]
+
+    def gaps_in(self, sid: str, lo: float, hi: float, cap: int = 64) -> list[Gap]:
+        """At most `cap` gaps overlapping [lo, hi), oldest first, read by their end time (an index of the gaps:
+        a question reads the gaps of its window, not every outage of the stream). Streams stored before the
+        index existed: the newest `cap` gaps, filtered."""
+        k = self._k(sid, "gapz")
+        raw = self.r.zrangebyscore(k, f"({lo}", "+inf", start=0, num=cap)
+        if not raw and not self.r.exists(k):
+            raw = self.r.lrange(self._k(sid, "gaps"), -cap, -1)
+        return [g for g in map(Gap.from_json, raw) if g.overlaps(lo, hi)]
 
     def event(self, sid: str, kind: str, **fields) -> None:
         pipe = self.r.pipeline(transaction=False)

@@ -11,7 +11,7 @@ STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 EVENTS_MAXLEN = 1000
 
 # per-stream keys, all under the stream's hash tag (one Redis Cluster slot per stream)
-STREAM_KEYS = ("meta", "prefix", "chunks", "wm", "ckpt", "gaps", "events", "lease", "fence", "source")
+STREAM_KEYS = ("meta", "prefix", "chunks", "wm", "wmlog", "ckpt", "gaps", "gapz", "events", "lease", "fence", "source")
 
 
 class StoreBase:

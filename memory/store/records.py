@@ -6,10 +6,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memory.options import MemoryOptions, option_names
+
+if TYPE_CHECKING:
+    from memory.working import WorkingState
 
 
 class StreamState(str, Enum):
@@ -71,7 +75,11 @@ class StreamRecord:
     # memory accounting
     chunk_bytes: int = 0  # bytes of the chunks stored now
     chunk_bytes_written: int = 0  # bytes of every chunk ever stored (retention does not lower it)
-    working_bytes: int = 0  # the working memory blob
+    working_bytes: int = 0  # the working memory's stored snapshot
+    wm_log_bytes: int = 0  # the working-memory deltas stored since that snapshot
+    working_bytes_written: int = 0  # every working-memory byte ever written (snapshots and deltas)
+    wm_version: int = -1  # the chunk id the stored working memory is at
+    wm_snapshot_version: int = -1  # the chunk id of its snapshot
     working_used: int = 0  # tokens per layer in the working memory
     consolidated: int = 0  # merges done by retention
     deleted: int = 0  # chunks deleted by retention
@@ -128,6 +136,16 @@ class IndexRow:
     mean: np.ndarray  # [E] float32 unit mean key (the baseline)
     keys: np.ndarray | None  # [C, m, D] float16 representative keys (None: a chunk stored before they existed)
     dense: dict[str, np.ndarray]  # frame-index signal -> [n, d] float32 unit vectors (n > 1: merged chunks)
+
+
+@dataclass(frozen=True)
+class WorkingLoad:
+    """A stream's working memory as read from the store, and where it stands."""
+    state: "WorkingState"
+    version: int  # the chunk id it is the memory after
+    snapshot_bytes: int  # the stored snapshot's size
+    log_bytes: int  # the stored deltas' size since that snapshot
+    read_bytes: int  # memory bytes this read transferred (0: the copy at hand was current)
 
 
 @dataclass(frozen=True)

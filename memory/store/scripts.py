@@ -54,17 +54,26 @@ end
 return 1
 """
 
-# Store one chunk, the working memory after it, the stream's counters and the checkpoint.
-# KEYS: 1 lease, 2 ckpt, 3 chunk hash, 4 chunk set, 5 meta, 6 working memory, 7 events.
-# ARGV: 1 token, 2 chunk id, 3 start_s (the chunk set's score), 4 size, 5 cuts, 6 "1" if a working memory
-# comes, 7 working-memory blob, 8 checkpoint JSON, 9 detector state, 10 events maxlen, 11 now,
-# 12 n chunk fields, then those pairs, then m meta fields and their pairs.
+# Store one chunk, what changed in the working memory with it, the stream's counters and the checkpoint.
+# KEYS: 1 lease, 2 ckpt, 3 chunk hash, 4 chunk set, 5 meta, 6 working-memory snapshot, 7 events, 8 working-memory
+# delta log. ARGV: 1 token, 2 chunk id, 3 start_s (the chunk set's score), 4 size, 5 cuts, 6 working memory:
+# "0" none, "S" a snapshot (replaces the snapshot, empties the log), "D" a delta (appended to the log), 7 its
+# blob, 8 checkpoint JSON, 9 detector state, 10 events maxlen, 11 now, 12 n chunk fields, then those pairs, then
+# m meta fields and their pairs.
+# Meta keeps wm_version (the chunk id the stored memory is at), wm_snapshot_version, working_bytes (snapshot)
+# and wm_log_bytes; streams stored before these existed hold the memory of their newest chunk (chunks - 1).
 # The progress event names the writer's token (`by`). -1: not the lease holder; 0: already stored (a resent
-# write); 1: stored.
+# write); -2: the chunk id is not the next one; -3: the delta does not follow the stored memory; 1: stored.
 PUT_CHUNK = DENY_OOM + """
 if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
 local cid = tonumber(ARGV[2])
-if cid < tonumber(redis.call('hget', KEYS[2], 'next_clip') or '0') then return 0 end
+local nxt = tonumber(redis.call('hget', KEYS[2], 'next_clip') or '0')
+if cid < nxt then return 0 end
+if cid > nxt then return -2 end
+local mode = ARGV[6]
+local oldv = tonumber(redis.call('hget', KEYS[5], 'wm_version') or
+                      (tonumber(redis.call('hget', KEYS[5], 'chunks') or '0') - 1))
+if mode == 'D' and oldv ~= cid - 1 then return -3 end
 local i = 13
 local n = tonumber(ARGV[12])
 local kv = {}
@@ -78,14 +87,27 @@ for j = 1, 2 * m do meta[#meta + 1] = ARGV[i + j] end
 redis.call('zadd', KEYS[4], ARGV[3], ARGV[2])
 local size = tonumber(ARGV[4])
 local grow = size
-if ARGV[6] == '1' then
+local wlen = string.len(ARGV[7])
+if mode == 'S' then
   local old = tonumber(redis.call('hget', KEYS[5], 'working_bytes') or '0')
-  grow = grow + string.len(ARGV[7]) - old
+            + tonumber(redis.call('hget', KEYS[5], 'wm_log_bytes') or '0')
+  grow = grow + wlen - old
   redis.call('set', KEYS[6], ARGV[7])
+  redis.call('del', KEYS[8])
+  redis.call('hset', KEYS[5], 'working_bytes', wlen, 'wm_log_bytes', 0, 'wm_version', cid, 'wm_snapshot_version', cid)
+elseif mode == 'D' then
+  if not redis.call('hget', KEYS[5], 'wm_snapshot_version') then
+    redis.call('hset', KEYS[5], 'wm_snapshot_version', oldv)
+  end
+  grow = grow + wlen
+  redis.call('rpush', KEYS[8], ARGV[7])
+  redis.call('hincrby', KEYS[5], 'wm_log_bytes', wlen)
+  redis.call('hset', KEYS[5], 'wm_version', cid)
 end
 redis.call('hincrby', KEYS[5], 'bytes', grow)
 redis.call('hincrby', KEYS[5], 'chunk_bytes', size)
 redis.call('hincrby', KEYS[5], 'chunk_bytes_written', size)
+if mode ~= '0' then redis.call('hincrby', KEYS[5], 'working_bytes_written', wlen) end
 if tonumber(ARGV[5]) > 0 then redis.call('hincrby', KEYS[5], 'scene_cuts', ARGV[5]) end
 if m > 0 then redis.call('hset', KEYS[5], unpack(meta)) end
 redis.call('hset', KEYS[2], 'json', ARGV[8], 'detector', ARGV[9], 'next_clip', cid + 1)
