@@ -54,13 +54,6 @@ class WorkingDelta:
                             next_serial=self.next_serial, next_frame=self.next_frame)
 
 
-def snapshot_due(log_bytes: int, snapshot_bytes: int, ratio: float) -> bool:
-    """Whether the next working-memory write is a snapshot: none stored yet, or the deltas since the last one add up
-    to `ratio` times its size (a resume then reads at most 1 + ratio snapshots' worth; a stream writes about
-    1 + 1 / ratio times its deltas)."""
-    return snapshot_bytes <= 0 or log_bytes >= ratio * snapshot_bytes
-
-
 class DeltaMismatch(ValueError):
     """A delta was applied to a working memory it was not taken from."""
 

@@ -119,3 +119,19 @@ def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: Me
         novelty = value_novelty(candidates.values, arrival_key(candidates.serial), policy.redundancy_window)  # [L, N]
         scores = mix_scores(attention, novelty, policy.redundancy_weight)
     return compress_tokens(candidates, scores, budget, policy.policy)
+
+
+def absorb(state: WorkingState, chunks: list[TokenSet], policy: MemoryOptions, next_pos: int, max_pos: int,
+           next_serial: int, next_frame: int) -> WorkingState:
+    """An approximate working memory for a stream resumed from a snapshot older than its newest chunk, where the
+    clips after it cannot be encoded again (live sources, pushes): the chunks stored since the snapshot (each its
+    clip's best tokens, with the scores they were kept with) pruned together with the snapshot to the budget,
+    and the stream's counters after its newest chunk. Exact answers need the clips; this keeps what the chunks
+    kept of them."""
+    parts = [state.tokens] + [c for c in chunks if c.length]
+    tokens = TokenSet.cat(parts) if len(parts) > 1 else state.tokens
+    if tokens.length > policy.working_tokens:
+        tokens = in_arrival_order(compress_tokens(tokens, tokens.score, policy.working_tokens, policy.policy))
+    else:
+        tokens = in_arrival_order(tokens)
+    return WorkingState(tokens, next_pos, max_pos, next_serial, next_frame)

@@ -192,10 +192,13 @@ class Settings(BaseSettings):
     encode_batch: int = Field(8, ge=1, le=64, description="most streams whose ready clips are encoded together in "
                               "one batch (services/scheduler.py); 1: one clip at a time")
     max_message_bytes: int = 8 * 1024 * 1024
-    working_snapshot_ratio: float = Field(4.0, ge=0, le=1000, description="the working memory is stored as a "
-                                          "snapshot plus one delta per chunk (the tokens that entered); a new "
-                                          "snapshot is written once the deltas since the last add up to this many "
-                                          "times its size (0: a snapshot with every chunk)")
+    working_snapshot_chunks: int = Field(64, ge=1, le=100_000, description="the working memory is stored as a "
+                                         "snapshot every this many chunks (1: with every chunk); a stream resumed "
+                                         "after a crash re-steps what came after it (files: decoded and encoded "
+                                         "again, exactly; live streams and pushes: the stored chunks merged in)")
+    working_deltas: bool = Field(False, description="also store what each chunk changed in the working memory "
+                                 "(the tokens that entered): exact resume for every source and QA replicas "
+                                 "current to the newest chunk, at about one clip's KV per chunk")
     resident_max_bytes: int = Field(4 * 1024**3, ge=0, description="working memories and prefixes kept on the "
                                     "model's device for questions (streams ingested here always stay); the least "
                                     "recently asked are dropped past this and read again from Redis when asked")

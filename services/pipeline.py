@@ -20,9 +20,10 @@ from queue import Empty
 import redis
 
 from encoders.base import ClipRequest, EncodedSegment
-from memory.delta import diff, snapshot_due
+from memory.delta import diff
+from memory.layout import TokenSet
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
-from memory.working import WorkingState, context, step
+from memory.working import WorkingState, absorb, context, step
 from services import alerts
 from services.errors import STORE_FULL as STORE_FULL_MESSAGE
 from services.paths import MediaFile
@@ -44,13 +45,13 @@ STORE_BACKOFF_CAP_S = 5.0
 
 
 class _Memory:
-    """The stream's prefix and working memory as ingest advances them (one per worker), and what the store holds
-    of the working memory: a snapshot of `snapshot_bytes` and `log_bytes` of deltas after it."""
+    """The stream's prefix and working memory as ingest advances them (one per worker); `since_snapshot`: chunks
+    stored since the store's working-memory snapshot (None: the next chunk stores one)."""
 
-    def __init__(self, prefix: EncodedSegment, state: WorkingState, snapshot_bytes: int = 0,
-                 log_bytes: int = 0) -> None:
-        self.prefix, self.state = prefix, state
-        self.snapshot_bytes, self.log_bytes = snapshot_bytes, log_bytes
+    def __init__(self, prefix: EncodedSegment, state: WorkingState, since_snapshot: int | None = None,
+                 version: int = -1) -> None:
+        self.prefix, self.state, self.since_snapshot = prefix, state, since_snapshot
+        self.version = version  # the chunk this memory is after (-1: none yet)
 
 
 class _End:
@@ -126,6 +127,7 @@ class StreamWorker:
         self.queue = FrameQueue(s.queue_frames, live=plan.live, is_frame=_is_frame)
         self.memory = rec.memory  # the stream's own options, recorded at start (not this server's settings)
         self.ending = controls.ending
+        self.replay_until = 0  # clips below this id are stored already: encoded again for the memory only
         self._decoding = False  # once the decode thread runs, it closes plan.file
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
 
@@ -261,8 +263,9 @@ class StreamWorker:
                 self.plan.file.close()
 
     def _memory(self) -> _Memory:
-        """A new stream's prefix and empty working memory, or a resumed one's, exactly as stored with
-        its last chunk."""
+        """A new stream's prefix and empty working memory, or a resumed one's: as stored with its last chunk when
+        the store has it; else the newest snapshot, then (files) the clips after it decoded and encoded again
+        without storing them twice, exactly, or (live sources, pushes) the chunks stored after it merged in."""
         rt, sid, store = self.rt, self.rec.stream_id, self.rt.store
         if self.resume is None:
             with rt.model_lock:
@@ -270,10 +273,32 @@ class StreamWorker:
             self._durable(store.put_prefix, sid, prefix)
             return _Memory(prefix, WorkingState.empty(prefix))
         prefix = self._durable(store.get_prefix, sid).to(rt.adapter.device)  # the store's copy is on the host
-        got = self._durable(store.load_working, sid)  # the snapshot with its deltas applied
+        got = self._durable(store.load_working, sid)  # the snapshot (with its deltas, when stored)
         if got is None:
             return _Memory(prefix, WorkingState.empty(prefix))
-        return _Memory(prefix, got.state.to(rt.adapter.device), got.snapshot_bytes, got.log_bytes)
+        state = got.state.to(rt.adapter.device)
+        stored = self.resume.next_clip  # chunks below this id are stored
+        if got.version >= stored - 1:
+            snap_v = self._durable(store.get_stream, sid).wm_snapshot_version
+            return _Memory(prefix, state, since_snapshot=stored - 1 - snap_v, version=stored - 1)
+        snap = self._durable(store.snapshot_checkpoint, sid)
+        if self.plan.kind == "file" and snap is not None:
+            # decode and encode again from the snapshot's point: the memory comes out as it was (the chunks
+            # are stored already and are not stored again)
+            self.resume, self.replay_until = resume_point(snap), stored
+            log.info("stream %s: working memory at chunk %d, stored chunks up to %d; encoding %d clips again",
+                     sid, got.version, stored - 1, stored - 1 - got.version)
+            return _Memory(prefix, state, version=got.version)
+        # live sources and pushes cannot be decoded again: the chunks stored since the snapshot are merged in
+        ids = [i for i in self._durable(store.chunk_ids, sid, got.version)]
+        chunks = [p.to(rt.adapter.device) for p in self._durable(store.chunk_payloads, sid, ids)
+                  if isinstance(p, TokenSet)]
+        rec = self._durable(store.get_stream, sid)
+        log.info("stream %s: working memory at chunk %d, stored chunks up to %d; the %d chunks after it are "
+                 "merged into it (approximate: their clips cannot be encoded again)", sid, got.version, stored - 1,
+                 len(ids))
+        return _Memory(prefix, absorb(state, chunks, self.memory, rec.next_pos, rec.max_pos, rec.next_serial,
+                                      rec.next_frame), version=stored - 1)
 
     def _consume(self, mem: _Memory) -> None:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
@@ -316,6 +341,9 @@ class StreamWorker:
                 raise item
         if (clip := builder.flush()) is not None:  # end of source or StopStream: nothing sampled is lost
             self._store(clip, mem)
+        if mem.since_snapshot and mem.version >= 0:  # the final memory, kept whole (replicas, later questions)
+            self._durable(store.put_working, sid, mem.state, mem.version, fence=self.fence)
+            mem.since_snapshot = 0
 
     def _store(self, clip: Clip, mem: _Memory) -> None:
         rt, sid = self.rt, self.rec.stream_id
@@ -328,6 +356,11 @@ class StreamWorker:
         t0 = time.perf_counter()  # timed around the step (metrics), never inside it
         done = step(mem.prefix, mem.state, enc, novelty, self.memory)
         rt.metrics.memory_step_seconds.observe(time.perf_counter() - t0)
+        if clip.index < self.replay_until:  # stored before a restart: only the memory is rebuilt
+            self.frames_total += len(clip.frames)
+            mem.state, mem.version = done.state, clip.index
+            rt.resident.publish(sid, mem.prefix, done.state, clip.index)
+            return
         desc = None
         describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
         if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:
@@ -346,19 +379,19 @@ class StreamWorker:
                                 last_wall_s=clip.wall_end, next_tick=d.next_tick if d else None,
                                 next_index=d.next_index if d else None)
         lag = max(0.0, time.time() - clip.wall_end) if clip.wall_end is not None and self.plan.live else None
-        # the working memory: a delta (the tokens that entered) after the stored one, or now and then a snapshot
-        snapshot = snapshot_due(mem.log_bytes, mem.snapshot_bytes, rt.settings.working_snapshot_ratio)
-        working = done.state if snapshot else diff(mem.state, done.state)
+        # the working memory: a snapshot every `working_snapshot_chunks` chunks; in between, the tokens that
+        # entered (a delta) when `working_deltas` is on, else nothing
+        s = rt.settings
+        snapshot = mem.since_snapshot is None or mem.since_snapshot + 1 >= s.working_snapshot_chunks
+        working = done.state if snapshot else diff(mem.state, done.state) if s.working_deltas else None
         self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
                       self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
                       working=working, int8=self.memory.kv_int8, checkpoint=checkpoint,
-                      detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag))
-        if snapshot:
-            mem.snapshot_bytes, mem.log_bytes = rt.store.layout.token_set_bytes(done.state.tokens.length), 0
-        else:
-            mem.log_bytes += working.nbytes
-        mem.state = done.state  # only once stored: what resumes is what ingest continues from
-        rt.resident.publish(sid, mem.prefix, done.state, clip.index, mem.snapshot_bytes, mem.log_bytes)
+                      detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag),
+                      counters=done.state)
+        mem.since_snapshot = 0 if snapshot else mem.since_snapshot + 1
+        mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from
+        rt.resident.publish(sid, mem.prefix, done.state, clip.index)
         self.alerts.on_chunk(record, desc.vectors if desc else None)
         self._durable(rt.store.enforce_retention, sid, self.memory.retention(), fence=self.fence)
 

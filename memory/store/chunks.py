@@ -52,6 +52,7 @@ class ChunkGap(RuntimeError):
 class Chunks(StoreBase):
     def _init_chunks(self) -> None:
         self._put_chunk = self.r.register_script(scripts.PUT_CHUNK)
+        self._put_working = self.r.register_script(scripts.PUT_WORKING)
 
     # ---- memory --------------------------------------------------------------------------
     def put_prefix(self, sid: str, seg: EncodedSegment) -> None:
@@ -79,14 +80,15 @@ class Chunks(StoreBase):
                   keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[str, np.ndarray] | None = None,
                   working: WorkingState | WorkingDelta | None = None, int8: bool = False,
                   checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
-                  progress: Progress | None = None) -> int:
+                  progress: Progress | None = None, counters: WorkingState | None = None) -> int:
         """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
-        the working memory with it (`working`: a whole WorkingState is a new snapshot and empties the delta
-        log; a WorkingDelta from the previous chunk's memory is appended to the log), advance the stream's
-        counters and move its resume checkpoint, in one atomic step that also proves the writer holds the
-        stream's lease (`fence`, its token; LeaseLost if not). The chunk id must be the next one (ChunkGap if it
-        skips one); sent again after a lost reply, a chunk already stored is not stored twice. Returns the
-        chunk's bytes."""
+        the working memory with it (`working`: a whole WorkingState is a new snapshot, kept with this chunk's
+        checkpoint, and empties the delta log; a WorkingDelta from the previous chunk's memory is appended to
+        the log; None: the memory is not stored with this chunk), advance the stream's counters (`counters`: the
+        working memory after the chunk, whose positions and serials are recorded; default `working`) and move
+        its resume checkpoint, in one atomic step that also proves the writer holds the stream's lease
+        (`fence`, its token; LeaseLost if not). The chunk id must be the next one (ChunkGap if it skips one);
+        sent again after a lost reply, a chunk already stored is not stored twice. Returns the chunk's bytes."""
         blob = self.encode_payload(payload, int8)
         vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
         extra = {"keys": _npy(keys.tokens.astype(np.float16))}
@@ -99,10 +101,7 @@ class Chunks(StoreBase):
         meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
         mode, wm_blob = "0", b""
         if isinstance(working, WorkingState):
-            mode, wm_blob = "S", encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working",
-                                               next_pos=working.next_pos, max_pos=working.max_pos,
-                                               next_serial=working.next_serial, next_frame=working.next_frame,
-                                               chunk=chunk.chunk_id)
+            mode, wm_blob = "S", self._working_blob(working, chunk.chunk_id)
         elif isinstance(working, WorkingDelta):
             mode, wm_blob = "D", encode_delta(working, self.layout, self.fingerprint, chunk=chunk.chunk_id)
         now = json.dumps(time.time())
@@ -110,9 +109,11 @@ class Chunks(StoreBase):
             "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
             "media_end_s": json.dumps(chunk.end_s), "updated": now, **(progress or Progress()).fields(),
         }
-        if working is not None:
-            n = working.tokens.length if isinstance(working, WorkingState) else int(working.src.shape[1])
-            fields.update(next_pos=json.dumps(working.next_pos), max_pos=json.dumps(working.max_pos),
+        after = counters if counters is not None else working
+        if after is not None:
+            n = after.tokens.length if isinstance(after, WorkingState) else int(after.src.shape[1])
+            fields.update(next_pos=json.dumps(after.next_pos), max_pos=json.dumps(after.max_pos),
+                          next_serial=json.dumps(after.next_serial), next_frame=json.dumps(after.next_frame),
                           working_used=json.dumps(n))
         chunk_fields = {"meta": meta, "kv": blob, "vec": vec_bytes, "jpeg": keyframe_jpeg, **extra}
         ckpt = checkpoint or Checkpoint(next_clip=chunk.chunk_id + 1, after_s=chunk.end_s, frames_total=frames_total)
@@ -131,6 +132,23 @@ class Chunks(StoreBase):
             raise ChunkGap(f"stream {sid}: the working-memory delta of chunk {chunk.chunk_id} does not follow the "
                            "stored memory; not stored")
         return size
+
+    def _working_blob(self, working: WorkingState, chunk_id: int) -> bytes:
+        return encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working", next_pos=working.next_pos,
+                             max_pos=working.max_pos, next_serial=working.next_serial,
+                             next_frame=working.next_frame, chunk=chunk_id)
+
+    def put_working(self, sid: str, working: WorkingState, chunk_id: int, *, fence: str) -> int:
+        """A snapshot of the working memory after the newest stored chunk `chunk_id`, on its own (a stream that
+        ends stores its final memory), fenced like chunk writes. Returns its bytes."""
+        blob = self._working_blob(working, chunk_id)
+        got = self._put_working(keys=[self._k(sid, "lease"), self._k(sid, "ckpt"), self._k(sid, "meta"),
+                                      self._k(sid, "wm"), self._k(sid, "wmlog")], args=[fence, chunk_id, blob])
+        if got == -1:
+            raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; working memory not stored")
+        if got == -2:
+            raise ChunkGap(f"stream {sid}: chunk {chunk_id} is not the newest stored chunk; working memory not stored")
+        return len(blob)
 
     def get_working(self, sid: str) -> WorkingState | None:
         """The working memory after the newest chunk: its snapshot with the logged deltas applied (None before
@@ -153,8 +171,8 @@ class Chunks(StoreBase):
         version = _wm_version(raw[0], raw[2])
         snap_v = _wm_version(raw[1], raw[2])
         snap_bytes, log_bytes = int(raw[3] or 0), int(raw[4] or 0)
-        if have is not None and have.version == version:
-            return WorkingLoad(have.state, version, snap_bytes, log_bytes, 0)
+        if have is not None and have.version >= version:  # current (or newer: a live copy ahead of its snapshot)
+            return WorkingLoad(have.state, have.version, snap_bytes, log_bytes, 0)
         for _ in range(5):  # the version moved between the two reads: read again
             pipe = self.r.pipeline(transaction=True)
             pipe.hmget(k_meta, fields)
@@ -308,6 +326,12 @@ class Chunks(StoreBase):
         """(checkpoint, detector state) written with the last stored chunk, or None before the first."""
         h = self.r.hgetall(self._k(sid, "ckpt"))
         return (Checkpoint.from_json(h[b"json"]), h.get(b"detector", b"")) if h else None
+
+    def snapshot_checkpoint(self, sid: str) -> tuple[Checkpoint, bytes] | None:
+        """(checkpoint, detector state) of the chunk the working-memory snapshot was stored with (None: not kept,
+        as for streams stored before snapshots kept theirs): where a file is decoded again from on resume."""
+        got = self.r.hmget(self._k(sid, "ckpt"), ["wm_json", "wm_detector"])
+        return (Checkpoint.from_json(got[0]), got[1] or b"") if got[0] is not None else None
 
 
     def epoch(self, sid: str) -> int:

@@ -61,6 +61,8 @@ class StreamRecord:
     media_end_s: float = 0.0
     next_pos: int = 0
     max_pos: int = 0
+    next_serial: int = 0  # clip tokens the stream has produced (the working memory's counters after the last chunk)
+    next_frame: int = 0
     bytes: int = 0
     kind: str = "file"  # file | live | push
     live: bool = False  # drops frames when behind instead of pacing the source

@@ -61,7 +61,7 @@ return 1
 # blob, 8 checkpoint JSON, 9 detector state, 10 events maxlen, 11 now, 12 n chunk fields, then those pairs, then
 # m meta fields and their pairs.
 # Meta keeps wm_version (the chunk id the stored memory is at), wm_snapshot_version, working_bytes (snapshot)
-# and wm_log_bytes; streams stored before these existed hold the memory of their newest chunk (chunks - 1).
+# and wm_log_bytes; the checkpoint hash keeps the snapshot's own checkpoint (wm_json, wm_detector); streams stored before these existed hold the memory of their newest chunk (chunks - 1).
 # The progress event names the writer's token (`by`). -1: not the lease holder; 0: already stored (a resent
 # write); -2: the chunk id is not the next one; -3: the delta does not follow the stored memory; 1: stored.
 PUT_CHUNK = DENY_OOM + """
@@ -94,6 +94,7 @@ if mode == 'S' then
   grow = grow + wlen - old
   redis.call('set', KEYS[6], ARGV[7])
   redis.call('del', KEYS[8])
+  redis.call('hset', KEYS[2], 'wm_json', ARGV[8], 'wm_detector', ARGV[9])
   redis.call('hset', KEYS[5], 'working_bytes', wlen, 'wm_log_bytes', 0, 'wm_version', cid, 'wm_snapshot_version', cid)
 elseif mode == 'D' then
   if not redis.call('hget', KEYS[5], 'wm_snapshot_version') then
@@ -113,5 +114,25 @@ if m > 0 then redis.call('hset', KEYS[5], unpack(meta)) end
 redis.call('hset', KEYS[2], 'json', ARGV[8], 'detector', ARGV[9], 'next_clip', cid + 1)
 redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[10], '*', 'kind', 'progress', 'time', ARGV[11], 'chunk', ARGV[2],
            'by', ARGV[1])
+return 1
+"""
+
+# Store a working-memory snapshot on its own (a stream that ends keeps its final memory), fenced.
+# KEYS: 1 lease, 2 ckpt, 3 meta, 4 snapshot, 5 delta log. ARGV: 1 token, 2 the chunk id it is the memory after
+# (must be the newest stored chunk), 3 blob. -1: not the lease holder; -2: not the newest chunk; 1: stored.
+PUT_WORKING = DENY_OOM + """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return -1 end
+local cid = tonumber(ARGV[2])
+if cid ~= tonumber(redis.call('hget', KEYS[2], 'next_clip') or '0') - 1 then return -2 end
+local old = tonumber(redis.call('hget', KEYS[3], 'working_bytes') or '0')
+          + tonumber(redis.call('hget', KEYS[3], 'wm_log_bytes') or '0')
+local wlen = string.len(ARGV[3])
+redis.call('set', KEYS[4], ARGV[3])
+redis.call('del', KEYS[5])
+redis.call('hset', KEYS[2], 'wm_json', redis.call('hget', KEYS[2], 'json'),
+           'wm_detector', redis.call('hget', KEYS[2], 'detector') or '')
+redis.call('hset', KEYS[3], 'working_bytes', wlen, 'wm_log_bytes', 0, 'wm_version', cid, 'wm_snapshot_version', cid)
+redis.call('hincrby', KEYS[3], 'bytes', wlen - old)
+redis.call('hincrby', KEYS[3], 'working_bytes_written', wlen)
 return 1
 """

@@ -8,7 +8,7 @@ import pytest
 import redis
 import torch
 
-from memory.delta import DeltaMismatch, apply, diff, snapshot_due
+from memory.delta import DeltaMismatch, apply, diff
 from memory.options import MemoryOptions
 from memory.store import Checkpoint, ChunkGap, ChunkRecord, MemoryStore, StreamRecord
 from memory.working import WorkingState, context, step
@@ -63,13 +63,6 @@ def test_a_delta_refuses_a_memory_it_was_not_taken_from(run):
     d = diff(steps[3][0], steps[3][1].state)
     with pytest.raises(DeltaMismatch):
         apply(steps[4][0], d)
-
-
-def test_snapshot_policy():
-    assert snapshot_due(0, 0, 4.0)  # nothing stored yet
-    assert not snapshot_due(100, 1000, 4.0)
-    assert snapshot_due(4000, 1000, 4.0)
-    assert snapshot_due(1, 1000, 0.0)  # ratio 0: a snapshot with every chunk
 
 
 @pytest.fixture
