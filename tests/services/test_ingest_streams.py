@@ -16,6 +16,7 @@ import redis
 import torch
 
 from memory.codec import decode_tokens
+from memory.store import MemoryStore
 from services.client import Client, state_name
 from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, _free_port, env_for
@@ -130,9 +131,9 @@ def test_push_must_start_with_a_config_and_rejects_garbage(make_server, media_di
         assert state_name(junk.state) == "failed" and "not a readable video" in junk.error
 
 
-def _serve(cache_dir, media_dir, redis_url, namespace, port):
+def _serve(cache_dir, media_dir, redis_url, namespace, port, **extra):
     env = env_for(cache_dir, VIGIL_REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace, VIGIL_MEDIA_ROOTS=str(media_dir),
-                  VIGIL_LEASE_TTL_S="1.5")
+                  VIGIL_LEASE_TTL_S="1.5", **extra)
     return subprocess.Popen([VIGIL, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
@@ -164,20 +165,25 @@ def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_r
     media.synthetic_video(video, seconds=90, fps=10, scenes=6) if not video.exists() else None
     port = _free_port()
     addr = f"127.0.0.1:{port}"
-    first = _serve(cache_dir, media_dir, redis_url, namespace, port)
+    # a working-memory snapshot every 8 chunks: the kill lands after one, with chunks stored after it whose
+    # clips the resumed worker decodes and encodes again (not storing them twice)
+    snap = {"VIGIL_WORKING_SNAPSHOT_CHUNKS": "8"}
+    first = _serve(cache_dir, media_dir, redis_url, namespace, port, **snap)
     try:
         _wait_serving(first, addr)
         with Client(addr) as c:
             sid = c.start(str(video), fps=2, clip_frames=4).stream_id
             deadline = time.monotonic() + 120
-            while c.describe(sid).chunks < 4 and time.monotonic() < deadline:
+            while c.describe(sid).chunks < 11 and time.monotonic() < deadline:
                 time.sleep(0.05)
             os.kill(first.pid, signal.SIGKILL)
             first.wait(10)
         r = redis.Redis.from_url(redis_url)
         killed_at = int(r.zcard(f"{namespace}:s:{{{sid}}}:chunks"))
-        assert 4 <= killed_at < 40, "the kill should land mid-ingest"
-        second = _serve(cache_dir, media_dir, redis_url, namespace, port)
+        assert 11 <= killed_at < 40, "the kill should land mid-ingest"
+        meta = r.hmget(f"{namespace}:s:{{{sid}}}:meta", ["wm_version", "chunks"])
+        assert int(meta[0]) < int(meta[1]) - 1, "the stored working memory should lag the newest chunk"
+        second = _serve(cache_dir, media_dir, redis_url, namespace, port, **snap)
         try:
             _wait_serving(second, addr)
             with Client(addr) as c:
@@ -195,6 +201,16 @@ def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_r
     layout, fp = tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint
     assert_same_chunks(chunks_of(redis_url, namespace, sid), chunks_of(redis_url, namespace, ref.stream_id), layout, fp)
     assert len(resumed.gaps) == 0  # a file resumes where it stopped: no footage is missing
+    # the working memory rebuilt from the snapshot by encoding the clips after it again is the uninterrupted one's
+    store = MemoryStore(redis.Redis.from_url(redis_url), namespace, layout, fp)
+    a, b = store.load_working(sid), store.load_working(ref.stream_id)
+    assert a.version == b.version == ref.chunks - 1
+    assert torch.equal(a.state.tokens.serial, b.state.tokens.serial)  # the same tokens kept, layer by layer
+    assert torch.equal(a.state.tokens.positions, b.state.tokens.positions)
+    assert torch.allclose(a.state.tokens.keys, b.state.tokens.keys, atol=1e-5)
+    assert torch.allclose(a.state.tokens.values, b.state.tokens.values, atol=1e-5)
+    assert (a.state.next_pos, a.state.max_pos, a.state.next_serial) == (b.state.next_pos, b.state.max_pos,
+                                                                         b.state.next_serial)
 
 
 def test_bad_sources_fail_clearly_and_other_streams_go_on(make_server, media_dir, bikes, pattern_video):
