@@ -341,7 +341,8 @@ class StreamWorker:
                 raise item
         if (clip := builder.flush()) is not None:  # end of source or StopStream: nothing sampled is lost
             self._store(clip, mem)
-        if mem.since_snapshot and mem.version >= 0:  # the final memory, kept whole (replicas, later questions)
+        if mem.since_snapshot and mem.version >= 0 and not self.rt.settings.working_deltas:
+            # the final memory, kept whole (replicas, later questions); with deltas the log has it already
             self._durable(store.put_working, sid, mem.state, mem.version, fence=self.fence)
             mem.since_snapshot = 0
 

@@ -53,6 +53,7 @@ class Chunks(StoreBase):
     def _init_chunks(self) -> None:
         self._put_chunk = self.r.register_script(scripts.PUT_CHUNK)
         self._put_working = self.r.register_script(scripts.PUT_WORKING)
+        self.working_bytes_read = 0  # working-memory and prefix bytes this client has read (metrics, tests)
 
     # ---- memory --------------------------------------------------------------------------
     def put_prefix(self, sid: str, seg: EncodedSegment) -> None:
@@ -69,6 +70,7 @@ class Chunks(StoreBase):
         blob = self.r.get(self._k(sid, "prefix"))
         if blob is None:
             raise StreamNotFound(f"stream {sid!r} has no stored memory yet")
+        self.working_bytes_read += len(blob)
         return decode_segment(blob, self.layout, self.fingerprint)
 
     def encode_payload(self, payload: TokenSet | FeatureSet, int8: bool) -> bytes:
@@ -204,6 +206,7 @@ class Chunks(StoreBase):
                     raise RuntimeError(f"stream {sid}: working-memory log out of order at chunk {first + i}")
                 state = apply(state, d)
                 read += len(b)
+            self.working_bytes_read += read
             return WorkingLoad(state, first + len(blobs) - 1, int(raw[3] or 0), int(raw[4] or 0), read)
         raise RuntimeError(f"stream {sid}: the working memory kept changing while it was read")
 
