@@ -1,31 +1,36 @@
 """Per-stream search indexes over chunk retrieval vectors, derived from the store.
 
 One `StreamIndex` per stream holds, for every stored chunk: its representative keys (late interaction,
-`memory.multivec`; exact while small, candidates from a FAISS HNSW index per channel above
-`exact_max_rows` keys per channel, then exact rescoring; 65 536 keys are 1 024 chunks of 64 keys: 2.3 h of
-full 8-s clips, under an hour of busy footage whose clips close early at scene cuts), its mean key (the baseline, FAISS inner product), and one
+`memory.multivec`; float16 as stored, appended in place; exact while small, above `exact_max_rows` keys per
+channel a first pass over each chunk's first keys picks the candidates scored exactly; 65 536 keys are 1 024
+chunks of 64 keys: 2.3 h of full 8-s clips), its mean key (the baseline, FAISS inner product), and one
 vector per frame-index signal (on-screen text, labels, image embedding; FAISS inner product). Each
 signal ranks what it can score; `memory.fusion` combines them.
 
 An index is brought up to date from Redis before each search (only chunks it has not seen are read;
 everything again after retention deleted or merged chunks, which bumps the stream's epoch), so a QA
-replica started after ingest, or restarted, serves the same top-k.
+replica started after ingest, or restarted, serves the same top-k. The registry keeps at most `max_bytes` of
+indexes: the least recently searched streams are dropped and rebuilt from Redis when asked again.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
 import faiss
 import numpy as np
+import torch
 
 from encoders.retrieval import QueryKeys
 from memory.fusion import SearchOptions, Ranked, SignalScore, fuse
-from memory.multivec import combined, pad_rows
+from memory.multivec import pad_rows, standardise
 from memory.store import ChunkRecord, IndexRow, MemoryStore
 
-HNSW_NEIGHBOURS = 32
-HNSW_CANDIDATES = 64  # keys fetched per query row and channel on the approximate path
+BLOCK = 256  # chunks per key block
+COARSE_ROWS = 8  # keys per chunk and channel the approximate path's first pass scores
+COARSE_SHARE = 0.05  # chunks it passes on to exact scoring (at least COARSE_MIN)
+COARSE_MIN = 256
 
 
 @dataclass(frozen=True)
@@ -72,82 +77,91 @@ class _Dense:
 
 
 class _Keys:
-    """Every chunk's representative keys [N, C, m, D]; HNSW per channel once the stream is large."""
+    """Every chunk's representative keys, kept as stored (float16) in blocks of BLOCK chunks, channel-major
+    [C, BLOCK, m, D]: a new chunk is written into the last block's next slot (nothing restacked); scoring
+    converts one block and channel at a time to float32 (exact: the stored values, summed in float32).
+
+    Above `exact_max_rows` keys per channel the approximate path first scores every chunk by its first
+    COARSE_ROWS keys only (a farthest-point selection's prefix is a coarse cover of the chunk's keys; the same
+    storage, no second index), then scores the best candidates exactly. RAM: the keys alone
+    (C x m x D x 2 bytes a chunk)."""
 
     def __init__(self, n_layers: int, exact_max_rows: int) -> None:
         self.n_layers = n_layers
         self.exact_max_rows = exact_max_rows
         self.cids: list[int] = []
-        self.parts: list[np.ndarray] = []  # [C, k_i, D] float16 each, as stored (k_i <= m)
+        self.pos_of: dict[int, int] = {}
+        self.blocks: list[torch.Tensor] = []  # [C, BLOCK, m, D] float16 each; the last one filling up
         self.m = 0  # the most keys any chunk has: every chunk is padded to it (a repeated key changes no max)
-        self._channels: np.ndarray | None = None  # [C, N, m, D] float32: what scoring reads
-        self.hnsw: list[faiss.Index] | None = None
-        self._hnsw_rows = 0  # chunks added to the HNSW indexes
+        self.C = self.D = 0
+        self.coarse_min = COARSE_MIN
 
     def add(self, cids: list[int], keys: list[np.ndarray]) -> None:
-        self.cids += cids
-        self.parts += keys
         m = max(self.m, max(k.shape[1] for k in keys))
-        if m != self.m:  # wider chunks: every row position changes, so the HNSW graphs are rebuilt
-            self.m, self.hnsw, self._hnsw_rows = m, None, 0
-        self._channels = None
+        if m != self.m and self.cids:  # wider chunks: every block is laid out again (rare: an option changed)
+            old = [self.row(i) for i in range(len(self.cids))]
+            old_cids = self.cids
+            self.cids, self.pos_of, self.blocks, self.m = [], {}, [], m
+            self._append(old_cids, old)
+        self.m = m
+        self._append(cids, keys)
 
-    def channels(self) -> np.ndarray:
-        if self._channels is None:
-            st = np.stack([pad_rows(k, self.m) for k in self.parts])  # [N, C, m, D]
-            self._channels = np.ascontiguousarray(st.transpose(1, 0, 2, 3), dtype=np.float32)
-        return self._channels
+    def _append(self, cids: list[int], keys: list[np.ndarray]) -> None:
+        for cid, k in zip(cids, keys):
+            if not self.blocks:
+                self.C, _, self.D = k.shape
+            n = len(self.cids)
+            if n % BLOCK == 0:
+                self.blocks.append(torch.zeros(self.C, BLOCK, self.m, self.D, dtype=torch.float16))
+            self.blocks[-1][:, n % BLOCK] = torch.from_numpy(pad_rows(np.asarray(k, np.float16), self.m))
+            self.pos_of[cid] = n
+            self.cids.append(cid)
+
+    def row(self, pos: int) -> np.ndarray:
+        """One chunk's keys [C, m, D] float16."""
+        return self.blocks[pos // BLOCK][:, pos % BLOCK].numpy()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.blocks)
 
     @property
     def approximate(self) -> bool:
         return len(self.cids) * self.m > self.exact_max_rows
 
-    def _sync_hnsw(self) -> list[faiss.Index]:
-        ch = self.channels()
-        C, N, m, D = ch.shape
-        if self.hnsw is None:
-            self.hnsw = []
-            for _ in range(C):
-                idx = faiss.IndexHNSWFlat(D, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-                idx.hnsw.efSearch = 128
-                self.hnsw.append(idx)
-        if self._hnsw_rows < N:
-            for c, idx in enumerate(self.hnsw):
-                idx.add(ch[c, self._hnsw_rows:].reshape(-1, D))  # row r -> chunk position r // m
-            self._hnsw_rows = N
-        return self.hnsw
+    def _maxsim(self, q: np.ndarray, pos: np.ndarray, rows: int) -> np.ndarray:
+        """Per-layer max-sim [n, R] of the chunks at positions `pos` (sorted), over their first `rows` keys."""
+        C, D = self.C, self.D
+        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # [C, Q, D]
+        out = np.empty((len(pos), C), np.float32)
+        done = 0
+        for b in np.unique(pos // BLOCK):
+            sel = pos[(pos // BLOCK) == b] % BLOCK
+            block = self.blocks[b]
+            whole = np.array_equal(sel, np.arange(len(sel)))  # a prefix of the block: a view, no gather
+            part = block[:, :len(sel), :rows] if whole else block[:, torch.from_numpy(sel), :rows]  # [C, n, r, D]
+            n = len(sel)
+            for c in range(C):  # one channel at a time keeps the float32 copy small
+                sim = part[c].reshape(n * rows, D).float() @ qt[c].T  # [n*r, Q]
+                out[done:done + n, c] = sim.view(n, rows, -1).amax(dim=1).sum(dim=1).numpy()
+            done += n
+        return out.reshape(len(pos), self.n_layers, C // self.n_layers).sum(axis=2)  # [n, R]
 
     def rank(self, q: QueryKeys, allowed: list[int], mode: str = "auto") -> list[tuple[int, float]]:
         if not self.cids:
             return []
-        pos_of = {c: i for i, c in enumerate(self.cids)}
-        pos = np.array([pos_of[c] for c in allowed if c in pos_of], dtype=np.int64)
+        pos = np.array(sorted(self.pos_of[c] for c in allowed if c in self.pos_of), dtype=np.int64)
         if pos.size == 0:
             return []
         approx = mode == "approx" or (mode == "auto" and pos.size * self.m > self.exact_max_rows)
-        if approx:
-            pos = self._candidates(q, pos, whole=pos.size == len(self.cids))
-        keys = self.channels()  # [C, N, m, D]
-        if pos.size != len(self.cids) or (pos != np.arange(len(self.cids))).any():
-            keys = keys[:, pos]  # a window or candidates: only those chunks
-        scores = combined(q.tokens, keys, self.n_layers, channel_major=True)  # [n]
+        if approx and self.m > COARSE_ROWS:
+            coarse = standardise(self._maxsim(q.tokens, pos, COARSE_ROWS)).sum(axis=1)  # [n]
+            keep = max(self.coarse_min, int(pos.size * COARSE_SHARE))
+            if keep < pos.size:
+                pos = np.sort(pos[np.argsort(-coarse, kind="stable")[:keep]])
+        scores = standardise(self._maxsim(q.tokens, pos, self.m)).sum(axis=1)  # [n]
         order = np.argsort(-scores, kind="stable")
         return [(self.cids[int(pos[i])], float(scores[i])) for i in order]
-
-    def _candidates(self, q: QueryKeys, pos: np.ndarray, whole: bool) -> np.ndarray:
-        """Positions (within `pos`) of the chunks whose keys the HNSW indexes return for any query row; a
-        window's chunks are selected inside the graph search, not after it."""
-        m = self.m
-        found: set[int] = set()
-        params = None
-        if not whole:
-            rows = (pos[:, None] * m + np.arange(m)[None]).ravel().astype(np.int64)  # the window's key rows
-            params = faiss.SearchParametersHNSW(sel=faiss.IDSelectorBatch(rows), efSearch=128)
-        for c, idx in enumerate(self._sync_hnsw()):
-            _, rows = idx.search(q.tokens[c].astype(np.float32), min(HNSW_CANDIDATES, idx.ntotal), params=params)
-            found.update(int(r) // m for r in rows.ravel() if r >= 0)
-        keep = pos[np.isin(pos, np.fromiter(found, dtype=np.int64, count=len(found)))]
-        return keep if keep.size else pos
 
 
 class StreamIndex:
@@ -183,6 +197,12 @@ class StreamIndex:
             if name not in self.dense:
                 self.dense[name] = _Dense(items[0][1].shape[-1])
             self.dense[name].add([c for c, _ in items], [v for _, v in items])
+
+    @property
+    def nbytes(self) -> int:
+        """RAM of the index: keys, and every vector signal's FAISS vectors."""
+        with self._lock:
+            return self.keys.nbytes + sum(d.index.ntotal * d.index.d * 4 for d in self.dense.values())
 
     def allowed(self, window: tuple[float, float] | None) -> list[int]:
         with self._lock:
@@ -232,14 +252,18 @@ class StreamIndex:
 
 
 class IndexRegistry:
-    """Keeps one StreamIndex per stream in this process, synced from Redis on use."""
+    """Keeps one StreamIndex per stream in this process, synced from Redis on use, at most `max_bytes` of them
+    (0: no limit): the least recently used are dropped first (never the one just asked for)."""
 
-    def __init__(self, store: MemoryStore, n_layers: int, exact_max_rows: int = SearchOptions().exact_max_rows) -> None:
+    def __init__(self, store: MemoryStore, n_layers: int, exact_max_rows: int = SearchOptions().exact_max_rows,
+                 max_bytes: int = 0) -> None:
         self.store = store
         self.n_layers = n_layers
         self.exact_max_rows = exact_max_rows
-        self._indexes: dict[str, StreamIndex] = {}
+        self.max_bytes = max_bytes
+        self._indexes: OrderedDict[str, StreamIndex] = OrderedDict()
         self._lock = threading.Lock()
+        self.rebuilds = 0  # indexes built from nothing (first use, retention, or after being dropped)
 
     def synced(self, sid: str) -> StreamIndex:
         with self._lock:
@@ -247,10 +271,27 @@ class IndexRegistry:
             idx = self._indexes.get(sid)
             if idx is None or idx.epoch != epoch:
                 idx = self._indexes[sid] = StreamIndex(self.n_layers, epoch, self.exact_max_rows)
+                self.rebuilds += 1
+            self._indexes.move_to_end(sid)
             new_ids = self.store.chunk_ids(sid, after=idx.last_id)
             if new_ids:
                 idx.add(self.store.chunk_index_rows(sid, new_ids))
+            self._evict()
             return idx
+
+    def _evict(self) -> None:
+        if not self.max_bytes:
+            return
+        total = sum(i.nbytes for i in self._indexes.values())
+        for sid in list(self._indexes)[:-1]:
+            if total <= self.max_bytes:
+                return
+            total -= self._indexes.pop(sid).nbytes
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(i.nbytes for i in self._indexes.values())
 
     def drop(self, sid: str) -> None:
         with self._lock:

@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     working_deltas: bool = Field(False, description="also store what each chunk changed in the working memory "
                                  "(the tokens that entered): exact resume for every source and QA replicas "
                                  "current to the newest chunk, at about one clip's KV per chunk")
+    index_max_bytes: int = Field(2 * 1024**3, ge=0, description="search indexes kept in RAM (all streams); the "
+                                 "least recently searched are dropped past this and rebuilt from Redis when asked "
+                                 "(0: no limit)")
     resident_max_bytes: int = Field(4 * 1024**3, ge=0, description="working memories and prefixes kept on the "
                                     "model's device for questions (streams ingested here always stay); the least "
                                     "recently asked are dropped past this and read again from Redis when asked")

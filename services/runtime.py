@@ -47,6 +47,7 @@ class Runtime:
         client.ping()
         spec = adapter.spec
         store = MemoryStore(client, settings.namespace, spec.layout, spec.fingerprint)
-        indexes = IndexRegistry(store, len(spec.retrieval_layers), settings.retrieval.exact_max_rows)
+        indexes = IndexRegistry(store, len(spec.retrieval_layers), settings.retrieval.exact_max_rows,
+                                settings.index_max_bytes)
         return cls(settings, adapter, store, indexes, ModelGate(),
                    describer if describer is not None else load_describer(settings.frames))

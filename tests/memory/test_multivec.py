@@ -163,18 +163,20 @@ def test_index_rebuilt_from_redis_equals_the_live_one_also_across_merges(tiny_ad
     assert after is not live and len(after.records) < 12
     same_rankings(after, fresh(store, "mv1", n_layers), qs)
     merged = [r for r in after.records.values() if r.level > 0]
-    assert merged and all(after.keys.parts[after.keys.cids.index(r.chunk_id)].shape[1] == 8 for r in merged)
+    assert merged and all(row.keys.shape[1] == 8 for row in store.chunk_index_rows("mv1", [r.chunk_id for r in merged]))
     assert any("SIGN 0" in r.text for r in merged)  # on-screen text survives the merge
     assert reg.synced("mv1") is after  # same epoch: kept, not rebuilt
 
 
 def test_approximate_search_recall_against_exact(tiny_adapter, store):
-    """HNSW candidates + exact rescoring vs exact late interaction over a real stream's keys."""
+    """A first pass over each chunk's first keys picking 20 % of the chunks, exact rescoring of those, vs exact
+    late interaction over a real stream's keys."""
     ad = tiny_adapter
     opts = MemoryOptions(working_tokens=64, chunk_tokens=12, retrieval_keys=16)
     ingest(ad, store, "mv2", 80, opts)
     n_layers = len(ad.spec.retrieval_layers)
     idx = fresh(store, "mv2", n_layers)
+    idx.keys.coarse_min = 16  # of 80 chunks: the first pass really selects
     qs = [Query(ad.question_keys(q)) for q in QUESTIONS + [f"Is there a {w} in the picture?" for w in
                                                             ("car", "bird", "tree", "boat", "man", "lamp")]]
     recalls = []
@@ -211,5 +213,42 @@ def test_chunks_stored_before_representative_keys_are_still_found():
     assert old_hits[0].chunk.chunk_id == 2 and {s.name for s in old_hits[0].signals} == {"mean"}
     # widening: a later chunk with more keys than the first ones pads everyone to it
     idx.add([IndexRow(ChunkRecord(8, 64.0, 72.0, 8, 32, 64.0), unit(rs.randn(8)), rs.randn(2, 6, 4).astype(np.float16), {})])
-    assert idx.keys.m == 6 and idx.keys.channels().shape == (2, 5, 6, 4)
+    assert idx.keys.m == 6 and len(idx.keys.cids) == 5 and all(idx.keys.row(i).shape == (2, 6, 4) for i in range(5))
     assert len(idx.ranked(q)["kv"]) == 5
+
+
+def test_float16_blocks_score_as_float32_and_the_byte_cap_evicts_and_rebuilds(tiny_adapter, store):
+    """The index keeps keys as stored (float16, appended block by block); its scores equal late interaction over
+    the same keys in float32 (`multivec.combined`) within float32 summation error; a registry over its byte cap
+    drops the least recently used stream and rebuilds it from Redis, identical, when asked again."""
+    from memory import index as index_mod
+    from memory.multivec import combined
+
+    ad = tiny_adapter
+    n_layers = len(ad.spec.retrieval_layers)
+    opts = MemoryOptions(working_tokens=64, chunk_tokens=12, retrieval_keys=8)
+    ingest(ad, store, "fp1", 10, opts)
+    ingest(ad, store, "fp2", 10, opts)
+    rows = store.chunk_index_rows("fp1", store.chunk_ids("fp1"))
+    idx = StreamIndex(n_layers)
+    old_block = index_mod.BLOCK
+    index_mod.BLOCK = 4  # several blocks, the last one partly filled
+    try:
+        for r in rows:  # appended one at a time, as ingest adds them
+            idx.add([r])
+        assert len(idx.keys.blocks) == 3
+        stacked = np.stack([r.keys.astype(np.float32) for r in rows])  # [N, C, m, D]
+        for q in queries(ad):
+            want = combined(q.keys.tokens, stacked, n_layers)
+            got = dict(idx.ranked(q, mode="exact")["kv"])
+            assert np.allclose([got[r.record.chunk_id] for r in rows], want, atol=1e-4)
+    finally:
+        index_mod.BLOCK = old_block
+    one = IndexRegistry(store, n_layers).synced("fp1").nbytes
+    reg = IndexRegistry(store, n_layers, max_bytes=int(one * 1.5))
+    a = reg.synced("fp1")
+    reg.synced("fp2")  # over the cap: fp1, the least recently used, goes
+    assert reg.rebuilds == 2 and reg.nbytes <= int(one * 1.5)
+    again = reg.synced("fp1")
+    assert again is not a and reg.rebuilds == 3
+    same_rankings(again, a, queries(ad))
