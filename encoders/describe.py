@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,7 +50,7 @@ _LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 _LONG_RUN = re.compile(r"[^\W\d_]{6,}")
 _MAX_WORD = 24
 
-__all__ = ["OCR", "LABELS", "IMAGE", "SIGNALS", "FrameText", "FrameDescription", "DescriberOptions",
+__all__ = ["OCR", "LABELS", "IMAGE", "SIGNALS", "FrameText", "FrameDescription", "DescriberOptions", "StreamMemo",
            "FrameDescriber", "load_describer", "label_sentence", "search_text", "split_run_together"]
 
 
@@ -91,6 +91,36 @@ class DescriberOptions:
     ocr_max_side: int = 960  # frames larger than this are scaled down for text detection (never up)
     label_floor: float = 0.1  # minimum probability of a label
     top_labels: int = 3
+    # a frame whose 16-px block means all lie within this many levels (0-255) of the stream's last read frame's
+    # reuses that reading (OCR, labels): a static scene is read once; 0: every frame is read
+    unchanged_levels: float = 6.0
+
+
+BLOCK_PX = 16  # the unchanged test compares means of BLOCK_PX x BLOCK_PX blocks (grey levels)
+
+
+def block_means(frame: np.ndarray) -> np.ndarray:
+    """[H // 16, W // 16] float32 mean grey level of each 16 x 16 block (what `unchanged` compares)."""
+    h, w = frame.shape[0] // BLOCK_PX * BLOCK_PX, frame.shape[1] // BLOCK_PX * BLOCK_PX
+    grey = frame[:h, :w].astype(np.float32).mean(axis=2)  # [h, w]
+    return grey.reshape(h // BLOCK_PX, BLOCK_PX, w // BLOCK_PX, BLOCK_PX).mean(axis=(1, 3))
+
+
+@dataclass
+class StreamMemo:
+    """One stream's last read frames, so `describe` skips frames that did not change (one per stream's
+    worker; the describer itself is shared and stateless)."""
+    ocr_blocks: np.ndarray | None = None  # block means of the frame text was last read in
+    ocr_lines: tuple[FrameText, ...] = ()  # what was read there
+    label_blocks: np.ndarray | None = None
+    labels: tuple[tuple[str, float], ...] = ()
+    image: np.ndarray | None = None
+    read: int = 0  # frames read (OCR)
+    reused: int = 0  # frames whose reading was reused
+
+    def same(self, before: np.ndarray | None, now: np.ndarray, levels: float) -> bool:
+        return (levels > 0 and before is not None and before.shape == now.shape
+                and float(np.abs(now - before).max()) <= levels)
 
 
 def label_sentence(labels) -> str:
@@ -207,9 +237,11 @@ class FrameDescriber:
         return "frames-v1;" + ";".join(parts)
 
     # -- hot path ------------------------------------------------------------------------------------
-    def describe(self, frames: list[np.ndarray], keyframe: int | None = None) -> FrameDescription:
+    def describe(self, frames: list[np.ndarray], keyframe: int | None = None,
+                 memo: StreamMemo | None = None) -> FrameDescription:
         """Describe one chunk from its frames (RGB uint8, HxWx3, in time order). With `keyframe`, a signal
-        that looks at one frame looks at that one (else at the middle one)."""
+        that looks at one frame looks at that one (else at the middle one). With the stream's `memo`, a frame
+        that did not change since the stream's last read one (`unchanged_levels`) reuses that reading."""
         frames = _check(frames)
         if not frames:
             return FrameDescription("", 0.0, (), {})
@@ -221,10 +253,14 @@ class FrameDescriber:
         lines: tuple[FrameText, ...] = ()
         labels: tuple[tuple[str, float], ...] = ()
         if self._ocr is not None:
-            lines = merge_lines([self._ocr.read(frames[i], i) for i in which(opts.ocr_frames)])
+            lines = merge_lines([self._read(frames[i], i, memo) for i in which(opts.ocr_frames)])
         view = [frames[i] for i in which(opts.label_frames)]
+        view_blocks = block_means(view[0]) if memo is not None and len(view) == 1 else None
+        reuse = memo is not None and view_blocks is not None and memo.same(memo.label_blocks, view_blocks,
+                                                                            opts.unchanged_levels)
         if self._labeler is not None:
-            labels = self._labeler.top(self._labeler.probs(view), opts.top_labels, opts.label_floor)
+            labels = memo.labels if reuse else self._labeler.top(self._labeler.probs(view), opts.top_labels,
+                                                                 opts.label_floor)
         text = "\n".join(ln.text for ln in lines)
         vectors: dict[str, np.ndarray] = {}
         sentences = []
@@ -237,9 +273,24 @@ class FrameDescriber:
             for (name, _), vec in zip(sentences, embedded):
                 vectors[name] = _unit(vec)
         if self._image is not None:
-            vectors[IMAGE] = _unit(self._image.embed_images(view).mean(0))
+            vectors[IMAGE] = memo.image if reuse else _unit(self._image.embed_images(view).mean(0))
+        if memo is not None and view_blocks is not None and not reuse:
+            memo.label_blocks, memo.labels, memo.image = view_blocks, labels, vectors.get(IMAGE)
         confidence = min((ln.confidence for ln in lines), default=0.0)
         return FrameDescription(text, float(confidence), labels, vectors, lines)
+
+    def _read(self, frame: np.ndarray, i: int, memo: StreamMemo | None) -> list[FrameText]:
+        """The text lines of one frame: read, or (unchanged since the stream's last read frame) that reading."""
+        if memo is None:
+            return self._ocr.read(frame, i)
+        blocks = block_means(frame)
+        if memo.same(memo.ocr_blocks, blocks, self.options.unchanged_levels):
+            memo.reused += 1
+            return [replace(ln, frame=i) for ln in memo.ocr_lines]
+        lines = self._ocr.read(frame, i)
+        memo.ocr_blocks, memo.ocr_lines = blocks, tuple(lines)
+        memo.read += 1
+        return lines
 
     def embed_query(self, text: str) -> dict[str, np.ndarray]:
         """The question's vector for each of `signals`."""

@@ -20,6 +20,7 @@ from queue import Empty
 import redis
 
 from encoders.base import ClipRequest, EncodedSegment
+from encoders.describe import StreamMemo
 from memory.delta import diff
 from memory.layout import TokenSet
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
@@ -128,6 +129,7 @@ class StreamWorker:
         self.memory = rec.memory  # the stream's own options, recorded at start (not this server's settings)
         self.ending = controls.ending
         self.replay_until = 0  # clips below this id are stored already: encoded again for the memory only
+        self.describe_memo = StreamMemo()  # the frame index reads a frame again only once it changed
         self._decoding = False  # once the decode thread runs, it closes plan.file
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
 
@@ -365,7 +367,7 @@ class StreamWorker:
         desc = None
         describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
         if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:
-            desc = describer.describe(list(clip.frames), keyframe=key)
+            desc = describer.describe(list(clip.frames), keyframe=key, memo=self.describe_memo)
         self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),

@@ -95,6 +95,28 @@ def test_reads_text_drawn_on_footage(describer, frames):
     assert not d.vectors["ocr"].flags.writeable
 
 
+def test_an_unchanged_frame_reuses_its_reading_and_a_changed_sign_is_read_again(describer, frames):
+    """Per stream (`StreamMemo`): a static scene is read once; camera noise does not count as change; a new
+    sign on the same static scene is read again."""
+    from encoders.describe import StreamMemo
+
+    memo = StreamMemo()
+    signed = with_text(frames[0], GATE)
+    first = describer.describe([signed, signed], memo=memo)
+    assert line_key(first.text) == line_key(GATE) and (memo.read, memo.reused) == (1, 1)
+    noise = np.random.RandomState(0).randint(-3, 4, signed.shape)
+    noisy = np.clip(signed.astype(int) + noise, 0, 255).astype(np.uint8)  # sensor noise, +-3 levels
+    again = describer.describe([noisy, noisy], memo=memo)
+    assert again.text == first.text and (memo.read, memo.reused) == (1, 3)  # not read again
+    assert again.labels == first.labels and np.array_equal(again.vectors["ocr"], first.vectors["ocr"])
+    changed = with_text(frames[0], "DOCK 4 OPEN")  # the same scene, another sign
+    d = describer.describe([changed, changed], memo=memo)
+    assert line_key(d.text) == line_key("DOCK 4 OPEN"), d.text
+    assert memo.read == 2
+    # without a memo every frame is read, as before
+    assert describer.describe([changed]).text == d.text
+
+
 def test_frame_without_text_has_no_ocr_vector(describer, frames):
     d = describer.describe([frames[0]])
     assert d.text == "" and d.text_confidence == 0.0 and d.lines == ()
