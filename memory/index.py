@@ -28,8 +28,8 @@ from memory.multivec import pad_rows, standardise
 from memory.store import ChunkRecord, IndexRow, MemoryStore
 
 BLOCK = 256  # chunks per key block
-COARSE_ROWS = 8  # keys per chunk and channel the approximate path's first pass scores
-COARSE_SHARE = 0.05  # chunks it passes on to exact scoring (at least COARSE_MIN)
+COARSE_ROWS = 16  # keys per chunk and channel the approximate path's first pass scores (bench_retrieval_index)
+COARSE_SHARE = 0.1  # chunks it passes on to exact scoring (at least COARSE_MIN)
 COARSE_MIN = 256
 
 
