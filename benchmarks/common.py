@@ -44,3 +44,17 @@ def front_end(path: Path, fps: float, max_side: int, clip_frames: int) -> dict:
         clips += builder.flush() is not None
     return {"fps": fps, "source_frames": consumed, "sampled_frames": sampled, "cuts": cuts, "clips": clips,
             "seconds": time.perf_counter() - t0}
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def log(msg: str) -> None:
+    """Progress on standard error (the tables go to standard output)."""
+    import sys
+
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)

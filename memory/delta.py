@@ -54,6 +54,16 @@ class WorkingDelta:
                             next_serial=self.next_serial, next_frame=self.next_frame)
 
 
+def working_write(before: WorkingState, after: WorkingState, since_snapshot: int | None, every: int,
+                  deltas: bool) -> WorkingState | WorkingDelta | None:
+    """What the store gets of the working memory with a chunk: a snapshot (the whole memory) every `every` chunks
+    and whenever none is stored yet (`since_snapshot` None); in between the delta from `before` when `deltas`
+    is on, else nothing (the stored memory then lags the newest chunk by up to `every` - 1 chunks)."""
+    if since_snapshot is None or since_snapshot + 1 >= every:
+        return after
+    return diff(before, after) if deltas else None
+
+
 class DeltaMismatch(ValueError):
     """A delta was applied to a working memory it was not taken from."""
 

@@ -27,7 +27,7 @@ from memory.fusion import SearchOptions, Ranked, SignalScore, fuse
 from memory.multivec import pad_rows, standardise
 from memory.store import ChunkRecord, IndexRow, MemoryStore
 
-BLOCK = 256  # chunks per key block
+BLOCK = 64  # chunks per key block (8 MB at the 7B layout: what a short stream over-allocates)
 COARSE_ROWS = 16  # keys per chunk and channel the approximate path's first pass scores (bench_retrieval_index)
 COARSE_SHARE = 0.1  # chunks it passes on to exact scoring (at least COARSE_MIN)
 COARSE_MIN = 256

@@ -21,7 +21,7 @@ import redis
 
 from encoders.base import ClipRequest, EncodedSegment
 from encoders.describe import StreamMemo
-from memory.delta import diff
+from memory.delta import working_write
 from memory.layout import TokenSet
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, absorb, context, step
@@ -384,9 +384,9 @@ class StreamWorker:
         lag = max(0.0, time.time() - clip.wall_end) if clip.wall_end is not None and self.plan.live else None
         # the working memory: a snapshot every `working_snapshot_chunks` chunks; in between, the tokens that
         # entered (a delta) when `working_deltas` is on, else nothing
-        s = rt.settings
-        snapshot = mem.since_snapshot is None or mem.since_snapshot + 1 >= s.working_snapshot_chunks
-        working = done.state if snapshot else diff(mem.state, done.state) if s.working_deltas else None
+        working = working_write(mem.state, done.state, mem.since_snapshot, rt.settings.working_snapshot_chunks,
+                                rt.settings.working_deltas)
+        snapshot = isinstance(working, WorkingState)
         self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
                       self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
                       working=working, int8=self.memory.kv_int8, checkpoint=checkpoint,

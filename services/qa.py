@@ -157,6 +157,7 @@ class Prepared:
     history: tuple[Turn, ...]  # earlier turns that go into the prompt (bounded by max_conversation_tokens)
     conversation_id: str  # "": none
     t0: float  # perf_counter when the question arrived
+    timings: tuple[tuple[str, float], ...] = ()  # (stage, ms) of the work before the first answer token
 
 
 def conversations(rt: Runtime) -> ConversationStore:
@@ -197,7 +198,9 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
         searched = Searched(0.0, math.inf, ALL)  # the time words point where nothing is stored: search it all
     example = (decode_example(example_image, s.max_example_bytes, s.frame_max_side, s.max_example_decoded_bytes)
                if example_image else None)
+    marks = [("checks, index sync", time.perf_counter())]
     query = question_query(rt, q, example, rec.frames_fingerprint)
+    marks.append(("question keys", time.perf_counter()))
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         if attempt:
             index = rt.indexes.synced(sid)
@@ -213,8 +216,10 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
         # answer comes from the working memory alone, with no evidence
         hits = sorted(ranked, key=lambda h: h.chunk.start_s)
         ids = [h.chunk.chunk_id for h in hits]
+        marks.append(("search", time.perf_counter()))
         try:  # the chunks (and their keyframes) in one round trip
             payloads, keyframes = rt.store.chunk_payloads(sid, ids, keyframes=True)
+            marks.append(("chunks read and decoded", time.perf_counter()))
             break
         except ChunksGone:
             if attempt == 2:
@@ -224,6 +229,7 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
     working = rt.resident.working(sid)
     rank_of = {h.chunk.chunk_id: i + 1 for i, h in enumerate(ranked)}
     prefix = rt.resident.prefix(sid)
+    marks.append(("working memory", time.perf_counter()))
     dev = rt.adapter.device  # the resident memory is there; chunks read from Redis join it
     kv = [(p.to(dev), (h.chunk.span_start, h.chunk.span_end)) for p, h in zip(payloads, hits)
           if isinstance(p, TokenSet)]
@@ -232,18 +238,23 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
         memory = answer_memory(prefix, state.tokens, kv, state.next_pos, state.max_pos)
     else:
         memory = answer_memory(prefix, None, kv, rec.next_pos, rec.max_pos)
+    marks.append(("assembly", time.perf_counter()))
     features = [p for p in payloads if isinstance(p, FeatureSet)]
     if features:
         with rt.model_lock:
             memory = prefill_features(rt, memory, features)
+        marks.append(("feature prefill", time.perf_counter()))
     budget = min(max_new_tokens or s.max_new_tokens, s.max_new_tokens_cap)
     if not include_keyframes:
         keyframes = [b""] * len(ids)
     lo, hi = searched.start_s, searched.end_s
     gaps = rt.store.gaps_in(sid, lo, hi, MAX_GAPS)
+    marks.append(("gaps", time.perf_counter()))
+    timings = tuple((name, (t - marks[i][1]) * 1000) for i, (name, t) in enumerate(marks[1:]))
     if new_conversation:  # once the question is known to be answerable
         cid = conversations(rt).create(sid).conversation_id
-    return Prepared(q, memory, budget, hits, [rank_of[i] for i in ids], keyframes, gaps, searched, history, cid, t0)
+    return Prepared(q, memory, budget, hits, [rank_of[i] for i in ids], keyframes, gaps, searched, history, cid, t0,
+                    (("checks, index sync", (marks[0][1] - t0) * 1000),) + timings)
 
 
 def generate(rt: Runtime, memory: EncodedSegment, question: str, budget: int, history: Sequence[Turn] = (),
