@@ -261,7 +261,7 @@ def bench_tiny_ingest(url: str, r: redis.Redis, video: Path, cache: Path) -> dic
     from services.client import Client
     from services.config import Settings
     from services.server import VigilServer
-    from tests.conftest import wait_done
+    from testkit.waits import wait_done
 
     out = {}
     for label, every in (("previous: whole memory every chunk", 1), ("default: snapshot every 64 chunks", 64)):
@@ -403,7 +403,7 @@ def main(argv=None) -> None:
     with EmbeddedRedis() as er:
         r = redis.Redis.from_url(er.url)
         if not args.quick:
-            from tests import media
+            from testkit import media
 
             video = media.captioned_footage("bikes.mp4", [], seconds=600, fps=5, size=(320, 136))
             rep["tiny_ingest"] = bench_tiny_ingest(er.url, r, video, cache)

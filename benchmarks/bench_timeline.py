@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import media  # noqa: E402
+from testkit import media  # noqa: E402
 
 QUESTIONS = ["What is happening in the video?", "What colour is the screen in the first minute?",
              "What changed near the end?"]

@@ -58,6 +58,17 @@ class EncodedSegment:
                        positions=self.positions.to(device))
 
 
+def check_segment(layout: KVLayout, seg: EncodedSegment) -> None:
+    """Raise ValueError if a segment does not have `layout`'s shapes and dtype."""
+    n = seg.length
+    if tuple(seg.keys.shape) != layout.kv_shape(n) or tuple(seg.values.shape) != layout.kv_shape(n):
+        raise ValueError(f"KV shape {tuple(seg.keys.shape)} does not match layout {layout.kv_shape(n)}")
+    if tuple(seg.positions.shape) not in (layout.positions_shape(n), layout.layered_positions_shape(n)):
+        raise ValueError(f"positions shape {tuple(seg.positions.shape)} != {layout.positions_shape(n)}")
+    if seg.keys.dtype != layout.torch_dtype or seg.values.dtype != layout.torch_dtype:
+        raise ValueError(f"KV dtypes {seg.keys.dtype}/{seg.values.dtype} do not match layout {layout.dtype}")
+
+
 @dataclass(frozen=True)
 class ClipEncoding:
     """A clip prefilled behind a memory, plus what the memory compressor needs to score it."""

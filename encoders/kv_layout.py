@@ -1,19 +1,15 @@
 """The KV layout a model declares (`ModelSpec.layout`): every memory shape and byte size derives from it.
 
 It lives beside the model spec because a model declares it, and imports nothing from the project, so both
-`encoders` (whose specs carry it) and `memory` (whose `memory.layout` re-exports it and owns the segment and
-token-set types it checks) can use it without an import cycle.
+`encoders` (whose specs carry it) and `memory` (whose `memory.layout` re-exports it) can use it. Whether a
+tensor record fits a layout is checked beside each record's type: `encoders.base.check_segment`,
+`memory.layout.check_tokens` / `check_features`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from encoders.base import EncodedSegment
-    from memory.layout import FeatureSet, TokenSet
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 POSITION_BYTES = 8  # int64 position ids
@@ -74,34 +70,3 @@ class KVLayout:
         """Compressed visual features: one input embedding per token plus positions, serial and score."""
         return tokens * (self.feature_dim * self.dtype_bytes + self.position_dims * POSITION_BYTES
                          + SERIAL_BYTES + SCORE_BYTES)
-
-    def check_features(self, fs: FeatureSet) -> None:
-        n = fs.length
-        if tuple(fs.embeds.shape) != (n, self.feature_dim) or fs.embeds.dtype != self.torch_dtype:
-            raise ValueError(f"features {tuple(fs.embeds.shape)} {fs.embeds.dtype} do not match layout "
-                             f"({n}, {self.feature_dim}) {self.dtype}")
-        if tuple(fs.positions.shape) != self.positions_shape(n) or tuple(fs.serial.shape) != (n,) \
-                or tuple(fs.score.shape) != (n,):
-            raise ValueError("feature positions/serial/score shapes do not match the layout")
-
-    # ---- checks --------------------------------------------------------------------------
-    def check(self, seg: EncodedSegment) -> None:
-        """Raise ValueError if a segment does not have this layout."""
-        n = seg.length
-        if tuple(seg.keys.shape) != self.kv_shape(n) or tuple(seg.values.shape) != self.kv_shape(n):
-            raise ValueError(f"KV shape {tuple(seg.keys.shape)} does not match layout {self.kv_shape(n)}")
-        if tuple(seg.positions.shape) not in (self.positions_shape(n), self.layered_positions_shape(n)):
-            raise ValueError(f"positions shape {tuple(seg.positions.shape)} != {self.positions_shape(n)}")
-        if seg.keys.dtype != self.torch_dtype or seg.values.dtype != self.torch_dtype:
-            raise ValueError(f"KV dtypes {seg.keys.dtype}/{seg.values.dtype} do not match layout {self.dtype}")
-
-    def check_tokens(self, ts: TokenSet) -> None:
-        n = ts.length
-        if tuple(ts.keys.shape) != self.kv_shape(n) or tuple(ts.values.shape) != self.kv_shape(n):
-            raise ValueError(f"KV shape {tuple(ts.keys.shape)} does not match layout {self.kv_shape(n)}")
-        if tuple(ts.positions.shape) != self.layered_positions_shape(n):
-            raise ValueError(f"positions shape {tuple(ts.positions.shape)} != {self.layered_positions_shape(n)}")
-        if tuple(ts.serial.shape) != (self.num_layers, n) or tuple(ts.score.shape) != (self.num_layers, n):
-            raise ValueError("serial/score shapes do not match the layout")
-        if ts.keys.dtype != self.torch_dtype or ts.values.dtype != self.torch_dtype:
-            raise ValueError(f"KV dtypes {ts.keys.dtype}/{ts.values.dtype} do not match layout {self.dtype}")

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import torch
 
+from encoders.errors import ModelUnavailable  # noqa: F401  (raised here; callers import it from the loader too)
 from encoders.options import ModelOptions  # noqa: F401  (the loader's options, torch-free)
 from encoders.vision_prep import PatchGeometry
 
 
 log = logging.getLogger("vigil.model")
-
-
-class ModelUnavailable(RuntimeError):
-    """The model cannot be loaded; the message says how to get it."""
 
 
 SUPPORTED = {  # config.json model_type -> family name

@@ -32,7 +32,7 @@ from encoders.decoding import greedy, stream_text
 from encoders.kv_cache import cache_of, tail
 from encoders.base import ClipEncoding, EncodedSegment, ModelSpec, Turn
 from encoders.kv_layout import KVLayout
-from encoders.loading import ModelUnavailable
+from encoders.errors import ModelUnavailable
 from encoders.retrieval import (BlockKeys, QueryKeys, block_keys, calibration_mean, middle_layer, question_keys,
                                 retrieval_layers)
 

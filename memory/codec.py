@@ -22,10 +22,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from encoders.base import EncodedSegment
+from encoders.base import EncodedSegment, check_segment
 from memory.delta import WorkingDelta
 from memory.errors import IncompatibleBlob
-from memory.layout import FeatureSet, KVLayout, TokenSet
+from memory.layout import FeatureSet, KVLayout, TokenSet, check_features, check_tokens
 from memory.quant import dequantize_int8, quantize_int8
 
 FORMAT = "vigil.kv"
@@ -115,7 +115,7 @@ def _shape_checked(check, value):
 
 # ---- prefix segments -------------------------------------------------------------------------
 def encode_segment(seg: EncodedSegment, layout: KVLayout, fingerprint: str) -> bytes:
-    layout.check(seg)
+    check_segment(layout, seg)
     tensors = {
         "keys": seg.keys.contiguous(),  # [L, Hkv, S, D]
         "values": seg.values.contiguous(),  # [L, Hkv, S, D]
@@ -127,13 +127,13 @@ def encode_segment(seg: EncodedSegment, layout: KVLayout, fingerprint: str) -> b
 def decode_segment(blob: bytes, layout: KVLayout, fingerprint: str) -> EncodedSegment:
     meta, t = _open(blob, FORMAT, layout, fingerprint)
     seg = EncodedSegment(t["keys"], t["values"], t["positions"], int(meta["next_pos"]), int(meta["max_pos"]), None)
-    return _shape_checked(layout.check, seg)
+    return _shape_checked(lambda x: check_segment(layout, x), seg)
 
 
 # ---- token sets (KV chunks, working memory) ---------------------------------------------------
 def encode_tokens(ts: TokenSet, layout: KVLayout, fingerprint: str, *, int8: bool = False, **extra) -> bytes:
     """A TokenSet; `extra` (str()-able values) travels in the header and comes back from decode_tokens."""
-    layout.check_tokens(ts)
+    check_tokens(layout, ts)
     tensors = {"positions": ts.positions.contiguous(),  # [L, P, n]
                "serial": ts.serial.contiguous(),  # [L, n]
                "score": ts.score.to(torch.float32).contiguous()}  # [L, n]
@@ -161,12 +161,12 @@ def decode_tokens(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[Toke
         ts = TokenSet(keys, values, t["positions"], t["serial"], t["score"])
     except KeyError as exc:
         raise IncompatibleBlob(f"blob lacks tensor {exc}") from exc
-    return _shape_checked(layout.check_tokens, ts), meta
+    return _shape_checked(lambda x: check_tokens(layout, x), ts), meta
 
 
 # ---- feature sets ------------------------------------------------------------------------------
 def encode_features(fs: FeatureSet, layout: KVLayout, fingerprint: str, **extra) -> bytes:
-    layout.check_features(fs)
+    check_features(layout, fs)
     tensors = {"embeds": fs.embeds.contiguous(),  # [n, F]
                "positions": fs.positions.to(torch.int64).contiguous(),  # [P, n]
                "serial": fs.serial.contiguous(), "score": fs.score.to(torch.float32).contiguous()}  # [n]
@@ -179,7 +179,7 @@ def decode_features(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[Fe
         fs = FeatureSet(t["embeds"], t["positions"], t["serial"], t["score"])
     except KeyError as exc:
         raise IncompatibleBlob(f"blob lacks tensor {exc}") from exc
-    return _shape_checked(layout.check_features, fs), meta
+    return _shape_checked(lambda x: check_features(layout, x), fs), meta
 
 
 def decode_chunk(blob: bytes, layout: KVLayout, fingerprint: str) -> tuple[TokenSet | FeatureSet, dict]:

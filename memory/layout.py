@@ -91,6 +91,30 @@ class FeatureSet:
                           torch.cat([s.serial for s in sets]), torch.cat([s.score for s in sets]))
 
 
+def check_tokens(layout: KVLayout, ts: TokenSet) -> None:
+    """Raise ValueError if a token set does not have `layout`'s shapes and dtype."""
+    n = ts.length
+    if tuple(ts.keys.shape) != layout.kv_shape(n) or tuple(ts.values.shape) != layout.kv_shape(n):
+        raise ValueError(f"KV shape {tuple(ts.keys.shape)} does not match layout {layout.kv_shape(n)}")
+    if tuple(ts.positions.shape) != layout.layered_positions_shape(n):
+        raise ValueError(f"positions shape {tuple(ts.positions.shape)} != {layout.layered_positions_shape(n)}")
+    if tuple(ts.serial.shape) != (layout.num_layers, n) or tuple(ts.score.shape) != (layout.num_layers, n):
+        raise ValueError("serial/score shapes do not match the layout")
+    if ts.keys.dtype != layout.torch_dtype or ts.values.dtype != layout.torch_dtype:
+        raise ValueError(f"KV dtypes {ts.keys.dtype}/{ts.values.dtype} do not match layout {layout.dtype}")
+
+
+def check_features(layout: KVLayout, fs: FeatureSet) -> None:
+    """Raise ValueError if a feature set does not have `layout`'s shapes and dtype."""
+    n = fs.length
+    if tuple(fs.embeds.shape) != (n, layout.feature_dim) or fs.embeds.dtype != layout.torch_dtype:
+        raise ValueError(f"features {tuple(fs.embeds.shape)} {fs.embeds.dtype} do not match layout "
+                         f"({n}, {layout.feature_dim}) {layout.dtype}")
+    if tuple(fs.positions.shape) != layout.positions_shape(n) or tuple(fs.serial.shape) != (n,) \
+            or tuple(fs.score.shape) != (n,):
+        raise ValueError("feature positions/serial/score shapes do not match the layout")
+
+
 def layered(positions: torch.Tensor, num_layers: int) -> torch.Tensor:
     """[P, S] or [L, P, S] -> [L, P, S]."""
     return positions if positions.dim() == 3 else positions[None].expand(num_layers, -1, -1)

@@ -77,12 +77,6 @@ class MemoryOptions:
         changes = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **changes) if changes else self
 
-    def retention(self):
-        """The retention limits (memory.retention.Retention) these options set."""
-        from memory.retention import Retention
-
-        return Retention(max_bytes=self.max_bytes, max_age_s=self.max_age_s, mode=self.retention_mode)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -15,6 +15,7 @@ import numpy as np
 from memory.compress import compress_tokens, in_arrival_order, select
 from memory.layout import FeatureSet, TokenSet
 from memory.options import RETENTION_MODES as MODES  # the names live with the memory options
+from memory.options import MemoryOptions
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class Retention:
     @property
     def limited(self) -> bool:
         return self.max_bytes > 0 or self.max_age_s > 0
+
+    @classmethod
+    def of(cls, options: MemoryOptions) -> "Retention":
+        """The retention limits a stream's memory options set."""
+        return cls(max_bytes=options.max_bytes, max_age_s=options.max_age_s, mode=options.retention_mode)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from encoders.base import ClipRequest, EncodedSegment
 from encoders.describe import StreamMemo
 from memory.delta import working_write
 from memory.layout import TokenSet
+from memory.retention import Retention
 from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
 from memory.working import WorkingState, absorb, context, step
 from services import alerts
@@ -396,7 +397,7 @@ class StreamWorker:
         mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from
         rt.resident.publish(sid, mem.prefix, done.state, clip.index)
         self.alerts.on_chunk(record, desc.vectors if desc else None)
-        self._durable(rt.store.enforce_retention, sid, self.memory.retention(), fence=self.fence)
+        self._durable(rt.store.enforce_retention, sid, Retention.of(self.memory), fence=self.fence)
 
 
 def resume_point(checkpoint: tuple[Checkpoint, bytes] | None) -> Resume | None:

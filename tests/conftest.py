@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests import media  # noqa: E402
+from testkit import media  # noqa: E402
+from testkit.waits import wait_done  # noqa: E402,F401  (tests import it from here)
 
 
 def _reachable(url: str) -> bool:
@@ -118,20 +119,6 @@ def make_server(redis_url, namespace, tiny_adapter, describer, media_dir, cache_
     yield start
     for srv in servers:
         srv.stop_thread()
-
-
-def wait_done(client, stream_id: str, timeout_s: float = 300.0):
-    import time
-
-    from services.client import state_name
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = client.describe(stream_id)
-        if state_name(info.state) in ("finished", "stopped", "failed"):
-            return info
-        time.sleep(0.1)
-    raise AssertionError(f"stream {stream_id} did not finish in {timeout_s}s")
 
 
 def wait_for(fn, timeout_s: float, what: str, period_s: float = 0.1):

@@ -20,6 +20,8 @@ binary's exit status (always 0), so the binary inside the package is preferred.
 """
 from __future__ import annotations
 
+from memory.retention import Retention
+
 import importlib.metadata
 import json
 import os
@@ -304,8 +306,8 @@ def test_every_vigil_variable_is_a_settings_field_that_takes_effect(cfg, monkeyp
             assert got == want, f"{name}: {key}={raw!r} gave {got!r}"
         # and they reach what uses them
         assert s.model_options().max_pixels == 200704 and s.model_options().name == "Qwen/Qwen2.5-VL-3B-Instruct"
-        assert s.memory.retention().limited and s.memory.retention().max_bytes == 1 << 30
-        assert s.memory.retention().max_age_s == 7 * 24 * 3600.0
+        assert Retention.of(s.memory).limited and Retention.of(s.memory).max_bytes == 1 << 30
+        assert Retention.of(s.memory).max_age_s == 7 * 24 * 3600.0
         assert s.redis_url == "redis://redis:6379/0" and s.auth_token.get_secret_value() == TOKEN
 
 

@@ -136,9 +136,10 @@ class Chunks(StoreBase):
         return size
 
     def _working_blob(self, working: WorkingState, chunk_id: int) -> bytes:
+        """A snapshot (its chunk id lives in the stream's meta, so equal memories make equal blobs)."""
         return encode_tokens(working.tokens, self.layout, self.fingerprint, kind="working", next_pos=working.next_pos,
                              max_pos=working.max_pos, next_serial=working.next_serial,
-                             next_frame=working.next_frame, chunk=chunk_id)
+                             next_frame=working.next_frame)
 
     def put_working(self, sid: str, working: WorkingState, chunk_id: int, *, fence: str) -> int:
         """A snapshot of the working memory after the newest stored chunk `chunk_id`, on its own (a stream that

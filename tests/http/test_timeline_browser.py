@@ -136,7 +136,7 @@ def test_a_killed_camera_shows_as_a_shaded_gap_with_its_reason(make_server, page
     timeline and lists it with its reason and wall-clock times."""
     import time
 
-    from tests import rtsp
+    from testkit import rtsp
     from tests.conftest import wait_for as until
     from tests.services.test_live_streams import LIVE
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from encoders.base import EncodedSegment
+from encoders.base import EncodedSegment, check_segment
 from memory.codec import FORMAT, VERSION, decode_segment, encode_segment
 from memory.errors import IncompatibleBlob
 from encoders.retrieval import QueryKeys
@@ -65,13 +65,13 @@ def test_layout_shapes_and_check():
     assert LAYOUT.kv_shape(7) == (2, 2, 7, 4)
     assert LAYOUT.positions_shape(7) == (3, 7)
     assert LAYOUT.torch_dtype is torch.float32
-    LAYOUT.check(make_segment(7))
+    check_segment(LAYOUT, make_segment(7))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 8, 3, "float32", 6)))
+        check_segment(LAYOUT, make_segment(7, layout=KVLayout(2, 2, 8, 3, "float32", 6)))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 2, "float32", 6)))
+        check_segment(LAYOUT, make_segment(7, layout=KVLayout(2, 2, 4, 2, "float32", 6)))
     with pytest.raises(ValueError):
-        LAYOUT.check(make_segment(7, layout=KVLayout(2, 2, 4, 3, "float16", 6)))
+        check_segment(LAYOUT, make_segment(7, layout=KVLayout(2, 2, 4, 3, "float16", 6)))
 
 
 # ---- codec -------------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ def test_concat_segments_order_and_defaults():
     assert joined.next_pos == c.next_pos == 22
     assert joined.max_pos == b.max_pos == 312
     assert joined.retrieval is None
-    LAYOUT.check(joined)
+    check_segment(LAYOUT, joined)
     # order is the caller's
     rev = concat_segments([c, a])
     assert rev.positions[0].tolist() == [20, 0, 1]

@@ -99,8 +99,8 @@ def test_an_integer_for_a_float_option_becomes_a_float():
 
 
 def test_retention_limits_come_from_the_options():
-    assert CUSTOM.retention() == Retention(max_bytes=12345, max_age_s=60.0, mode="delete")
-    assert not MemoryOptions().retention().limited
+    assert Retention.of(CUSTOM) == Retention(max_bytes=12345, max_age_s=60.0, mode="delete")
+    assert not Retention.of(MemoryOptions()).limited
 
 
 def test_json_round_trip_and_stored_forms():
@@ -152,7 +152,7 @@ def test_a_record_written_by_the_older_code_still_loads(store):
     assert before == MemoryOptions(**flat, prototypes=True, novelty_weight=1.0, redundancy_weight=0.0,
                                    redundancy_window=256, frame_index=False)
     assert after == MemoryOptions(**flat, **scoring, frame_index=False)
-    assert before.retention() == Retention(max_bytes=1000, max_age_s=30.0, mode="delete")
+    assert Retention.of(before) == Retention(max_bytes=1000, max_age_s=30.0, mode="delete")
     store.set_state("legacy1", "running")  # later writes leave the old layout readable
     assert store.get_stream("legacy1").memory == before
     assert sorted(r.stream_id for r in store.list_streams()) == ["legacy1", "legacy2"]

@@ -17,7 +17,7 @@ import pytest
 from services.alerts import rules as R
 from services.client import Client, state_name
 from services.wire import ingest_pb2
-from tests import media, rtsp
+from testkit import media, rtsp
 from tests.conftest import Watcher, wait_done, wait_for
 
 BROKER = ("127.0.0.1", 1883)

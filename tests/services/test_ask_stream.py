@@ -19,7 +19,7 @@ from encoders.base import Turn
 from memory.conversations import MAX_STORED, ConversationStore, recent_turns
 from services import qa
 from services.client import Client, state_name
-from tests import media
+from testkit import media
 from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, run, serve_process  # noqa: F401  (serve_process: a fixture)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from services.client import Client, state_name
-from tests import media
+from testkit import media
 from tests.conftest import wait_done
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from services.client import Client, state_name
 from services.config import Settings
-from tests import rtsp
+from testkit import rtsp
 from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, _free_port, env_for
 

@@ -233,7 +233,7 @@ def test_a_non_image_example_says_so(cache_dir, tmp_path):
 
 
 def test_ctrl_c_during_ingest_wait_says_the_stream_goes_on(make_server, cache_dir, media_dir):
-    from tests import media
+    from testkit import media
 
     video = media_dir / "pattern-90s.mp4"  # the same file test_redis_faults uses
     if not video.exists():

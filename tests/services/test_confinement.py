@@ -18,7 +18,7 @@ from services.errors import InvalidRequest, LimitExceeded, PathNotAllowed
 from services.paths import MediaFile, confine
 from streamer.errors import NotAVideo, SourceNotFound
 from streamer.source import FileSource, probe
-from tests import media
+from testkit import media
 from tests.conftest import wait_done
 from tests.services.test_ingest_streams import assert_same_chunks, chunks_of
 

@@ -3,11 +3,13 @@ looped) with text rendered onto known frame ranges, the real frame index (PP-OCR
 MiniLM), fused ranking, time words in questions, and the same top-k after a restart and after retention."""
 from __future__ import annotations
 
+from memory.retention import Retention
+
 import pytest
 
 from services.client import Client
 from services.wire import qa_pb2
-from tests import media
+from testkit import media
 from tests.conftest import wait_done
 
 FPS, CLIP = 1.0, 8
@@ -101,7 +103,7 @@ def test_same_top_k_after_a_restart_and_after_retention(make_server, stream):
     store = srv.rt.store
     size = store.chunk_records(sid)[0].bytes
     fence = store.claim(sid, "test", 60_000)  # the stream has ended: the test takes its lease to rewrite it
-    store.enforce_retention(sid, store.get_stream(sid).memory.with_overrides(max_bytes=16 * size).retention(),
+    store.enforce_retention(sid, Retention.of(store.get_stream(sid).memory.with_overrides(max_bytes=16 * size)),
                             fence=fence)
     assert store.get_stream(sid).consolidated > 0 and store.get_stream(sid).deleted == 0
     with Client(addr) as c1, Client(addr2) as c2:

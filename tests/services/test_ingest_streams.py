@@ -160,7 +160,7 @@ def _wait_serving(proc: subprocess.Popen, addr: str, timeout_s: float = 120) -> 
 def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_run(
         cache_dir, media_dir, redis_url, namespace, tiny_adapter):
     video = media_dir / "pattern-90s.mp4"
-    from tests import media
+    from testkit import media
 
     media.synthetic_video(video, seconds=90, fps=10, scenes=6) if not video.exists() else None
     port = _free_port()
@@ -214,7 +214,7 @@ def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_r
 
 
 def test_bad_sources_fail_clearly_and_other_streams_go_on(make_server, media_dir, bikes, pattern_video):
-    from tests import media
+    from testkit import media
 
     corrupt = media_dir / "pattern-corrupt-mid.mp4"
     if not corrupt.exists():

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from services.client import Client, state_name
-from tests import rtsp
+from testkit import rtsp
 from tests.conftest import Watcher, wait_done, wait_for
 
 

@@ -165,7 +165,7 @@ def test_ingest_waits_for_a_stalled_store_are_counted(make_server, media_dir):
     import time
 
     from services.embedded_redis import EmbeddedRedis
-    from tests import media
+    from testkit import media
 
     video = media_dir / "pattern-90s.mp4"  # the same file test_redis_faults uses
     if not video.exists():

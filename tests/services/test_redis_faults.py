@@ -32,7 +32,7 @@ _REFERENCE: dict[str, list[dict]] = {}  # the uninterrupted run's chunks, shared
 
 @pytest.fixture(scope="module")
 def long_video(media_dir) -> Path:
-    from tests import media
+    from testkit import media
 
     video = media_dir / "pattern-90s.mp4"
     if not video.exists():

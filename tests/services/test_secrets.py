@@ -17,7 +17,7 @@ from services import logs
 from services.client import Client, state_name
 from services.embedded_redis import EmbeddedRedis
 from services.wire import ingest_pb2
-from tests import rtsp
+from testkit import rtsp
 from tests.conftest import Watcher, wait_for
 
 SECRETS = ("s3cret-pw", "SECRET-TOKEN")

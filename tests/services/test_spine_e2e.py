@@ -174,7 +174,7 @@ def test_stop_mid_ingest_keeps_chunks_and_leaves_no_thread(make_server, media_di
     import threading
     import time
 
-    from tests import media
+    from testkit import media
 
     long_video = media.synthetic_video(media_dir / "pattern-90s.mp4", seconds=90, fps=10, scenes=6)
     _, addr = make_server()

@@ -13,7 +13,7 @@ import pytest
 from memory.store import ChunkRecord
 from services.client import Client
 from services.summarize import on_screen_text, plan_segments, spread
-from tests import media
+from testkit import media
 from tests.conftest import wait_done
 from tests.services.test_cli import run, serve_process  # noqa: F401  (serve_process: a fixture)
 

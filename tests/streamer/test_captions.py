@@ -1,4 +1,4 @@
-"""Captions burnt into footage at known times (streamer.testpattern, tests.media.captioned_footage)."""
+"""Captions burnt into footage at known times (streamer.testpattern, testkit.media.captioned_footage)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import pytest
 
 from streamer.testpattern import (DEMO_CAPTIONS, Caption, caption_box, caption_font_path, captioned_synthetic_video,
                                   captioned_video, pattern_frames, render_caption)
-from tests import media
+from testkit import media
 
 
 def decode(path) -> tuple[list[np.ndarray], list[float], float]:

@@ -12,7 +12,7 @@ import pytest
 from streamer.errors import CorruptVideo, NotAVideo, SourceNotFound, UnsupportedCodec
 from streamer.sampling import sample
 from streamer.source import FileSource
-from tests import media
+from testkit import media
 
 decord = pytest.importorskip("decord", reason="decord is optional: pip install decord")
 

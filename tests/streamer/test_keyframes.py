@@ -22,7 +22,7 @@ from streamer.keyframes import (DetectorConfig, FrameScore, SceneDetector, colou
                                 static_fraction, thumbnail)
 from streamer.sampling import sample
 from streamer.source import FileSource
-from tests import media
+from testkit import media
 
 CFG = DetectorConfig()
 FFMPEG_SCENE = 0.3  # ffmpeg's select='gt(scene,0.3)', the reference the detector is compared with

