@@ -29,7 +29,8 @@ from memory.store import ChunkRecord, IndexRow, MemoryStore
 
 BLOCK = 64  # chunks per key block (8 MB at the 7B layout: what a short stream over-allocates)
 COARSE_ROWS = 16  # keys per chunk and channel the approximate path's first pass scores (bench_retrieval_index)
-COARSE_SHARE = 0.1  # chunks it passes on to exact scoring (at least COARSE_MIN)
+COARSE_QUERY_ROWS = 16  # query rows (question tokens x heads of a group, evenly spread) the first pass scores with
+COARSE_SHARE = 0.1  # chunks it passes on to exact scoring (at least COARSE_MIN): recall@5 0.94-0.97 at 6-24 h
 COARSE_MIN = 256
 
 
@@ -132,7 +133,7 @@ class _Keys:
     def _maxsim(self, q: np.ndarray, pos: np.ndarray, rows: int) -> np.ndarray:
         """Per-layer max-sim [n, R] of the chunks at positions `pos` (sorted), over their first `rows` keys."""
         C, D = self.C, self.D
-        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # [C, Q, D]
+        qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))  # [C, Q*G, D]
         out = np.empty((len(pos), C), np.float32)
         done = 0
         for b in np.unique(pos // BLOCK):
@@ -155,7 +156,9 @@ class _Keys:
             return []
         approx = mode == "approx" or (mode == "auto" and pos.size * self.m > self.exact_max_rows)
         if approx and self.m > COARSE_ROWS:
-            coarse = standardise(self._maxsim(q.tokens, pos, COARSE_ROWS)).sum(axis=1)  # [n]
+            rows = q.tokens.shape[1]
+            sub = q.tokens[:, np.linspace(0, rows - 1, min(rows, COARSE_QUERY_ROWS)).round().astype(int)]
+            coarse = standardise(self._maxsim(sub, pos, COARSE_ROWS)).sum(axis=1)  # [n]
             keep = max(self.coarse_min, int(pos.size * COARSE_SHARE))
             if keep < pos.size:
                 pos = np.sort(pos[np.argsort(-coarse, kind="stable")[:keep]])

@@ -39,4 +39,4 @@ cleanup() {
 trap cleanup EXIT
 
 # pytest exits 5 when it collects no test: that fails this script like any other failure.
-"$PY" -m pytest -q "$@"
+"$PY" -m pytest -q --durations=20 "$@"

@@ -98,19 +98,24 @@ def pattern_video(media_dir) -> Path:
 
 
 @pytest.fixture
-def make_server(redis_url, namespace, tiny_adapter, describer, media_dir, cache_dir):
-    """Start VigilServer instances in threads on 127.0.0.1:0; all are stopped at teardown."""
+def make_server(request, redis_url, namespace, tiny_adapter, media_dir, cache_dir):
+    """Start VigilServer instances in threads on 127.0.0.1:0; all are stopped at teardown. The frame index (real
+    OCR, labels, MiniLM: about 0.1 s a chunk) only where a test looks at it: `frame_index=True`."""
+    from encoders.describe import DescriberOptions
     from services.config import Settings
     from services.server import VigilServer
 
     servers = []
 
-    def start(**overrides):
+    def start(frame_index: bool = False, **overrides):
         roots = overrides.pop("media_roots", (str(media_dir), str(cache_dir)))
         url = overrides.pop("redis_url", redis_url)
         overrides.setdefault("http_port", 0)  # the HTTP side off unless a test asks (-1: any free port)
+        if not frame_index:
+            overrides.setdefault("frames", DescriberOptions(enabled=False))
         s = Settings(host="127.0.0.1", port=0, redis_url=url, namespace=namespace,
                      media_roots=roots, cache_dir=cache_dir / "vigil", **overrides)
+        describer = request.getfixturevalue("describer") if s.frames.enabled else None
         srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
         port = srv.start_in_thread()
         servers.append(srv)

@@ -298,7 +298,7 @@ def test_text_query_and_cut_alerts_reach_mqtt_watch_and_webhook_exactly_once(mak
          "alerts": [{"name": "burst", "cuts_per_minute": 8},  # the 8th cut (32 s): seconds after WatchStream began
                     {"name": "storm", "cuts_per_minute": 30}]},  # 15 a minute at most: never
     ]
-    srv, addr = make_server(cameras=cameras, mqtt=mqtt_settings())  # starts both cameras
+    srv, addr = make_server(frame_index=True, cameras=cameras, mqtt=mqtt_settings())  # starts both cameras
     with Client(addr) as c:
         watch = {cam: Watcher(c, cam) for cam in (dock, yard)}  # by name; the first alerts come chunks later
         infos = {cam: wait_done(c, cam) for cam in (dock, yard)}

@@ -28,7 +28,7 @@ def footage():
 
 @pytest.fixture
 def stream(make_server, footage):
-    srv, addr = make_server()
+    srv, addr = make_server(frame_index=True)
     with Client(addr) as c:
         info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
     assert info.chunks >= 10
@@ -95,7 +95,7 @@ def test_same_top_k_after_a_restart_and_after_retention(make_server, stream):
     questions = list(QUESTIONS.values()) + ["What happened at the start?", "Is anyone riding a bike?"]
     with Client(addr) as c:
         before = [[(e.chunk_id, round(e.score, 6)) for e in c.ask(sid, q, top_k=4).evidence] for q in questions]
-    _, addr2 = make_server()  # a second process-like server on the same Redis: its indexes start empty
+    _, addr2 = make_server(frame_index=True)  # a second process-like server on the same Redis: its indexes start empty
     with Client(addr2) as c:
         after = [[(e.chunk_id, round(e.score, 6)) for e in c.ask(sid, q, top_k=4).evidence] for q in questions]
     assert after == before

@@ -72,7 +72,7 @@ def footage():
 
 @pytest.fixture
 def stream(make_server, footage):
-    srv, addr = make_server(summary_chunks=16)  # every chunk of a segment is read (and is evidence)
+    srv, addr = make_server(frame_index=True, summary_chunks=16)  # every chunk of a segment is read (and is evidence)
     with Client(addr) as c:
         info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
     assert info.chunks >= 10
