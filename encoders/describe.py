@@ -79,18 +79,18 @@ class FrameDescription:
 
 @dataclass(frozen=True)
 class DescriberOptions:
-    enabled: bool = True
-    ocr: bool = True
-    labels: bool = True
+    enabled: bool = True  # false: no frame index in this process
+    ocr: bool = True  # read on-screen text (PP-OCRv4)
+    labels: bool = True  # name the top ImageNet classes (EfficientNet-Lite0)
     image_text_model: str | None = None  # local folder of a CLIP / SigLIP checkpoint (never downloaded)
     ocr_frames: int = 2  # frames of a chunk to read text in (2: recall@5 92 -> 100 % at 1 h, bench_footage_needles)
     label_frames: int = 1  # frames of a chunk for labels and the image vector
     threads: int = 1  # ONNX Runtime intra-op threads (OCR)
-    torch_threads: int | None = None  # None: leave torch's process-wide thread count alone
+    torch_threads: int | None = None  # unset: leave torch's process-wide thread count alone
     ocr_floor: float = 0.6  # minimum recogniser confidence of a text line
     ocr_max_side: int = 960  # frames larger than this are scaled down for text detection (never up)
     label_floor: float = 0.1  # minimum probability of a label
-    top_labels: int = 3
+    top_labels: int = 3  # image labels kept per chunk, most probable first
     # a frame whose 16-px block means all lie within this many levels (0-255) of the stream's last read frame's
     # reuses that reading (OCR, labels): a static scene is read once; 0: every frame is read
     unchanged_levels: float = 6.0

@@ -26,18 +26,18 @@ class SearchOptions:
     """How questions search (query time; `VIGIL_RETRIEVAL__*`): the fused ranking's weights and floors, and
     where late interaction turns approximate."""
 
-    kv_weight: float = 1.0
-    ocr_weight: float = 2.0
-    labels_weight: float = 0.5
-    image_weight: float = 1.0
-    mean_weight: float = 0.0
+    kv_weight: float = 1.0  # weight of late interaction over the model's own keys in the fused ranking
+    ocr_weight: float = 2.0  # weight of the on-screen text
+    labels_weight: float = 0.5  # weight of the image labels
+    image_weight: float = 1.0  # weight of the image-text embedding (with frames.image_text_model)
+    mean_weight: float = 0.0  # weight of the mean-key baseline (ReKV's one key per chunk)
     ocr_floor: float = 0.3  # cosine a chunk's on-screen text needs with the question to count
-    labels_floor: float = 0.3
-    image_floor: float = 0.2
+    labels_floor: float = 0.3  # cosine a chunk's image labels need with the question to count
+    image_floor: float = 0.2  # cosine a chunk's image embedding needs with the question to count
     relative_floor: float = 0.75  # a text signal also drops rows under this share of its best cosine
-    rrf_k: int = 10
+    rrf_k: int = 10  # the fusion constant: a chunk gets weight / (rrf_k + rank) from each signal
     depth: int = 50  # ranks of each signal that count
-    exact_max_rows: int = 1 << 16  # keys per channel searched exactly; above: HNSW candidates, exact rescoring
+    exact_max_rows: int = 1 << 16  # keys per channel searched exactly; above it a first pass picks chunks to rescore
 
     def __post_init__(self) -> None:
         for name in SIGNALS:

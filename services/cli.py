@@ -744,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("serve", help="run the server: gRPC (streams, questions) and HTTP (/metrics)",
                         description="Run the server until Ctrl-C / SIGTERM: gRPC for streams and questions, HTTP for "
-                        "/metrics. Unset options take VIGIL_* settings (README: Configuration). It prints where "
+                        "/metrics. Unset options take VIGIL_* settings (docs/configuration.md). It prints where "
                         "it listens and \"ready\".")
     sp.add_argument("--host", help="address to listen on, both ports (default: VIGIL_HOST, else 127.0.0.1)")
     sp.add_argument("--port", type=int, help="gRPC port; 0: any free one (default: VIGIL_PORT, else 50051)")

@@ -22,13 +22,15 @@ from services.cameras import CameraConfig, check_cameras
 
 
 class ModelSettings(BaseModel):
+    """The vision-language model: which weights, on which device, at what frame size."""
     model_config = ConfigDict(frozen=True)
 
     name: str = Field("tiny", description='"tiny" (seeded random weights), a local directory, or a Hugging Face id')
-    device: str = "auto"
-    dtype: str = "auto"
+    device: str = Field("auto", description='auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda '
+                        'or cuda:N; a CUDA device where none is usable stops the server at start')
+    dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16")
     allow_download: bool = Field(False, description="let a hub id be downloaded when it is not in the HF cache")
-    min_pixels: int = 56 * 56
+    min_pixels: int = Field(56 * 56, description="per sampled frame: smaller frames are scaled up to this")
     max_pixels: int = Field(112 * 112, description="per sampled frame, before patching; raise for real models")
     compile: bool = Field(False, description="torch.compile the model's decoder and vision blocks (opt-in; the "
                           "first clips of each new shape pay the compile)")
@@ -40,8 +42,8 @@ class LiveSettings(BaseModel):
 
     open_timeout_s: float = Field(5.0, gt=0, le=120, description="connect + first answer")
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="silence after which the camera counts as down")
-    backoff_initial_s: float = Field(0.5, gt=0)
-    backoff_factor: float = Field(2.0, ge=1)
+    backoff_initial_s: float = Field(0.5, gt=0, description="first wait before reconnecting")
+    backoff_factor: float = Field(2.0, ge=1, description="each further wait is this many times the previous one")
     backoff_cap_s: float = Field(30.0, gt=0, description="longest wait between reconnect attempts")
     backoff_jitter: float = Field(0.5, ge=0, le=1, description="fraction of each wait that is randomised")
     give_up_after_s: float = Field(0.0, ge=0, description="0: retry forever; else fail after this long down")
@@ -139,33 +141,36 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VIGIL_", env_nested_delimiter="__", frozen=True, extra="ignore",
                                       hide_input_in_errors=True)
 
-    host: str = "127.0.0.1"
-    port: int = 50051
+    host: str = Field("127.0.0.1", description="address the gRPC and HTTP ports listen on")
+    port: int = Field(50051, description="gRPC port (streams and questions)")
     http_port: int = Field(8080, ge=-1, le=65535, description="the HTTP side (/metrics; services/http/) on `host`: "
                            "0 turns it off, -1 takes any free port (VigilServer.http_port says which)")
     metrics_open: bool = Field(False, description="serve /metrics without the bearer token even when "
                                "VIGIL_AUTH_TOKEN is set (a scraper on a trusted network)")
-    role: str = Field("all", pattern="^(all|ingest|qa)$")
+    role: str = Field("all", pattern="^(all|ingest|qa)$", description="all: ingest and questions in one process; "
+                      "ingest: streams only; qa: questions only")
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
                                    "file) so a restarted server resumes its streams; unset: memory lasts one run")
-    namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every Redis key; "
+                           "servers of one namespace share its streams")
     media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         default_factory=lambda: (Path.cwd(),),
         description='folders files may be read from: a JSON list, or paths joined with ":"')
-    cache_dir: Path = Path.home() / ".cache" / "vigil"
+    cache_dir: Path = Field(Path.home() / ".cache" / "vigil", description="the tokenizer cache and the demo's video")
     auth_token: SecretStr | None = Field(None, description="unset: no auth; set: every call but health and "
                                          "reflection needs `authorization: Bearer <token>`")
     tls: TlsSettings = TlsSettings()
 
-    fps: float = Field(1.0, gt=0, le=30)
-    clip_frames: int = Field(8, ge=2, le=64)
+    fps: float = Field(1.0, gt=0, le=30, description="frames sampled per second of video (a stream may set its own)")
+    clip_frames: int = Field(8, ge=2, le=64, description="sampled frames per clip, i.e. per stored chunk (a scene cut "
+                             "may close a clip earlier)")
     frame_max_side: int = Field(448, ge=32, le=4096, description="decoder downscale before the model's own resize")
-    top_k: int = Field(4, ge=1, le=64)
-    max_top_k: int = 64
-    max_new_tokens: int = Field(48, ge=1)
-    max_new_tokens_cap: int = 512
-    max_question_chars: int = Field(2000, ge=1)
+    top_k: int = Field(4, ge=1, le=64, description="chunks retrieved per question when the request names none")
+    max_top_k: int = Field(64, description="most chunks one question may ask for")
+    max_new_tokens: int = Field(48, ge=1, description="answer length in tokens when the request names none")
+    max_new_tokens_cap: int = Field(512, description="most answer tokens one request may ask for")
+    max_question_chars: int = Field(2000, ge=1, description="longer questions are refused")
     max_question_tokens: int = Field(256, ge=1, description="longest question Ask accepts, in the model's own "
                                      "tokens (checked after max_question_chars, before any model work)")
     question_workers: int = Field(2, ge=1, le=64, description="threads that run questions (services/work.py), "
@@ -191,7 +196,7 @@ class Settings(BaseSettings):
     max_streams: int = Field(16, ge=1, description="concurrent running streams per process")
     encode_batch: int = Field(8, ge=1, le=64, description="most streams whose ready clips are encoded together in "
                               "one batch (services/scheduler.py); 1: one clip at a time")
-    max_message_bytes: int = 8 * 1024 * 1024
+    max_message_bytes: int = Field(8 * 1024 * 1024, description="largest gRPC message the server sends or receives")
     working_snapshot_chunks: int = Field(64, ge=1, le=100_000, description="the working memory is stored as a "
                                          "snapshot every this many chunks (1: with every chunk); a stream resumed "
                                          "after a crash re-steps what came after it (files: decoded and encoded "
@@ -228,7 +233,8 @@ class Settings(BaseSettings):
                                  "(\"after 14:05\"); unset: the server's local zone")
     # named cameras started with `vigil serve`, and their alert rules ([[cameras]] in the VIGIL_CONFIG file;
     # schema and start-up: services/cameras.py); where alerts go (VIGIL_MQTT__*, VIGIL_ALERTS__*: services/alerts)
-    cameras: tuple[CameraConfig, ...] = ()
+    cameras: tuple[CameraConfig, ...] = Field((), description="named cameras `vigil serve` starts, with their alert "
+                                              "rules; usually [[cameras]] tables in the VIGIL_CONFIG file")
     mqtt: MqttSettings = MqttSettings()
     alerts: AlertSettings = AlertSettings()
 

@@ -41,14 +41,15 @@ class MqttSettings(BaseModel):
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     url: str | None = Field(None, description="mqtt://host[:port] (TLS: mqtts://); user:password@ allowed")
-    username: str | None = None
-    password: SecretStr | None = None
+    username: str | None = Field(None, description="broker login")
+    password: SecretStr | None = Field(None, description="broker password (a secret: never logged)")
     tls: bool | None = Field(None, description="unset: from the URL's scheme (mqtts://)")
     ca_file: Path | None = Field(None, description="PEM CA bundle the broker's certificate is checked against "
                                  "(unset: the system's)")
-    client_id: str | None = Field(None, max_length=128)
+    client_id: str | None = Field(None, max_length=128, description="MQTT client id (unset: vigil-<random>)")
     qos: int = Field(1, ge=0, le=2, description="1: at least once (with the payload's id to drop repeats)")
-    topic_prefix: str = Field("vigil", pattern=r"^[^#+\s]{1,64}$")
+    topic_prefix: str = Field("vigil", pattern=r"^[^#+\s]{1,64}$", description="alerts are published on topic "
+                              "<prefix>/<camera>/alert")
 
     @field_validator("url")
     @classmethod
@@ -70,7 +71,7 @@ class AlertSettings(BaseModel):
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     webhook_url: str | None = Field(None, max_length=2048, description="every alert is POSTed here as JSON too")
-    webhook_timeout_s: float = Field(2.0, gt=0, le=60)
+    webhook_timeout_s: float = Field(2.0, gt=0, le=60, description="timeout of each POST")
     queue_size: int = Field(1000, ge=1, le=1_000_000, description="alerts waiting per destination; more are dropped")
 
     @field_validator("webhook_url")
