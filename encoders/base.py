@@ -103,7 +103,11 @@ class PreparedClip:
 
 
 class VideoLM(Protocol):
-    """A vision-language model that can prefill clips behind a memory and answer from a memory."""
+    """A vision-language model that can prefill clips behind a memory and answer from a memory.
+
+    Clips go in as batches (`prepare_clip` in each stream's thread, then `ingest_clips`); the one-clip forms
+    (`ingest_clip`, `encode_clip`) are helpers defined once on top of these, in `encoders.video_lm.VideoLMAdapter`,
+    not members every adapter implements."""
 
     spec: ModelSpec
     device: torch.device  # where the model, its KV and every stream's working memory live
@@ -114,27 +118,15 @@ class VideoLM(Protocol):
     def encode_prefix(self) -> EncodedSegment:
         """The stream's opening tokens (system prompt, user turn opener) at position 0."""
 
-    def encode_clip(
-        self,
-        frames: np.ndarray,  # [T, H, W, 3] uint8 RGB
-        fps: float,
-        start_s: float,
-        end_s: float,
-        past: EncodedSegment,
-    ) -> EncodedSegment:
-        """Prefill one clip behind `past` (which ends at past.next_pos); returns only the clip's KV."""
-
-    def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
-        """`encode_clip` plus the proxy query's view of `past` + the clip, for query-agnostic scoring;
-        the clip's retrieval keys keep `key_rows` representative keys per KV head and layer."""
-
     def prepare_clip(self, request: ClipRequest) -> PreparedClip:
         """The clip's host-side inputs (no model work): called by the stream's own thread."""
 
     def ingest_clips(self, clips: Sequence[PreparedClip]) -> list[ClipEncoding]:
-        """`ingest_clip` for several streams' prepared clips at once (one vision pass, one padded prefill, one
-        proxy pass); each result equals that stream's own `ingest_clip` within float rounding."""
+        """Several streams' prepared clips, each prefilled behind its own `past` (one vision pass, then the
+        prefill and the proxy pass): per clip its KV, positions, input embeddings, frame ids and the proxy
+        opener's view of `past` + the clip, for query-agnostic scoring; its retrieval keys keep `key_rows`
+        representative keys per KV head and layer. Each result equals that clip ingested alone within float
+        rounding."""
 
     def prefill_embeds(self, embeds: torch.Tensor, positions: torch.Tensor, past: EncodedSegment,
                        next_pos: int, max_pos: int) -> EncodedSegment:

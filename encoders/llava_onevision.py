@@ -19,8 +19,11 @@ What this family does differently from the Qwen ones:
   -1, like text) and is left out of the clip's retrieval keys (it is the same vector in every clip).
 * **1-D positions.** Positions are [1, S] (`position_dims` 1): every segment starts at the stream's
   `next_pos`, and answer token i goes at max position + 1 + i, as `generate` places it on the whole prompt.
-  The language model is a plain Qwen2 stack, so the 1-D text adapter's plumbing (`encoders.text_lm`: prefix,
-  prefill at stored positions, the proxy pass, question keys, greedy answers) runs on it unchanged.
+  The language model is a plain Qwen2 stack under a composite config (`text_config`), so the shared plumbing
+  (`encoders.chat_lm`: prefix, prefill at stored positions, the proxy pass, question keys, greedy answers)
+  runs on it with 1-D positions.
+* **One prefill per clip.** A batch of clips shares the vision pass; each clip is then prefilled behind its
+  own memory (`batch_prefill` False: no padded batch, so each equals its own `ingest_clip`).
 """
 from __future__ import annotations
 
@@ -31,22 +34,22 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from encoders.base import ClipEncoding, ClipRequest, EncodedSegment, PreparedClip
-from encoders.qwen2_5_vl import DEFAULT_SYSTEM, PROXY_OPENER, Qwen25VLAdapter
-from encoders.retrieval import QueryKeys
-from encoders.text_lm import TextLMAdapter
+from encoders.base import ClipRequest, PreparedClip
+from encoders.chat_lm import Block
+from encoders.video_lm import DEFAULT_SYSTEM, VideoLMAdapter
 from encoders.vision_prep import PatchGeometry, frames_to_pixels
 
 
 @dataclass(frozen=True)
 class _Prepared(PreparedClip):
-    pixels: torch.Tensor  # [T, C, H, W] resized, normalised frames on the model's device
+    pixels: torch.Tensor  # [1, T, C, H, W] resized, normalised frames on the model's device
     ids: torch.Tensor  # [S] the clip's token ids
     n_frames: int
 
 
-class LlavaOnevisionAdapter(TextLMAdapter):
+class LlavaOnevisionAdapter(VideoLMAdapter):
     family = "llava_onevision"
+    batch_prefill = False  # one prefill per clip (the vision pass is shared)
 
     def __init__(self, model, tokenizer, name: str, geometry: PatchGeometry, *, random_weights: bool,
                  retrieval_layer: int | None = None, system_prompt: str = DEFAULT_SYSTEM) -> None:
@@ -59,23 +62,7 @@ class LlavaOnevisionAdapter(TextLMAdapter):
         super().__init__(model, tokenizer, name, random_weights=random_weights, retrieval_layer=retrieval_layer,
                          system_prompt=system_prompt)
 
-    # ---- the language model inside --------------------------------------------------------
-    @staticmethod
-    def lm_config(config):
-        return config.text_config
-
-    @property
-    def lm(self):
-        return self.model.model.language_model
-
-    # ---- prompt pieces (token ids) -------------------------------------------------------
-    def _template(self) -> tuple[str, str]:
-        """ChatML (the Qwen2 language model's own turns), not the tokenizer's template: the stream's prefix up
-        to the user's content, and the assistant opener after it (the proxy query)."""
-        return f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n<|im_start|>user\n", PROXY_OPENER
-
-    suffix_ids = Qwen25VLAdapter.suffix_ids  # the question, earlier turns rendered as ChatML
-
+    # ---- token layout -------------------------------------------------------------------
     def clip_frames(self) -> int:
         return 1
 
@@ -84,8 +71,7 @@ class LlavaOnevisionAdapter(TextLMAdapter):
         return n_frames * self.tokens_per_frame + 1
 
     def clip_ids(self, n_video_tokens: int, start_s: float, end_s: float) -> list[int]:
-        return self._text(f"Clip {start_s:.1f}s-{end_s:.1f}s: ") + [self.video_token_id] * n_video_tokens \
-            + self._text("\n")
+        return self._clip_label(start_s, end_s) + [self.video_token_id] * n_video_tokens + self._text("\n")
 
     def video_inputs(self, frames: np.ndarray) -> torch.Tensor:
         """[T, H, W, 3] uint8 -> pixel_values_videos [1, T, 3, size, size] on the model's device."""
@@ -93,6 +79,12 @@ class LlavaOnevisionAdapter(TextLMAdapter):
         return torch.from_numpy(pixels)[None].to(self.device, self.dtype)
 
     # ---- clips ---------------------------------------------------------------------------
+    def prepare_clip(self, req: ClipRequest) -> _Prepared:
+        """The clip's frames resized and normalised, and its token ids (host-side work, the caller's thread)."""
+        n = req.frames.shape[0]
+        ids = torch.tensor(self.clip_ids(self.n_video_tokens(n), req.start_s, req.end_s), device=self.device)
+        return _Prepared(req, self.video_inputs(req.frames), ids, n)
+
     def _video_features(self, pvs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Several clips' frames [1, T_b, 3, size, size] through the tower in one call (frames are encoded one
         by one) -> per clip, its `<video>` span's features [T_b*p*p + 1, F] (pooled frames, then the newline)."""
@@ -113,52 +105,15 @@ class LlavaOnevisionAdapter(TextLMAdapter):
         frame = torch.div(order, self.tokens_per_frame, rounding_mode="floor")
         return torch.where((ids == self.video_token_id) & (frame < n_frames), frame, torch.full_like(order, -1))
 
-    def prepare_clip(self, req: ClipRequest) -> _Prepared:
-        """The clip's frames resized and normalised, and its token ids (host-side work, the caller's thread)."""
-        n = req.frames.shape[0]
-        ids = torch.tensor(self.clip_ids(self.n_video_tokens(n), req.start_s, req.end_s), device=self.device)
-        return _Prepared(req, self.video_inputs(req.frames), ids, n)
-
-    def _encode(self, preps: Sequence[_Prepared], proxy: bool) -> list[ClipEncoding | EncodedSegment]:
-        """Clips behind their own memories: one vision pass for all, then each clip's prefill (and, with
-        `proxy`, the proxy pass behind it) on its own stream's cache. Results stay on the model's device."""
+    def _blocks(self, preps: Sequence[_Prepared]) -> list[Block]:
+        """One vision pass for all clips -> each clip's block at the stream's next 1-D positions; the frame tokens
+        retrieve it (not the newline, the same vector in every clip)."""
         feats = self._video_features([p.pixels for p in preps])
-        out = []
+        blocks = []
         for p, f in zip(preps, feats):
             r = p.request
-            embeds = self._clip_embeds(p.ids, f)  # [S, F]
             frame_ids = self._frame_ids(p.ids, p.n_frames)  # [S]
-            segment, cache = self._prefill(embeds, r.past, frame_ids >= 0, r.key_rows)
-            if not proxy:
-                out.append(segment)
-                continue
-            q, pk = self._proxy(cache, segment.next_pos)
-            out.append(ClipEncoding(segment, frame_ids, p.n_frames, embeds, q, pk))
-        return out
-
-    # ---- the VideoLM protocol -----------------------------------------------------------
-    @torch.inference_mode()
-    def encode_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment, key_rows: int = 64) -> EncodedSegment:
-        return self._encode([self.prepare_clip(ClipRequest(frames, fps, start_s, end_s, past, key_rows))],
-                            proxy=False)[0]
-
-    @torch.inference_mode()
-    def ingest_clip(self, frames: np.ndarray, fps: float, start_s: float, end_s: float,
-                    past: EncodedSegment, key_rows: int = 64) -> ClipEncoding:
-        return self._encode([self.prepare_clip(ClipRequest(frames, fps, start_s, end_s, past, key_rows))],
-                            proxy=True)[0]
-
-    @torch.inference_mode()
-    def ingest_clips(self, preps: Sequence[_Prepared]) -> list[ClipEncoding]:
-        """`ingest_clip` for each prepared clip: the frames of all go through the vision tower at once; each clip
-        is then prefilled behind its own memory (no padded batch: each equals its own `ingest_clip`)."""
-        return self._encode(preps, proxy=True)
-
-    @torch.inference_mode()
-    def example_keys(self, image: np.ndarray) -> QueryKeys:
-        """A still as a one-frame clip behind the prompt prefix: its frame tokens' keys at the retrieval layers,
-        minus their own mean, as rows scored against the clips' keys (search by example)."""
-        keys = self.encode_clip(image[None], 1.0, 0.0, 0.0, self.encode_prefix(), key_rows=0).retrieval
-        rows = keys.tokens.astype(np.float32)  # [C, S, D]
-        return QueryKeys(rows - rows.mean(axis=1, keepdims=True), keys.mean)
+            pos, next_pos = self._positions(p.ids, r.past.next_pos)  # [1, S]
+            blocks.append(Block(self._clip_embeds(p.ids, f), pos, next_pos, next_pos - 1, frame_ids >= 0, frame_ids,
+                                p.n_frames, r.past, r.key_rows))
+        return blocks

@@ -1,5 +1,5 @@
-"""Qwen3-VL adapter (transformers' `Qwen3VLForConditionalGeneration`): the Qwen2.5-VL stream layout and
-protocol (`encoders.qwen2_5_vl`), with what this family does differently:
+"""Qwen3-VL adapter (transformers' `Qwen3VLForConditionalGeneration`): the Qwen2.5-VL stream layout, patches and
+multimodal RoPE (`encoders.qwen2_5_vl`, whose adapter it extends), with what this family does differently:
 
 * **Frames carry their time as text.** The model reads a video as one span per temporal patch group, each
   after its timestamp: `<{t:.1f} seconds><|vision_start|><|video_pad|>*h*w<|vision_end|>`. Its own
@@ -25,7 +25,8 @@ from encoders.qwen2_5_vl import Qwen25VLAdapter
 class Qwen3VLAdapter(Qwen25VLAdapter):
     family = "qwen3_vl"
 
-    def feature_dim(self, cfg) -> int:
+    def feature_dim(self) -> int:
+        cfg = self.model.config
         return cfg.text_config.hidden_size * (1 + self._deepstack_layers(cfg))
 
     @staticmethod
@@ -38,7 +39,7 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
         t, h, w = (int(x) for x in grid_thw[0])
         per_frame = (h // self.geo.merge_size) * (w // self.geo.merge_size)
         step = (end_s - start_s) / max(t, 1)
-        ids = self._text(f"Clip {start_s:.1f}s-{end_s:.1f}s: ")
+        ids = self._clip_label(start_s, end_s)
         for i in range(t):
             ids += (self._text(f"<{start_s + i * step:.1f} seconds>") + [self.vision_start_id]
                     + [self.video_token_id] * per_frame + [self.vision_end_id])
@@ -46,16 +47,17 @@ class Qwen3VLAdapter(Qwen25VLAdapter):
 
     # ---- deepstack --------------------------------------------------------------------------
     # `_clip_embeds` (shared) stores the deepstack features beside the input embedding: [S, Hd * (1 + k)].
-    def _run_lm(self, embeds: torch.Tensor, pos: torch.Tensor, cache: DynamicCache, hidden: bool = False,
+    def _run_lm(self, embeds: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache, hidden: bool = False,
                 mask: torch.Tensor | None = None):
         """Stored [B, S, Hd * (1 + k)] embeddings through the decoder: the first Hd as input embeddings, the
         rest as the deepstack additions after layers 0..k-1 (at every token; text and padding tokens add zeros)."""
         B, S, hd = embeds.shape[0], embeds.shape[1], self.model.config.text_config.hidden_size
         k = embeds.shape[2] // hd - 1
         stack = embeds[..., hd:].reshape(B, S, k, hd)  # [B, S, k, Hd]
-        out = self.model.model.language_model(
-            inputs_embeds=embeds[..., :hd], position_ids=pos, cache=cache, attention_mask=mask, use_cache=True,
-            output_hidden_states=hidden, visual_pos_masks=torch.ones(B, S, dtype=torch.bool, device=embeds.device),
+        out = self.lm(
+            inputs_embeds=embeds[..., :hd], position_ids=position_ids, cache=cache, attention_mask=mask,
+            use_cache=True, output_hidden_states=hidden,
+            visual_pos_masks=torch.ones(B, S, dtype=torch.bool, device=embeds.device),
             deepstack_visual_embeds=[stack[:, :, i].reshape(B * S, hd) for i in range(k)],  # [B*S, Hd] row-major
         )
         if hidden:  # the recorded states are the layers' outputs; layer i + 1 reads them plus deepstack i

@@ -78,8 +78,12 @@ class QueryKeys:
     mean: np.ndarray  # [Hkv*D] float32 unit mean query at the middle layer (the baseline)
 
 
+def _unit_on_device(vec: torch.Tensor) -> torch.Tensor:
+    return (vec / vec.norm().clamp_min(1e-12)).float()
+
+
 def _unit(vec: torch.Tensor) -> np.ndarray:
-    return (vec / vec.norm().clamp_min(1e-12)).float().cpu().numpy()
+    return _unit_on_device(vec).cpu().numpy()
 
 
 def _head_norm(attn, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -101,12 +105,12 @@ def pre_rope_queries(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: 
     return q.view(-1, num_kv_heads, num_heads // num_kv_heads, head_dim)  # [S, Hkv, G, D]
 
 
-def mean_key(layer, hidden: torch.Tensor) -> np.ndarray:
-    """hidden [S, Hd] at the layer's input -> [Hkv*D] float32 unit mean pre-RoPE key."""
+def mean_key(layer, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden [S, Hd] at the layer's input -> [Hkv*D] float32 unit mean pre-RoPE key, on hidden's device."""
     attn = layer.self_attn
     d = attn.head_dim
     keys = pre_rope_keys(layer, hidden, attn.k_proj.out_features // d, d).flatten(1)  # [S, Hkv*D]
-    return _unit(keys.float().mean(0))
+    return _unit_on_device(keys.float().mean(0))
 
 
 def mean_query(layer, hidden: torch.Tensor, num_kv_heads: int, num_heads: int, head_dim: int) -> np.ndarray:
@@ -163,7 +167,13 @@ def block_keys(layers, hidden_states, mask: torch.Tensor, which: tuple[int, ...]
 def blocks_keys(layers, hidden_states: list, masks: list[torch.Tensor], which: tuple[int, ...], middle: int, m: int,
                 num_kv_heads: int, head_dim: int) -> list[BlockKeys]:
     """`block_keys` of several blocks at once (a batch of clips): one key projection and one farthest-point
-    sampling per layer for all of them (padded to the longest block), then one copy to the host."""
+    sampling per layer for all of them (padded to the longest block), then one copy to the host of every block's
+    rows and one of their mean keys.
+
+    Where this waits for the device: selecting each block's masked tokens (`h[layer][mask]`, a boolean index:
+    its size is read on the host) at each retrieval layer and the middle one, and the two copies at the end. The
+    copies are wanted: `BlockKeys` are host arrays because the store writes them to Redis with the chunk and the
+    index scores them on the host."""
     rows: list[list[torch.Tensor]] = [[] for _ in hidden_states]
     for layer in which:
         sel = [h[layer][mask] for h, mask in zip(hidden_states, masks)]  # [S_b, Hd] each
@@ -182,9 +192,16 @@ def blocks_keys(layers, hidden_states: list, masks: list[torch.Tensor], which: t
             mb = min(m, kb.shape[0])
             picked = padded[b].permute(1, 0, 2).gather(1, idx[b, :, :mb, None].expand(-1, -1, head_dim))  # [Hkv, mb, D]
             rows[b].append(picked)
-    tokens = [torch.cat(r).to(torch.float16) for r in rows]  # [C, m, D] each
-    host = [t.cpu().numpy() for t in tokens]  # the store's copy: retrieval rows go to Redis with the chunk
-    return [BlockKeys(t, mean_key(layers[middle], h[middle][mask])) for t, h, mask in zip(host, hidden_states, masks)]
+    tokens = [torch.cat(r).to(torch.float16) for r in rows]  # [C, m_b, D] each, on the device
+    means = torch.stack([mean_key(layers[middle], h[middle][mask])
+                         for h, mask in zip(hidden_states, masks)])  # [B, Hkv*D] on the device
+    # the host copies (the store's: retrieval rows go to Redis with the chunk), one for all blocks' rows, one for
+    # their mean keys
+    flat = torch.cat([t.reshape(-1) for t in tokens]).cpu().numpy()  # [sum C*m_b*D] float16
+    host_means = means.cpu().numpy()  # [B, Hkv*D] float32
+    ends = np.cumsum([t.numel() for t in tokens])[:-1]
+    host = [part.reshape(t.shape) for part, t in zip(np.split(flat, ends), tokens)]  # [C, m_b, D] each
+    return [BlockKeys(t, m) for t, m in zip(host, host_means)]
 
 
 def question_keys(lm, ids: torch.Tensor, which: tuple[int, ...], middle: int, calibration: torch.Tensor | None,
