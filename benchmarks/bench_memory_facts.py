@@ -79,7 +79,7 @@ from memory.index import Query, StreamIndex  # noqa: E402
 from memory.layout import TokenSet  # noqa: E402
 from memory.options import MemoryOptions  # noqa: E402
 from memory.store import ChunkRecord, IndexRow  # noqa: E402
-from memory.working import WorkingState, context, step  # noqa: E402
+from memory.working import WorkingState, absorb, context, step  # noqa: E402
 
 THIRDS = ("early", "middle", "late")
 MAX_NEW_TOKENS = 24
@@ -242,6 +242,7 @@ class Variant:
     signal: str = "kv"  # kv: SearchOptions() (late interaction); mean: SearchOptions().only("mean")
     design: bool = False  # one of "the service's design" (working memory + retrieved chunks)
     working: bool = True  # False: the retrieved chunks alone (the diagnostic on the full ingest)
+    resumed: bool = False  # the run's working memory as a crash resumes a live stream (memory.working.absorb)
 
     def fusion(self) -> SearchOptions:
         return SearchOptions() if self.signal == "kv" else SearchOptions().only(self.signal)
@@ -281,6 +282,9 @@ def memories(args) -> tuple[list[Run], list[Variant]]:
         run = "default" if w == b else f"wm {w}"
         label = f"WM {w} + top-{k} chunks of {m}" + (" (mean key)" if signal == "mean" else "")
         variants.append(Variant(label, run, top_k=k, chunk_tokens=m, signal=signal, design=True))
+    if args.resume_back:  # a live stream killed N chunks after its last working-memory snapshot, resumed
+        variants.append(Variant(f"{DEFAULT_WM}, resumed: snapshot {args.resume_back} chunks back + the chunks "
+                                "stored since merged in", "default", resumed=True))
     if args.diagnose:  # whole chunks whose KV was read behind the whole stream, no working memory
         k = b // args.chunk
         variants.append(Variant(f"diagnostic: top-{k} whole chunks read behind full KV, no working memory", "full",
@@ -307,17 +311,23 @@ class Ingested:
     chunks: dict[int, list[tuple[TokenSet, tuple[int, int]]]]  # chunk tokens -> every stored chunk + serial span
     index: StreamIndex  # every chunk's retrieval keys
     seconds: float  # ingest_chunk + step, every chunk (the extra chunk sizes' steps not counted)
+    resumed: WorkingState | None = None  # `absorb` of the snapshot `resume_back` chunks back and the chunks since
 
 
-def ingest(adapter: TextLMAdapter, prefix: EncodedSegment, stream: list[int], chunk: int, run: Run) -> Ingested:
+def ingest(adapter: TextLMAdapter, prefix: EncodedSegment, stream: list[int], chunk: int, run: Run,
+           resume_back: int = 0) -> Ingested:
     """The stream chunk by chunk through `adapter.ingest_chunk` and `memory.working.step`, as the service's
-    ingest pipeline runs clips; each chunk's keys into a `StreamIndex`."""
+    ingest pipeline runs clips; each chunk's keys into a `StreamIndex`. With `resume_back` N: also the working
+    memory a live stream resumes with when its newest snapshot is N chunks old (`memory.working.absorb` of that
+    snapshot and the N chunks stored after it), as `services/pipeline.py` does after a crash."""
     opts = run.options
     sizes = run.chunk_sizes or (opts.chunk_tokens,)
     state = WorkingState.empty(prefix)
     index = StreamIndex(n_layers=len(adapter.spec.retrieval_layers))
     stored: dict[int, list[tuple[TokenSet, tuple[int, int]]]] = {m: [] for m in sizes}
     seconds = 0.0
+    n_chunks = -(-len(stream) // chunk)
+    snapshot = None
     for cid, first in enumerate(range(0, len(stream), chunk)):
         t0 = time.perf_counter()
         enc = adapter.ingest_chunk(stream[first:first + chunk], context(prefix, state), key_rows=opts.retrieval_keys)
@@ -332,7 +342,13 @@ def ingest(adapter: TextLMAdapter, prefix: EncodedSegment, stream: list[int], ch
                              keyframe_s=float(a), span_start=a, span_end=b)
         index.add([IndexRow(record, keys.mean, keys.tokens, {})])
         state = done.state
-    return Ingested(prefix, state, stored, index, seconds)
+        if resume_back and cid == n_chunks - 1 - resume_back:
+            snapshot = state
+    resumed = None
+    if snapshot is not None:
+        since = [c for c, _ in stored[sizes[0]][n_chunks - resume_back:]]
+        resumed = absorb(snapshot, since, opts, state.next_pos, state.max_pos, state.next_serial, state.next_frame)
+    return Ingested(prefix, state, stored, index, seconds, resumed)
 
 
 # ---- questions ------------------------------------------------------------------------------------
@@ -364,7 +380,7 @@ def ask(adapter: TextLMAdapter, mem: Ingested, v: Variant, fact: Fact, qkeys: Qu
         chunk: int) -> dict:
     """One question on one memory, as `services.qa.ask` answers it."""
     t0 = time.perf_counter()
-    state, prefix = mem.state, mem.prefix
+    state, prefix = (mem.resumed if v.resumed else mem.state), mem.prefix
     picked: list[tuple[TokenSet, tuple[int, int]]] = []
     ids: list[int] = []
     if v.top_k:
@@ -530,6 +546,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--diagnose", action="store_true",
                     help="also answer from the top budget/chunk whole chunks of the full-KV ingest alone (chunk KV "
                          "read behind the whole stream): separates what pruned context costs from what retrieval does")
+    ap.add_argument("--resume-back", type=int, default=0,
+                    help="also answer on the default working memory as a live stream resumes it after a crash N "
+                         "chunks after its last snapshot (the snapshot + the N stored chunks merged in)")
     ap.add_argument("--only", default="", help="comma-separated name fragments: run just these memories (and full)")
     ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
@@ -580,7 +599,8 @@ def main(argv=None) -> None:
         full_rows: list[dict] = []
         for run in runs:
             print(f"seed {seed}: ingest {run.name} ...", file=sys.stderr, flush=True)
-            mem = ingest(adapter, prefix, stream, args.chunk, run)
+            mem = ingest(adapter, prefix, stream, args.chunk, run,
+                         args.resume_back if run.name == "default" else 0)
             ingested[run.name].append(mem)
             if run.name in keyed:
                 label = "full KV" if run.name == "full" else f"WM {run.options.working_tokens} ({run.name})"
