@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from benchmarks.common import log, md_table, pct  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
@@ -45,19 +45,6 @@ from services.wire import ingest_pb2, qa_pb2  # noqa: E402
 from streamer.testpattern import synthetic_video  # noqa: E402
 
 QUESTIONS = ["What is happening?", "Which colour is the scene?", "Does anything move?", "When does it change?"]
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else float("nan")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def timed(call, n: int) -> list[float]:

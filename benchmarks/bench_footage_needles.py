@@ -52,6 +52,7 @@ are noise. What this measures is whether the frame index finds the needles and w
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -68,9 +69,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks import common  # noqa: E402
+from benchmarks.common import md_table, pct  # noqa: E402
 from encoders.describe import load_describer  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.fusion import SearchOptions, fuse  # noqa: E402
@@ -131,18 +133,7 @@ def sweep_settings(d: SearchOptions) -> list[tuple[str, SearchOptions]]:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def log(msg: str) -> None:
-    print(f"[needles] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else float("nan")
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+log = functools.partial(common.log, tag="needles")  # progress: "[needles] ..."
 
 
 def pc(x: float | None) -> str:

@@ -70,6 +70,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import log, md_table  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from memory.index import Query, StreamIndex  # noqa: E402
@@ -95,16 +96,6 @@ QWEN7B = KVLayout(num_layers=28, num_kv_heads=4, head_dim=128, position_dims=3, 
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 def med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

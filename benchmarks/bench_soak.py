@@ -34,6 +34,7 @@ stream, an unclean SIGTERM), so it can be used as a check.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -55,6 +56,8 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 
+from benchmarks import common  # noqa: E402
+from benchmarks.common import md_table, pct  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
 from services.wire import ingest_pb2, qa_pb2  # noqa: E402
 from testkit import rtsp  # noqa: E402
@@ -64,19 +67,7 @@ VIGIL = str(Path(sys.executable).with_name("vigil"))
 QUESTIONS = ["what happened in the first minute?", "What is happening?", "what happened in the last 5 minutes?",
              "Does anything move?", "what was on screen between 2:00 and 3:00?", "What colour is the scene?"]
 MB = 1024 * 1024
-
-
-def log(msg: str) -> None:
-    print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def pct(xs, q: float) -> float:
-    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
+log = functools.partial(common.log, tag="soak", clock=True)  # progress: "[soak 12:34:56] ..."
 
 
 # -- footage --------------------------------------------------------------------------------------------------

@@ -40,9 +40,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # testkit.media lives in the repository, not in the installed package
 
 import av  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.common import front_end as common_front_end  # noqa: E402
+from benchmarks.common import log, md_table, ms, pct, raw_decode  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from services import qa  # noqa: E402
@@ -50,8 +51,6 @@ from services.client import Client, state_name  # noqa: E402
 from services.config import ModelSettings, Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2  # noqa: E402
-from benchmarks.common import front_end as common_front_end  # noqa: E402
-from benchmarks.common import raw_decode  # noqa: E402
 from streamer.frontend import scored_frames  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 from streamer.sampling import Sampler, build_clips  # noqa: E402
@@ -78,25 +77,6 @@ DONE = {ingest_pb2.STREAM_STATE_FINISHED, ingest_pb2.STREAM_STATE_FAILED, ingest
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def pct(xs: list[float], q: float) -> float:
-    """Percentile with linear interpolation (numpy's default)."""
-    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if xs else float("nan")
-
-
-def ms(x: float) -> str:
-    return f"{x * 1000:.0f}"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
 # ---- 1. front end ---------------------------------------------------------------------------------
 def front_end(path: Path, fps: float, max_side: int) -> tuple[int, int, int, float]:
     """The ingest front end (benchmarks.common.front_end); returns (source frames, sampled, clips, s)."""

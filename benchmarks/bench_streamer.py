@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from av.video.reformatter import VideoReformatter  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from benchmarks.common import log, md_table  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
 from streamer.sampling import Sampler  # noqa: E402
 from streamer.source import FileSource  # noqa: E402
@@ -57,16 +58,6 @@ FPS_HOUR = 1.0
 
 # ---- helpers ----------------------------------------------------------------------------------------
 CLIP_FRAMES = 8  # the service default
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def ffmpeg() -> str:

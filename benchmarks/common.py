@@ -1,10 +1,13 @@
-"""Baselines the benchmarks share."""
+"""What the benchmarks share: the baselines they compare against (raw decode, the ingest front end) and their
+reporting helpers (progress lines, percentiles, Markdown tables)."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import av
+import numpy as np
 
 
 def raw_decode(path: Path) -> tuple[int, float]:
@@ -53,8 +56,18 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def log(msg: str) -> None:
-    """Progress on standard error (the tables go to standard output)."""
-    import sys
+def log(msg: str, tag: str = "bench", clock: bool = False) -> None:
+    """Progress on standard error (the tables go to standard output): `[tag] msg`, with the time of day after the
+    tag when `clock` (long runs)."""
+    stamp = f" {time.strftime('%H:%M:%S')}" if clock else ""
+    print(f"[{tag}{stamp}] {msg}", file=sys.stderr, flush=True)
 
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+def pct(xs, q: float) -> float:
+    """The q-th percentile of `xs` with linear interpolation (numpy's default); NaN when there is none."""
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
+
+
+def ms(seconds: float) -> str:
+    """Seconds as whole milliseconds, for a table cell."""
+    return f"{seconds * 1000:.0f}"

@@ -13,12 +13,17 @@
 Every method is one RPC of `proto/vigil/v1/` and returns its message (`StreamInfo`, `AskResponse`, ...); errors are
 `grpc.RpcError` with the server's status code and a message that says what to change (`NOT_FOUND`, `INVALID_ARGUMENT`,
 `PERMISSION_DENIED` for a path outside the media roots, `UNAVAILABLE` when the server or its store is unreachable).
+`as_json(message)` is any message as JSON data: what `vigil ... --json` prints and the HTTP API (/api/v1) serves.
 """
 from __future__ import annotations
 
+import base64
 import ipaddress
+import math
+import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -29,6 +34,85 @@ STATE_NAMES = {v: k for k, v in ingest_pb2.StreamState.items()}
 
 def state_name(value: int) -> str:
     return STATE_NAMES.get(value, "STREAM_STATE_UNSPECIFIED").removeprefix("STREAM_STATE_").lower()
+
+
+# ---- JSON: one rendering of the messages, for `vigil ... --json` and the HTTP API -----------------------------
+
+def as_json(msg) -> dict[str, Any]:
+    """A message of the API as JSON data (dicts, lists, str, numbers, bool, None): what `vigil ... --json` prints
+    and the HTTP API (/api/v1) serves, so both name and shape every field alike. Every field under its .proto name,
+    unset ones with their default, except:
+
+    * an enum: its value's name without the enum's prefix, in lower case (STREAM_STATE_FINISHED: "finished");
+    * 64-bit integers: numbers (the proto3 JSON mapping writes them as strings);
+    * a float (32 bits): to the digits it holds (0.8, not 0.800000011920929); a double that is not finite (the
+      end of a gap still open): null;
+    * a wall-clock time (wall_start_unix, wall_end_unix) of 0, none known (a file's gaps and chunks): null;
+    * a message field or an `optional` one that is not set: null; of a oneof, only the member that is set;
+    * bytes (a keyframe JPEG): base64 under the field's name + "_b64", only when not empty;
+    * a TimeWindow's end_s 0 ("to the end"): null;
+    * window_source and window_phrase (AskResponse, AnswerEvidence): in searched_window, as "source" and "phrase";
+    * MemoryOptions: by option name, as memory/options.py and the command line's flags name them."""
+    desc = msg.DESCRIPTOR
+    if (special := _SPECIAL.get(desc.full_name)) is not None:
+        return special(msg)
+    out: dict[str, Any] = {}
+    for f in desc.fields:
+        oneof = f.containing_oneof
+        if oneof is not None and oneof.name != f"_{f.name}" and msg.WhichOneof(oneof.name) != f.name:
+            continue  # a member of a real oneof that is not the one set (`_name`: proto3 `optional`'s own oneof)
+        value = getattr(msg, f.name)
+        if f.type == f.TYPE_BYTES:
+            if value:
+                out[f"{f.name}_b64"] = base64.b64encode(value).decode()
+        elif f.is_repeated:
+            out[f.name] = [as_json(v) for v in value] if f.message_type else [_scalar(f, v) for v in value]
+        elif f.has_presence and not msg.HasField(f.name):
+            out[f.name] = None
+        else:
+            out[f.name] = as_json(value) if f.message_type else _scalar(f, value)
+    if "searched_window" in out and "window_source" in out:
+        out["searched_window"] = {**(out["searched_window"] or {}), "source": out.pop("window_source"),
+                                  "phrase": out.pop("window_phrase", "")}
+    return out
+
+
+def _scalar(f, value):
+    if f.type == f.TYPE_ENUM:
+        unset = f.enum_type.values_by_number.get(0)
+        prefix = unset.name.removesuffix("UNSPECIFIED") if unset is not None else ""
+        named = f.enum_type.values_by_number.get(value)
+        return named.name.removeprefix(prefix).lower() if named is not None else value
+    if f.type == f.TYPE_FLOAT:
+        return _float32(value)
+    if f.type == f.TYPE_DOUBLE:
+        return None if not math.isfinite(value) or (value == 0 and f.name.startswith("wall_")) else value
+    return value
+
+
+def _float32(x: float) -> float | None:
+    """A float field's value (a float32 widened to a double) with the fewest digits that give it back."""
+    if not math.isfinite(x):
+        return None
+    for digits in range(6, 10):
+        short = float(f"{x:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", short))[0] == x:
+            return short
+    return x
+
+
+def _time_window(w) -> dict[str, Any]:
+    return {"start_s": _scalar(w.DESCRIPTOR.fields_by_name["start_s"], w.start_s),
+            "end_s": w.end_s if w.end_s > 0 and math.isfinite(w.end_s) else None}  # 0: to the end
+
+
+def _memory_options(m) -> dict[str, Any]:
+    from services import memory_wire
+
+    return memory_wire.overrides_from_proto(m)
+
+
+_SPECIAL = {"vigil.v1.TimeWindow": _time_window, "vigil.v1.MemoryOptions": _memory_options}
 
 
 Pem = str | Path | bytes  # a PEM file's path, or its bytes

@@ -4,13 +4,17 @@ Every handler resolves the stream like gRPC does (an id, or a camera's name: `gr
 store reads off the event loop (asyncio.to_thread), and maps domain errors through the one table
 (`services.errors.status_for`) to an HTTP status, as JSON `{"error": {"code", "message"}}`. Questions and
 summaries run on the question WorkQueue, like AskStream and Summarize, and answer as server-sent events.
+
+What has a message in proto/vigil/v1 (a stream, a gap, an alert, an answer's evidence, a summary's parts) is
+built as that message, as gRPC builds it, and rendered by `services.client.as_json`, the rendering `vigil ...
+--json` prints: the same names and shapes. The API adds what only it has (a keyframe's URL, a camera's name);
+a chunk record has no message and is rendered here (`chunk_json`).
 """
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,13 +26,15 @@ from starlette.routing import Route
 from memory.errors import StreamNotFound, clipped
 from memory.store import ChunkRecord, Gap, StreamRecord
 from services import alerts, qa, summarize
+from services.client import as_json
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
-from services.grpc_api import stream_id
+from services.grpc_api import MAX_GAPS_SHOWN, QAServicer, gap_msg, stream_id, stream_info
 from services.metrics import STORE_DOWN
 from services.runtime import Runtime
 from services.streaming import worker_stream
+from services.wire import qa_pb2
 from services.work import WorkQueue
-from streamer.redact import redact_source, redact_text
+from streamer.redact import redact_text
 
 log = logging.getLogger("vigil.http")
 PREFIX = "/api/v1"
@@ -62,21 +68,21 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _num(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else x
-
-
-def stream_json(rec: StreamRecord, name: str | None = None) -> dict:
-    return dict(stream_id=rec.stream_id, name=name or "", source=redact_source(rec.source), state=str(rec.state),
-                error=redact_text(rec.error), kind=rec.kind, live=rec.live, fps=rec.fps, chunks=rec.chunks,
-                frames=rec.frames, duration_s=rec.media_end_s, source_duration_s=rec.source_duration_s,
-                memory_bytes=rec.bytes, dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
-                scene_cuts=rec.scene_cuts, model=rec.model, random_weights=rec.random_weights,
-                created_unix=rec.created, updated_unix=rec.updated)
+def stream_json(rec: StreamRecord, name: str | None = None, gaps: list[Gap] = ()) -> dict:
+    """A stream as gRPC's StreamInfo renders (`gaps`: its last ones, as DescribeStream has them; a list of streams
+    has none, as ListStreams), with its camera's name and whether it runs live."""
+    return {**as_json(stream_info(rec, gaps)), "name": name or "", "live": rec.live}
 
 
 def keyframe_url(sid: str, cid: int) -> str:
     return f"{PREFIX}/streams/{sid}/chunks/{cid}/keyframe.jpg"
+
+
+def with_keyframe_urls(sid: str, evidence: list[dict]) -> list[dict]:
+    """Rendered Evidence messages, each with its keyframe's URL (the API serves no keyframe bytes inline)."""
+    for e in evidence:
+        e["keyframe_url"] = keyframe_url(sid, e["chunk_id"])
+    return evidence
 
 
 def chunk_json(sid: str, c: ChunkRecord) -> dict:
@@ -87,19 +93,37 @@ def chunk_json(sid: str, c: ChunkRecord) -> dict:
 
 
 def gap_json(g: Gap) -> dict:
-    return dict(start_s=g.start_s, end_s=_num(g.end_s), reason=g.reason, wall_start_unix=g.wall_start,
-                wall_end_unix=g.wall_end)
+    return as_json(gap_msg(g))
 
 
-def hit_json(sid: str, h, rank: int) -> dict:
-    c = h.chunk
-    return dict(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s, score=h.score,
-                rank=rank, on_screen_text=c.text, labels=c.labels, keyframe_url=keyframe_url(sid, c.chunk_id),
-                signals=[dict(signal=x.name, rank=x.rank, score=x.score) for x in h.signals])
+def alert_json(sid: str, alert: dict, message: str) -> dict:
+    """A stored alert as gRPC's Alert renders, with its keyframe's URL (null: none) and the event's message."""
+    d = as_json(alerts.alert_proto(alert))
+    cid = d["chunk_id"]
+    return {**d, "keyframe_url": keyframe_url(sid, cid) if cid is not None else None, "message": message}
 
 
-def searched_json(w: qa.Searched) -> dict:
-    return dict(start_s=w.start_s, end_s=_num(w.end_s), source=w.source, phrase=w.phrase)
+# the question work's items as AskStream's and Summarize's messages (built as services/grpc_api.py builds them)
+
+def evidence_msg(p: qa.Prepared, spec) -> qa_pb2.AnswerEvidence:
+    return qa_pb2.AnswerEvidence(
+        evidence=QAServicer._evidence(p.hits, p.keyframes, p.ranks), gaps=[gap_msg(g) for g in p.gaps],
+        **QAServicer._searched(p.window), model=spec.name, random_weights=spec.random_weights,
+        conversation_id=p.conversation_id, history_turns=len(p.history), memory_tokens=p.memory.length)
+
+
+def segment_msg(s: summarize.SegmentSummary) -> qa_pb2.SummarySegment:
+    return qa_pb2.SummarySegment(
+        index=s.index, segments=s.segments, start_s=s.start_s, end_s=s.end_s, summary=s.text,
+        on_screen_text=list(s.on_screen), chunks=s.chunks,
+        evidence=[qa_pb2.Evidence(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s,
+                                  keyframe_jpeg=jpg, on_screen_text=c.text, labels=c.labels)
+                  for c, jpg in zip(s.read, s.keyframes)])
+
+
+def summary_done_msg(d: summarize.Summary) -> qa_pb2.SummaryDone:
+    return qa_pb2.SummaryDone(overview=d.overview, window=qa_pb2.TimeWindow(start_s=d.start_s, end_s=d.end_s),
+                              segments=d.segments, latency_ms=d.latency_ms, gaps=[gap_msg(g) for g in d.gaps])
 
 
 def sse(event: str, data: Any) -> bytes:
@@ -196,7 +220,7 @@ class Api:
         def read():
             sid = self._sid(request)
             rec = self.rt.store.get_stream(sid)
-            return stream_json(rec, self.rt.store.name_of(sid))
+            return stream_json(rec, self.rt.store.name_of(sid), self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN))
         try:
             return JSONResponse(await self._call(read))
         except Exception as exc:
@@ -240,17 +264,8 @@ class Api:
                 for eid, body in events:
                     last = eid
                     if body.get("kind") == alerts.EVENT_KIND and "alert" in body:
-                        a = json.loads(body["alert"])
-                        key = a.get("keyframe") or {}
-                        cid = key.get("chunk_id")
-                        found.append(dict(id=a.get("id"), rule=a.get("rule"), kind=a.get("kind"),
-                                          camera=a.get("camera") or "", start_s=a.get("start_s"),
-                                          end_s=a.get("end_s"), wall_start_unix=a.get("wall_start"),
-                                          wall_end_unix=a.get("wall_end"), matched_text=a.get("matched_text") or "",
-                                          score=a.get("score"), signal=a.get("signal") or "", chunk_id=cid,
-                                          keyframe_s=key.get("keyframe_s"),
-                                          keyframe_url=keyframe_url(sid, cid) if cid is not None else None,
-                                          message=redact_text(body.get("message", ""))))
+                        found.append(alert_json(sid, json.loads(body["alert"]),
+                                                redact_text(body.get("message", ""))))
             return {"stream_id": sid, "alerts": found}
         try:
             return JSONResponse(await self._call(read))
@@ -344,15 +359,13 @@ class Api:
 
         def encode(item) -> bytes:
             if isinstance(item, str):
-                return sse("delta", {"text": item})
+                return sse("delta", as_json(qa_pb2.AnswerDelta(text=item)))
             if isinstance(item, qa.Prepared):
-                return sse("evidence", dict(
-                    stream_id=sid, evidence=[hit_json(sid, h, r) for h, r in zip(item.hits, item.ranks)],
-                    gaps=[gap_json(g) for g in item.gaps], searched_window=searched_json(item.window),
-                    model=spec.name, random_weights=spec.random_weights, conversation_id=item.conversation_id,
-                    history_turns=len(item.history), memory_tokens=item.memory.length))
-            return sse("done", dict(answer=item.text, latency_ms=item.latency_ms, memory_tokens=item.memory_tokens,
-                                    conversation_id=item.conversation_id))
+                d = as_json(evidence_msg(item, spec))
+                return sse("evidence", {"stream_id": sid, **d, "evidence": with_keyframe_urls(sid, d["evidence"])})
+            return sse("done", as_json(qa_pb2.AnswerDone(answer=item.text, latency_ms=item.latency_ms,
+                                                         memory_tokens=item.memory_tokens,
+                                                         conversation_id=item.conversation_id)))
 
         items = worker_stream(work, qa.ask_streamed, self.rt, sid, question, **kwargs)
         return await self._sse(items, encode, metered=True)
@@ -374,15 +387,12 @@ class Api:
 
         def encode(item) -> bytes:
             if isinstance(item, summarize.Progress):
-                return sse("progress", dict(segment=item.segment, segments=item.segments, stage=item.stage))
+                return sse("progress", as_json(qa_pb2.SummaryProgress(segment=item.segment, segments=item.segments,
+                                                                      stage=item.stage)))
             if isinstance(item, summarize.SegmentSummary):
-                return sse("segment", dict(
-                    index=item.index, segments=item.segments, start_s=item.start_s, end_s=item.end_s,
-                    summary=item.text, on_screen_text=list(item.on_screen), chunks=item.chunks,
-                    evidence=[chunk_json(sid, c) for c in item.read], **mark))
-            return sse("done", dict(overview=item.overview, start_s=item.start_s, end_s=item.end_s,
-                                    segments=item.segments, latency_ms=item.latency_ms,
-                                    gaps=[gap_json(g) for g in item.gaps], **mark))
+                d = as_json(segment_msg(item))
+                return sse("segment", {**d, "evidence": with_keyframe_urls(sid, d["evidence"]), **mark})
+            return sse("done", {**as_json(summary_done_msg(item)), **mark})
 
         items = worker_stream(work, summarize.summarize, self.rt, sid, window, detail, max_new, False)
         return await self._sse(items, encode, metered=False)

@@ -13,6 +13,7 @@ import io
 from services.client import Client, state_name
 from services.http.app import COOKIE, session_value
 from tests.conftest import wait_done
+from tests.services.test_cli import env_for, run
 
 TOKEN = "api-test-token-0123456789abcdef"
 FPS, CLIP = 2.0, 4
@@ -101,6 +102,37 @@ def test_streams_chunks_keyframes_and_gaps(served):
     assert status == 200 and gaps == {"stream_id": sid, "gaps": []}  # a file has no outages
     status, alerts = get_json(port, f"/api/v1/streams/{sid}/alerts")
     assert status == 200 and alerts["alerts"] == []
+
+
+def test_the_api_and_the_cli_render_a_stream_and_an_answer_alike(served, cache_dir):
+    """One rendering (services.client.as_json): the API's stream is `vigil streams --json`'s, plus the camera's name
+    and `live`; its evidence event has `vigil ask --json`'s fields, plus each keyframe's URL."""
+    srv, info = served
+    env, addr = env_for(cache_dir, VIGIL_AUTH_TOKEN=TOKEN), f"127.0.0.1:{srv.port}"
+    listed = run(["streams", "--json", "--server", addr], env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    [cli] = [s for s in json.loads(listed.stdout) if s["stream_id"] == info.stream_id]
+    status, body = get_json(srv.http_port, "/api/v1/streams")
+    [api] = [s for s in body["streams"] if s["stream_id"] == info.stream_id]
+    assert {k: api[k] for k in cli} == cli and set(api) - set(cli) == {"name", "live"}
+    status, one = get_json(srv.http_port, f"/api/v1/streams/{info.stream_id}")
+    assert {k: one[k] for k in cli} == cli  # a file has no gaps: DescribeStream's last gaps are none either
+
+    asked = run(["ask", info.stream_id, "what colour?", "--json", "--top-k", "2", "--max-new-tokens", "4",
+                 "--since", "0:06", "--server", addr], env, timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    answer = json.loads(asked.stdout)
+    status, _, raw = call(srv.http_port, f"/api/v1/streams/{info.stream_id}/ask", body={
+        "question": "what colour?", "top_k": 2, "max_new_tokens": 4, "window": {"start_s": 6}})
+    events = dict(sse_events(raw))
+    evidence, done = events["evidence"], events["done"]
+    assert evidence["searched_window"] == answer["searched_window"] == {"start_s": 6, "end_s": None,
+                                                                        "source": "request", "phrase": ""}
+    shared = set(evidence) - {"stream_id"}
+    assert shared <= set(answer) and set(done) <= set(answer)
+    for e_api, e_cli in zip(evidence["evidence"], answer["evidence"], strict=True):
+        assert set(e_api) - set(e_cli) == {"keyframe_url"} and set(e_cli) - set(e_api) == {"keyframe_jpeg_b64"}
+        assert {k: type(v) for k, v in e_api.items() if k in e_cli} == {k: type(e_cli[k]) for k in e_api if k in e_cli}
 
 
 def test_errors_are_json_with_the_grpc_meaning(served):

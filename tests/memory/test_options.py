@@ -224,16 +224,16 @@ def test_settings_from_a_toml_file(no_memory_env, tmp_path):
 
 
 def test_the_cli_has_one_flag_per_option_and_sends_only_what_was_given():
-    from services.cli import _memory_options, build_parser
+    from services.cli.parser import build_parser, memory_options
 
     parser = build_parser()
     for cmd, src in (("ingest", "x.mp4"), ("push", "x.ts")):
         args = parser.parse_args([cmd, src])
         assert {f.name for f in fields(MemoryOptions)} <= set(vars(args))
-        assert _memory_options(args) == ingest_pb2.MemoryOptions()  # nothing given: the server decides
+        assert memory_options(args) == ingest_pb2.MemoryOptions()  # nothing given: the server decides
     args = parser.parse_args(["push", "x.ts", "--int8", "--retention", "delete", "--policy", "recency",
                               "--no-prototypes", "--novelty-weight", "0.5", "--redundancy-weight", "0",
                               "--redundancy-window", "64", "--chunk-tokens", "16", "--max-age-s", "30"])
-    assert memory_wire.from_proto(_memory_options(args), MemoryOptions()) == MemoryOptions(
+    assert memory_wire.from_proto(memory_options(args), MemoryOptions()) == MemoryOptions(
         kv_int8=True, retention_mode="delete", policy="recency", prototypes=False, novelty_weight=0.5,
         redundancy_weight=0.0, redundancy_window=64, chunk_tokens=16, max_age_s=30.0)

@@ -206,20 +206,20 @@ def test_streams_has_a_header_and_watch_json_matches_streams_json(make_server, c
 
 
 def test_since_and_until_take_mm_ss(make_server, cache_dir, pattern_video):
-    from services.cli import _media_time
+    from services.cli.parser import media_time
 
-    assert [_media_time(v) for v in ("90", "90.5", "1:30", "01:30.5", "1:02:03", "0:00")] == \
+    assert [media_time(v) for v in ("90", "90.5", "1:30", "01:30.5", "1:02:03", "0:00")] == \
         [90.0, 90.5, 90.0, 90.5, 3723.0, 0.0]
     for bad in ("1:75", "abc", "1:", "-5", "1.5:30", "1:2:3:4", "inf"):
         with pytest.raises(Exception, match="not a media time"):
-            _media_time(bad)
+            media_time(bad)
     _, addr = make_server()
     env = env_for(cache_dir)
     with Client(addr) as c:
         sid = wait_done(c, c.start(str(pattern_video), fps=2).stream_id).stream_id
     ask = run(["ask", sid, "what colour?", "--since", "0:02", "--until", "0:08", "--json", "--server", addr], env)
     assert ask.returncode == 0, ask.stderr
-    w = json.loads(ask.stdout)["window"]
+    w = json.loads(ask.stdout)["searched_window"]
     assert (w["start_s"], w["end_s"], w["source"]) == (2.0, 8.0, "request")
     bad = run(["ask", sid, "q", "--since", "1:75", "--server", addr], env, timeout=60)
     assert bad.returncode == 2 and "not a media time" in bad.stderr and "mm:ss" in bad.stderr
