@@ -24,8 +24,35 @@ def env_for(cache_dir, **extra) -> dict:
     return env
 
 
-def run(args, env, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([VIGIL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def run(args, env, timeout=300, process: bool = False) -> subprocess.CompletedProcess:
+    """`vigil ARGS` with `env` as its environment. In this process (`services.cli.main`, its output captured):
+    what a command prints and its exit status do not need a process of their own. `process`: a real one, for what
+    does (start-up, signals, what reaches a fresh terminal)."""
+    if process:
+        return subprocess.run([VIGIL, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return run_in_process(args, env)
+
+
+def run_in_process(args, env) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    from services.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help (0), a bad argument (2)
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess([VIGIL, *args], code, out.getvalue(), err.getvalue())
 
 
 def test_console_script_installed():
@@ -39,33 +66,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def serve_process(cache_dir, media_dir, redis_url, namespace):
-    port = _free_port()
+def serve_process(make_server, cache_dir, media_dir, redis_url, namespace):
+    """A server for the CLI to talk to, and the CLI's environment. In this process (a real gRPC server on
+    127.0.0.1): the commands under test are the client's; `vigil serve` itself is tested in its own processes
+    (test_cli_ux.py: banner, busy ports, signals; test_private_redis_goes_with_the_server)."""
+    _, addr = make_server()
     env = env_for(cache_dir, VIGIL_REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace,
                   VIGIL_MEDIA_ROOTS=json.dumps([str(media_dir), str(cache_dir)]))
-    proc = subprocess.Popen([VIGIL, "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    addr = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    with grpc.insecure_channel(addr) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while True:
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    break
-            except grpc.RpcError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"vigil serve did not come up: {proc.stdout.read()}")
-            time.sleep(0.2)
     yield addr, env
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_serve_ingest_ask_streams(serve_process, pattern_video):

@@ -109,10 +109,10 @@ def test_serve_says_where_it_listens_then_ready_and_refuses_busy_ports(cache_dir
 
         # the model runs (ingest, a question): no library warning reaches the terminal
         addr = f"127.0.0.1:{port}"
-        ing = run(["ingest", str(pattern_video), "--fps", "2", "--wait", "--server", addr], env)
+        ing = run(["ingest", str(pattern_video), "--fps", "2", "--wait", "--server", addr], env, process=True)
         assert ing.returncode == 0, ing.stderr
         sid = ing.stdout.split()[1].rstrip(":")
-        ask = run(["ask", sid, "what colour?", "--server", addr], env)
+        ask = run(["ask", sid, "what colour?", "--server", addr], env, process=True)
         assert ask.returncode == 0, ask.stderr
         for text in (ing.stderr, ask.stderr):
             assert "Warning" not in text

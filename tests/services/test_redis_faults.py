@@ -1,5 +1,5 @@
 """Redis faults and scale-out, with real processes on loopback: the embedded Redis and an external
-redis-server killed (-9) and stalled (SIGSTOP 6 s and 30 s) mid-ingest; two servers sharing one Redis, one
+redis-server killed (-9) and stalled (SIGSTOP 6 s, and 8 s past a 3 s lease) mid-ingest; two servers sharing one Redis, one
 stalled past its lease while the other adopts its stream; a replica at its stream limit claims nothing.
 
 While Redis is down or stalled, RPCs answer UNAVAILABLE (without the store's address), health reports
@@ -70,16 +70,17 @@ def _stall(pid: int, seconds: float, addr: str, sid: str, secret: str) -> None:
 
 
 def _through_faults(addr: str, url: str, ns: str, sid: str, pid, kill_and_restart, secret: str,
-                    long_stall: bool = True) -> None:
-    """kill -9 at 3 chunks (Redis restarted), stall 6 s at 8 chunks, and (`long_stall`) 30 s at 13 chunks."""
+                    long_stall_s: float = 0.0) -> None:
+    """kill -9 at 3 chunks (Redis restarted), stall 6 s at 8 chunks, and (`long_stall_s`) a longer stall at 13
+    chunks."""
     _until(lambda: _chunks(url, ns, sid) >= 3, 120, "3 chunks stored")
     kill_and_restart()
     _until(lambda: _health(addr) == SERVING, 30, "health SERVING after Redis came back")
     _until(lambda: _chunks(url, ns, sid) >= 8, 120, "8 chunks stored after the restart")
     _stall(pid(), 6, addr, sid, secret)
     _until(lambda: _chunks(url, ns, sid) >= 13, 120, "13 chunks stored after the 6 s stall")
-    if long_stall:
-        _stall(pid(), 30, addr, sid, secret)  # past the 10 s lease: the worker takes its lapsed lease back
+    if long_stall_s:
+        _stall(pid(), long_stall_s, addr, sid, secret)  # past the lease: the worker takes its lapsed lease back
 
 
 def _finish_and_compare(addr: str, url: str, ns: str, sid: str, video: Path, adapter) -> None:
@@ -98,14 +99,15 @@ def _finish_and_compare(addr: str, url: str, ns: str, sid: str, video: Path, ada
 
 
 @pytest.mark.timeout(420)
-def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, describer, media_dir, cache_dir, namespace,
-                                                       long_video):
+def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, media_dir, cache_dir, namespace, long_video):
+    from encoders.describe import DescriberOptions
     from services.config import Settings
     from services.server import VigilServer
 
+    # a 3 s lease: the long stall (8 s) outlasts it, as a 30 s stall outlasts the default 10 s one
     s = Settings(host="127.0.0.1", port=0, redis_url=None, namespace=namespace, media_roots=(str(media_dir),),
-                 cache_dir=cache_dir / "vigil", http_port=0)
-    srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
+                 cache_dir=cache_dir / "vigil", http_port=0, lease_ttl_s=3.0, frames=DescriberOptions(enabled=False))
+    srv = VigilServer(s, adapter=tiny_adapter, describer=None)
     addr = f"127.0.0.1:{srv.start_in_thread()}"
     try:
         url = srv.redis.url
@@ -117,7 +119,8 @@ def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, describer, m
             os.kill(pid, signal.SIGKILL)
             _until(lambda: srv.redis.restarts == 1 and srv.redis.proc.pid != pid, 30, "the embedded Redis restarted")
 
-        _through_faults(addr, url, namespace, sid, lambda: srv.redis.proc.pid, kill, str(srv.redis.dir))
+        _through_faults(addr, url, namespace, sid, lambda: srv.redis.proc.pid, kill, str(srv.redis.dir),
+                        long_stall_s=8.0)
         _finish_and_compare(addr, url, namespace, sid, long_video, tiny_adapter)
     finally:
         srv.stop_thread()
@@ -147,9 +150,9 @@ def test_external_redis_killed_and_stalled_mid_ingest(make_server, tiny_adapter,
             procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             _until(lambda: _ping(url), 20, "the restarted redis-server answers")
 
-        # the 30 s stall past the lease is the embedded test's: the worker's side of it does not depend on who
-        # runs the redis-server
-        _through_faults(addr, url, ns, sid, lambda: procs[-1].pid, kill, str(port), long_stall=False)
+        # the stall past the lease is the embedded test's: the worker's side of it does not depend on who runs the
+        # redis-server
+        _through_faults(addr, url, ns, sid, lambda: procs[-1].pid, kill, str(port))
         _finish_and_compare(addr, url, ns, sid, long_video, tiny_adapter)
     finally:
         for p in procs:
