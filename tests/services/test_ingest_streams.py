@@ -132,8 +132,8 @@ def test_push_must_start_with_a_config_and_rejects_garbage(make_server, media_di
 
 
 def _serve(cache_dir, media_dir, redis_url, namespace, port, **extra):
-    env = env_for(cache_dir, VIGIL_REDIS_URL=redis_url, VIGIL_NAMESPACE=namespace, VIGIL_MEDIA_ROOTS=str(media_dir),
-                  VIGIL_LEASE_TTL_S="1.5", **extra)
+    env = env_for(cache_dir, **{"VIGIL_REDIS_URL": redis_url, "VIGIL_NAMESPACE": namespace,
+                                "VIGIL_MEDIA_ROOTS": str(media_dir), "VIGIL_LEASE_TTL_S": "1.5", **extra})
     return subprocess.Popen([VIGIL, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 

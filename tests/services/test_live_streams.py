@@ -134,6 +134,51 @@ def test_live_stream_resumes_at_the_live_edge_after_the_ingest_server_restarts(m
     assert gap.start_s <= before.duration_s + 1e-6
 
 
+@pytest.mark.timeout(300)
+def test_a_live_stream_killed_9_resumes_with_its_snapshot_and_the_chunks_stored_since(
+        make_server, camera_file, cache_dir, media_dir, redis_url, namespace):
+    """`vigil serve` killed -9 while a camera is ingested, a working-memory snapshot only every 1000 chunks: the
+    stream resumes elsewhere with that snapshot (chunk 0) and the chunks stored after it merged in (their clips
+    cannot be decoded again): each of those chunks' tokens is in the resumed memory, the rest of their clips'
+    tokens are not (the cost of a crash, docs/architecture.md), and the memory is stored whole again."""
+    import os
+    import signal
+
+    from memory.store import MemoryStore
+    from tests.services.test_cli import _free_port
+    from tests.services.test_ingest_streams import _serve, _wait_serving
+
+    env = {f"VIGIL_LIVE__{k.upper()}": str(v) for k, v in LIVE.items()}
+    port = _free_port()
+    proc = _serve(cache_dir, media_dir, redis_url, namespace, port, VIGIL_WORKING_SNAPSHOT_CHUNKS="1000",
+                  VIGIL_LEASE_TTL_S="1.0", **env)
+    with rtsp.RtspServer(camera_file) as cam:
+        try:
+            _wait_serving(proc, f"127.0.0.1:{port}")
+            with Client(f"127.0.0.1:{port}") as c:
+                sid = c.start(cam.url, fps=2, clip_frames=4).stream_id
+                wait_for(lambda: c.describe(sid).chunks >= 4, 90, "chunks")
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        second, addr = make_server(live=LIVE, lease_ttl_s=1.0)
+        store: MemoryStore = second.rt.store
+        killed = store.get_stream(sid)
+        assert killed.wm_version == 0 and killed.chunks >= 4  # the snapshot of chunk 0; chunks 1.. after it
+        with Client(addr) as c:
+            wait_for(lambda: c.describe(sid).chunks >= killed.chunks + 2, 90, "chunks after the adoption")
+            c.stop(sid)
+    assert store.get_stream(sid).wm_snapshot_version >= killed.chunks  # stored whole again after the resume
+    wm = set(store.load_working(sid).state.tokens.serial[0].tolist())  # layer 0 (the budget is not reached)
+    absorbed = list(range(1, killed.chunks))
+    for chunk in store.chunk_payloads(sid, absorbed):
+        assert set(chunk.serial[0].tolist()) <= wm
+    spans = {r.chunk_id: (r.span_start, r.span_end) for r in store.chunk_records(sid)}
+    assert all(s in wm for s in range(*spans[0]))  # the snapshot's clip is whole
+    assert [s for cid in absorbed for s in range(*spans[cid]) if s not in wm], \
+        "a resumed live stream keeps of its clips after the snapshot only what their chunks kept"
+
+
 def test_bad_camera_urls_fail_fast_and_clearly_without_touching_other_streams(make_server, pattern_video):
     _, addr = make_server(live=LIVE)
     with Client(addr) as c:
