@@ -97,33 +97,58 @@ def pattern_video(media_dir) -> Path:
     return media.synthetic_video(media_dir / "pattern-12s.mp4", seconds=12, fps=10, scenes=3)
 
 
-@pytest.fixture
-def make_server(request, redis_url, namespace, tiny_adapter, media_dir, cache_dir):
-    """Start VigilServer instances in threads on 127.0.0.1:0; all are stopped at teardown. The frame index (real
-    OCR, labels, MiniLM: about 0.1 s a chunk) only where a test looks at it: `frame_index=True`."""
-    from encoders.describe import DescriberOptions
-    from services.config import Settings
-    from services.server import VigilServer
+class _Servers:
+    """VigilServer instances in threads on 127.0.0.1:0 under one namespace, stopped by `close`. The frame index
+    (real OCR, labels, MiniLM: about 0.1 s a chunk) only where a test looks at it: `frame_index=True`."""
 
-    servers = []
+    def __init__(self, request, redis_url, namespace, tiny_adapter, media_dir, cache_dir) -> None:
+        self.request, self.redis_url, self.namespace = request, redis_url, namespace
+        self.adapter, self.media_dir, self.cache_dir = tiny_adapter, media_dir, cache_dir
+        self.servers = []
 
-    def start(frame_index: bool = False, **overrides):
-        roots = overrides.pop("media_roots", (str(media_dir), str(cache_dir)))
-        url = overrides.pop("redis_url", redis_url)
+    def start(self, frame_index: bool = False, **overrides):
+        from encoders.describe import DescriberOptions
+        from services.config import Settings
+        from services.server import VigilServer
+
+        roots = overrides.pop("media_roots", (str(self.media_dir), str(self.cache_dir)))
+        url = overrides.pop("redis_url", self.redis_url)
         overrides.setdefault("http_port", 0)  # the HTTP side off unless a test asks (-1: any free port)
         if not frame_index:
             overrides.setdefault("frames", DescriberOptions(enabled=False))
-        s = Settings(host="127.0.0.1", port=0, redis_url=url, namespace=namespace,
-                     media_roots=roots, cache_dir=cache_dir / "vigil", **overrides)
-        describer = request.getfixturevalue("describer") if s.frames.enabled else None
-        srv = VigilServer(s, adapter=tiny_adapter, describer=describer)
+        s = Settings(host="127.0.0.1", port=0, redis_url=url, namespace=self.namespace,
+                     media_roots=roots, cache_dir=self.cache_dir / "vigil", **overrides)
+        describer = self.request.getfixturevalue("describer") if s.frames.enabled else None
+        srv = VigilServer(s, adapter=self.adapter, describer=describer)
         port = srv.start_in_thread()
-        servers.append(srv)
+        self.servers.append(srv)
         return srv, f"127.0.0.1:{port}"
 
-    yield start
-    for srv in servers:
-        srv.stop_thread()
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.stop_thread()
+
+
+@pytest.fixture
+def make_server(request, redis_url, namespace, tiny_adapter, media_dir, cache_dir):
+    """Start servers for one test (`_Servers.start`); all are stopped at teardown."""
+    servers = _Servers(request, redis_url, namespace, tiny_adapter, media_dir, cache_dir)
+    yield servers.start
+    servers.close()
+
+
+@pytest.fixture(scope="module")
+def module_server(request, redis_url, tiny_adapter, media_dir, cache_dir):
+    """Servers shared by a module's tests (one ingest that several tests only read), under a namespace of the
+    module's own, deleted at its end."""
+    ns = f"vigiltest-{uuid.uuid4().hex[:8]}"
+    servers = _Servers(request, redis_url, ns, tiny_adapter, media_dir, cache_dir)
+    yield servers.start
+    servers.close()
+    r = redis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    if keys:
+        r.delete(*keys)
 
 
 def wait_for(fn, timeout_s: float, what: str, period_s: float = 0.1):

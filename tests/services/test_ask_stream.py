@@ -27,9 +27,9 @@ FPS, CLIP = 2.0, 4
 QUESTION = "What is happening in the video?"
 
 
-@pytest.fixture
-def stream(make_server, pattern_video):
-    srv, addr = make_server()
+@pytest.fixture(scope="module")
+def stream(module_server, pattern_video):
+    srv, addr = module_server()
     with Client(addr) as c:
         info = wait_done(c, c.start(str(pattern_video), fps=FPS, clip_frames=CLIP).stream_id)
     assert state_name(info.state) == "finished" and info.chunks >= 3

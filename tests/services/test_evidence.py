@@ -26,9 +26,10 @@ def footage():
     return media.captioned_footage("bikes.mp4", CAPTIONS, seconds=90, fps=5, size=(480, 204))
 
 
-@pytest.fixture
-def stream(make_server, footage):
-    srv, addr = make_server(frame_index=True)
+@pytest.fixture(scope="module")
+def stream(module_server, footage):
+    """One ingest the read-only tests share."""
+    srv, addr = module_server(frame_index=True)
     with Client(addr) as c:
         info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
     assert info.chunks >= 10
@@ -90,8 +91,18 @@ def test_time_words_narrow_the_search_and_an_explicit_window_wins(stream):
         assert c.ask(sid, "Where are the bikes?", top_k=2).window_source == qa_pb2.WINDOW_SOURCE_ALL
 
 
-def test_same_top_k_after_a_restart_and_after_retention(make_server, stream):
-    srv, addr, sid = stream
+@pytest.fixture
+def own_stream(make_server, footage):
+    """An ingest of this test's own (retention rewrites it)."""
+    srv, addr = make_server(frame_index=True)
+    with Client(addr) as c:
+        info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
+    assert info.chunks >= 10
+    return srv, addr, info.stream_id
+
+
+def test_same_top_k_after_a_restart_and_after_retention(make_server, own_stream):
+    srv, addr, sid = own_stream
     questions = list(QUESTIONS.values()) + ["What happened at the start?", "Is anyone riding a bike?"]
     with Client(addr) as c:
         before = [[(e.chunk_id, round(e.score, 6)) for e in c.ask(sid, q, top_k=4).evidence] for q in questions]

@@ -70,9 +70,9 @@ def footage():
     return media.captioned_footage("bikes.mp4", CAPTIONS, seconds=90, fps=5, size=(480, 204))
 
 
-@pytest.fixture
-def stream(make_server, footage):
-    srv, addr = make_server(frame_index=True, summary_chunks=16)  # every chunk of a segment is read (and is evidence)
+@pytest.fixture(scope="module")
+def stream(module_server, footage):
+    srv, addr = module_server(frame_index=True, summary_chunks=16)  # every chunk of a segment is read (and is evidence)
     with Client(addr) as c:
         info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
     assert info.chunks >= 10
