@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ def _settings(model: str | None = None, **overrides):
     from services.config import Settings
 
     s = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    return s.model_copy(update={"model": s.model.model_copy(update={"name": model})}) if model else s
+    return s.with_overrides(model=dataclasses.replace(s.model, name=model)) if model else s
 
 
 def _media_time(text: str) -> float:
@@ -638,8 +639,8 @@ def cmd_demo(args) -> int:
     question = question or "What happens at the start of the video?"
     # one process on a free loopback port; the video's folder is the only media root
     # (plaintext: the demo's client and server are this process; VIGIL_TLS__* are for `vigil serve`)
-    s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all",
-                             "tls": type(s.tls)(), "http_port": 0})
+    s = s.with_overrides(host="127.0.0.1", port=0, media_roots=(video.parent,), role="all", tls=type(s.tls)(),
+                         http_port=0)
     print(f"loading model {s.model.name!r} and starting the server "
           f"({'private redis' if s.redis_url is None else s.redis_url}) ...", file=sys.stderr)
     server = VigilServer(s)

@@ -91,6 +91,14 @@ def gap_json(g: Gap) -> dict:
                 wall_end_unix=g.wall_end)
 
 
+def alert_json(sid: str, a: alerts.Alert, message: str = "") -> dict:
+    return dict(id=a.id, rule=a.rule, kind=a.kind, camera=a.camera, start_s=a.start_s, end_s=a.end_s,
+                wall_start_unix=a.wall_start, wall_end_unix=a.wall_end, matched_text=a.matched_text, score=a.score,
+                signal=a.signal or "", chunk_id=a.chunk_id, keyframe_s=a.keyframe_s,
+                keyframe_url=keyframe_url(sid, a.chunk_id) if a.chunk_id is not None else None,
+                message=redact_text(message))
+
+
 def hit_json(sid: str, h, rank: int) -> dict:
     c = h.chunk
     return dict(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s, score=h.score,
@@ -240,17 +248,7 @@ class Api:
                 for eid, body in events:
                     last = eid
                     if body.get("kind") == alerts.EVENT_KIND and "alert" in body:
-                        a = json.loads(body["alert"])
-                        key = a.get("keyframe") or {}
-                        cid = key.get("chunk_id")
-                        found.append(dict(id=a.get("id"), rule=a.get("rule"), kind=a.get("kind"),
-                                          camera=a.get("camera") or "", start_s=a.get("start_s"),
-                                          end_s=a.get("end_s"), wall_start_unix=a.get("wall_start"),
-                                          wall_end_unix=a.get("wall_end"), matched_text=a.get("matched_text") or "",
-                                          score=a.get("score"), signal=a.get("signal") or "", chunk_id=cid,
-                                          keyframe_s=key.get("keyframe_s"),
-                                          keyframe_url=keyframe_url(sid, cid) if cid is not None else None,
-                                          message=redact_text(body.get("message", ""))))
+                        found.append(alert_json(sid, alerts.Alert.from_json(body["alert"]), body.get("message", "")))
             return {"stream_id": sid, "alerts": found}
         try:
             return JSONResponse(await self._call(read))
