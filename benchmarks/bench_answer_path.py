@@ -294,7 +294,7 @@ def bench_tiny_questions(url: str, lengths: list[int], reps: int, cache: Path) -
     from services.config import Settings
     from services.runtime import Runtime
 
-    ad = load_adapter(ModelOptions(name="tiny", device="cpu", cache_dir=cache))
+    ad = load_adapter(ModelOptions(name="tiny", device="cpu"), cache_dir=cache)
     opts = MemoryOptions()
     frames = [np.random.RandomState(i).randint(0, 255, (8, 112, 112, 3)).astype(np.uint8) for i in range(6)]
     prefix = ad.encode_prefix()

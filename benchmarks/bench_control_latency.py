@@ -39,7 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from benchmarks.common import log, md_table, pct  # noqa: E402
 from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
-from services.config import ModelSettings, Settings  # noqa: E402
+from services.config import Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2, qa_pb2  # noqa: E402
 from streamer.testpattern import synthetic_video  # noqa: E402
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         video = synthetic_video(media / "short.mp4", 10, fps=10, scenes=3)
         settings = Settings(port=0, host="127.0.0.1", media_roots=(media,), redis_url=redis_url,
-                            namespace=f"vigil-bench-{os.getpid()}", model=ModelSettings(name="tiny", device="cpu"),
+                            namespace=f"vigil-bench-{os.getpid()}", model=ModelOptions(name="tiny", device="cpu"),
                             max_queued_questions=args.asks)  # every Ask of the load is accepted and queued
         report["env"].update(question_workers=settings.question_workers, max_new_tokens=settings.max_new_tokens)
         server = VigilServer(settings, adapter=adapter)

@@ -79,7 +79,7 @@ from memory.fusion import SearchOptions, fuse  # noqa: E402
 from memory.timewords import window_from_question  # noqa: E402
 from services import qa as qa_mod  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
-from services.config import ModelSettings, Settings  # noqa: E402
+from services.config import Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2, qa_pb2  # noqa: E402
 from testkit.media import Caption, cache_dir, captioned_footage  # noqa: E402
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     redis_url, redis_how = redis_url_or_none()
     ns = f"vigil-needles-{os.getpid()}"
     settings = Settings(port=0, host="127.0.0.1", media_roots=(media_dir,), redis_url=redis_url, namespace=ns,
-                        model=ModelSettings(name="tiny", device="cpu"))
+                        model=ModelOptions(name="tiny", device="cpu"))
     max_new = args.max_new_tokens or settings.max_new_tokens
     report: dict = {"env": {
         "python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             opts = replace(describer.options, ocr_frames=n)
             d2 = load_describer(opts)
             timers["describe"] = Timed(d2, "describe")
-            st2 = settings.model_copy(update={"namespace": f"{ns}-ocr{n}", "frames": opts})
+            st2 = settings.with_overrides(namespace=f"{ns}-ocr{n}", frames=opts)
             with Served(st2, adapter, d2) as sv:
                 for s in streams:
                     log(f"ocr_frames={n}: ingest {fmt_len(s['seconds'])}")

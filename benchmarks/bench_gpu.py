@@ -88,7 +88,7 @@ def build_adapter(arch: str, device: str, max_pixels: int, cache: Path):
     """The service's adapter on `arch`: "tiny" as the service loads it, else the real architecture from its
     config values with seeded random weights, built directly on the device."""
     if arch == "tiny":
-        return load_adapter(ModelOptions(name="tiny", device=device, cache_dir=cache))
+        return load_adapter(ModelOptions(name="tiny", device=device), cache_dir=cache)
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from encoders.qwen2_5_vl import Qwen25VLAdapter

@@ -75,7 +75,7 @@ from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from memory.index import Query, StreamIndex  # noqa: E402
 from memory.layout import KVLayout, concat_segments  # noqa: E402
-from memory.options import MemoryOptions  # noqa: E402
+from memory.options import MemoryOptions, Policy  # noqa: E402
 from memory.store import ChunkRecord, IndexRow  # noqa: E402
 from memory.working import WorkingState, context, step  # noqa: E402
 from streamer.keyframes import SceneDetector  # noqa: E402
@@ -84,7 +84,7 @@ FPS = 1.0
 CLIP_FRAMES = 8
 FRAME_HW = (112, 112)
 STREAM_SEED = 20240
-POLICIES = ("attention", "recency", "uniform")
+POLICIES = tuple(Policy)  # attention, recency, uniform
 QUESTIONS = [
     "What is happening in the video?",
     "What color is the moving square?",

@@ -47,7 +47,7 @@ QUESTIONS = [f"{w} {o}?" for w in ("When did the", "Was there a", "Where was the
 def real_keys(n_clips: int, cache: Path) -> tuple[list[np.ndarray], list[np.ndarray], object]:
     from testkit import media  # the footage cache the tests use
 
-    ad = load_adapter(ModelOptions(name="tiny", device="cpu", cache_dir=cache))
+    ad = load_adapter(ModelOptions(name="tiny", device="cpu"), cache_dir=cache)
     opts = MemoryOptions()
     prefix = ad.encode_prefix()
     state = WorkingState.empty(prefix)

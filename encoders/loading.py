@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from encoders.errors import ModelUnavailable  # noqa: F401  (raised here; callers import it from the loader too)
-from encoders.options import ModelOptions  # noqa: F401  (the loader's options, torch-free)
+from encoders.options import DEFAULT_CACHE_DIR, ModelOptions  # noqa: F401  (the loader's options, torch-free)
 from encoders.vision_prep import PatchGeometry
 
 
@@ -108,12 +108,12 @@ def _geometry(opts: ModelOptions, preprocessor: dict | None) -> PatchGeometry:
     )
 
 
-def load_adapter(opts: ModelOptions):
+def load_adapter(opts: ModelOptions, cache_dir: Path = DEFAULT_CACHE_DIR):
     """The adapter of `opts.name` on its device (CUDA when there is one: bfloat16, SDPA), compiled when asked;
-    logs what it runs on (`runtime_summary`)."""
+    logs what it runs on (`runtime_summary`). `cache_dir`: where the tiny models' tokenizer is cached."""
     device = _device(opts.device)
     dtype = _dtype(opts.dtype, device)
-    adapter = _load_adapter(opts, device, dtype)
+    adapter = _load_adapter(opts, device, dtype, Path(cache_dir))
     if opts.compile:
         _compile(adapter.model)
     log.info("model %s: %s", opts.name, runtime_summary(adapter, opts.compile))
@@ -142,7 +142,7 @@ def runtime_summary(adapter, compiled: bool = False) -> str:
             + (", torch.compile" if compiled else ""))
 
 
-def _load_adapter(opts: ModelOptions, device: torch.device, dtype: torch.dtype):
+def _load_adapter(opts: ModelOptions, device: torch.device, dtype: torch.dtype, cache_dir: Path):
     if opts.name == "tiny" or opts.name.startswith("tiny:"):
         from encoders.tiny import tiny_model, tiny_tokenizer
 
@@ -151,7 +151,7 @@ def _load_adapter(opts: ModelOptions, device: torch.device, dtype: torch.dtype):
             raise ModelUnavailable(f"model {opts.name!r}: no tiny model of family {family!r}; tiny models: "
                                    + ", ".join(["tiny"] + [f"tiny:{f}" for f in SUPPORTED]))
         adapter_cls, _ = _family_classes(family)
-        tok = tiny_tokenizer(opts.cache_dir, family)
+        tok = tiny_tokenizer(cache_dir, family)
         model = tiny_model(tok, dtype=dtype, family=family).to(device)
         return adapter_cls(model, tok, opts.name, _geometry(opts, TINY_PREPROCESSOR[family]), random_weights=True)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from memory.layout import TokenSet
-from memory.options import POLICIES  # the names live with the memory options
+from memory.options import Policy  # the names live with the memory options
 
 
 def proxy_attention(q: torch.Tensor, k_ctx: torch.Tensor, k_proxy: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def proxy_attention(q: torch.Tensor, k_ctx: torch.Tensor, k_proxy: torch.Tensor)
     return weights.sum(dim=(2, 3))  # [L, Hkv, S]
 
 
-def select(scores: torch.Tensor, budget: int, policy: str = "attention",
+def select(scores: torch.Tensor, budget: int, policy: Policy = Policy.ATTENTION,
            order: torch.Tensor | None = None) -> torch.Tensor:
     """scores [L, N] -> indices [L, min(N, budget)] of the kept tokens, ascending per layer.
 
@@ -50,21 +50,21 @@ def select(scores: torch.Tensor, budget: int, policy: str = "attention",
     """
     L, N = scores.shape
     b = min(N, budget)
-    if policy == "attention":
+    if policy == Policy.ATTENTION:
         idx = torch.argsort(-scores, dim=1, stable=True)[:, :b]  # [L, b]
         return idx.sort(dim=1).values
-    if policy == "recency":
+    if policy == Policy.RECENCY:
         if order is not None:
             return torch.argsort(order, dim=1, stable=True)[:, N - b:].sort(dim=1).values
         return torch.arange(N - b, N, device=scores.device)[None].expand(L, -1).contiguous()
-    if policy == "uniform":
+    if policy == Policy.UNIFORM:
         if b == 0:
             return torch.zeros(L, 0, dtype=torch.long, device=scores.device)
         if order is not None:
             return _uniform_in_time(order, b)
         idx = torch.linspace(0, N - 1, b, device=scores.device).round().long()  # distinct: step >= 1
         return idx[None].expand(L, -1).contiguous()
-    raise ValueError(f"unknown policy {policy!r}; one of {POLICIES}")
+    raise ValueError(f"unknown policy {str(policy)!r}; one of {tuple(str(p) for p in Policy)}")
 
 
 def _uniform_in_time(key: torch.Tensor, b: int) -> torch.Tensor:
@@ -131,7 +131,7 @@ def arrival_key(serial: torch.Tensor) -> torch.Tensor:
     return torch.where(serial >= 0, 2 * serial, 2 * (-1 - serial) + 1)
 
 
-def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, policy: str) -> TokenSet:
+def compress_tokens(candidates: TokenSet, scores: torch.Tensor, budget: int, policy: Policy) -> TokenSet:
     """Keep at most `budget` of the candidates per layer; scores [L, N] travel with the kept tokens.
     The baselines (recency, uniform) order candidates by stream time."""
     idx = select(scores, budget, policy, order=arrival_key(candidates.serial))  # [L, b]

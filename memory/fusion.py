@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SIGNALS = ("kv", "ocr", "labels", "image", "mean")
+from encoders.signals import FRAME_INDEX, SIGNALS, Signal
 
 
 @dataclass(frozen=True)
 class SignalScore:
-    name: str  # one of SIGNALS
+    name: Signal
     rank: int  # 1-based rank within the signal's own list
     score: float  # the signal's own score (kv: standard deviations above the typical chunk; others: cosine)
 
@@ -45,19 +45,19 @@ class SearchOptions:
                 raise ValueError(f"retrieval weight of {name} must be in [0, 100], got {self.weight(name)}")
         if self.rrf_k < 0 or self.depth < 1 or self.exact_max_rows < 1:
             raise ValueError("rrf_k must be >= 0, depth and exact_max_rows >= 1")
-        for name in ("ocr", "labels", "image"):
+        for name in FRAME_INDEX:
             if not -1.0 <= self.floor(name) <= 1.0:  # also refuses NaN
                 raise ValueError(f"retrieval floor of {name} must be a cosine in [-1, 1], got {self.floor(name)}")
         if not 0.0 <= self.relative_floor <= 1.0:
             raise ValueError(f"relative_floor must be in [0, 1], got {self.relative_floor}")
 
-    def weight(self, signal: str) -> float:
+    def weight(self, signal: Signal) -> float:
         return float(getattr(self, f"{signal}_weight"))
 
-    def floor(self, signal: str) -> float:
+    def floor(self, signal: Signal) -> float:
         return float(getattr(self, f"{signal}_floor", float("-inf")))
 
-    def floored(self, signal: str) -> bool:
+    def floored(self, signal: Signal) -> bool:
         """A cosine signal with a floor (the frame index's), not a ranking-only one (kv, mean)."""
         return hasattr(self, f"{signal}_floor")
 
@@ -65,12 +65,12 @@ class SearchOptions:
         """The same options with every signal but `signals` weighing 0 (each of those 1 if it weighed 0)."""
         return replace(self, **{f"{s}_weight": (self.weight(s) or 1.0) if s in signals else 0.0 for s in SIGNALS})
 
-    def only(self, signal: str) -> "SearchOptions":
+    def only(self, signal: Signal) -> "SearchOptions":
         """One signal measured alone."""
         return self.restricted((signal,))
 
 
-Ranked = dict[str, list[tuple[int, float]]]  # signal -> [(chunk id, score)] best first
+Ranked = dict[Signal, list[tuple[int, float]]]  # signal -> [(chunk id, score)] best first
 
 
 def fuse(ranked: Ranked, opts: SearchOptions) -> list[tuple[int, float, tuple[SignalScore, ...]]]:
@@ -85,7 +85,7 @@ def fuse(ranked: Ranked, opts: SearchOptions) -> list[tuple[int, float, tuple[Si
             floor = max(floor, opts.relative_floor * max(s for _, s in rows))
         kept = [(cid, s) for cid, s in rows if s >= floor][:opts.depth]
         for rank, (cid, score) in enumerate(kept, start=1):
-            found.setdefault(cid, []).append(SignalScore(name, rank, float(score)))
+            found.setdefault(cid, []).append(SignalScore(Signal(name), rank, float(score)))
             if w > 0:
                 fused[cid] = fused.get(cid, 0.0) + w / (opts.rrf_k + rank)
     order = sorted(fused, key=lambda c: -fused[c])

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from encoders.retrieval import QueryKeys
+from encoders.signals import Signal
 from memory.fusion import SearchOptions, Ranked, SignalScore, fuse
 from memory.multivec import pad_rows, standardise
 from memory.store import ChunkRecord, IndexRow, MemoryStore
@@ -45,7 +46,7 @@ class Hit:
 class Query:
     """What a question (or an example image) is searched with: any subset of the signals."""
     keys: QueryKeys | None = None  # late interaction over the model's keys (+ the mean-key baseline)
-    dense: dict[str, np.ndarray] = field(default_factory=dict)  # frame-index signal -> [d] unit vector
+    dense: dict[Signal, np.ndarray] = field(default_factory=dict)  # frame-index signal -> [d] unit vector
 
 
 class _Dense:
@@ -176,7 +177,7 @@ class StreamIndex:
         self.records: dict[int, ChunkRecord] = {}
         self.last_id = -1
         self.keys = _Keys(n_layers, exact_max_rows)
-        self.dense: dict[str, _Dense] = {}  # signal -> index ("mean" is the mean-key baseline)
+        self.dense: dict[Signal, _Dense] = {}  # signal -> index (MEAN is the mean-key baseline)
 
     def add(self, rows: list[IndexRow]) -> None:
         if not rows:
@@ -191,9 +192,9 @@ class StreamIndex:
         with_keys = [r for r in rows if r.keys is not None]
         if with_keys:
             self.keys.add([r.record.chunk_id for r in with_keys], [r.keys for r in with_keys])
-        vectors: dict[str, list[tuple[int, np.ndarray]]] = {}
+        vectors: dict[Signal, list[tuple[int, np.ndarray]]] = {}
         for r in rows:
-            vectors.setdefault("mean", []).append((r.record.chunk_id, r.mean))
+            vectors.setdefault(Signal.MEAN, []).append((r.record.chunk_id, r.mean))
             for name, v in r.dense.items():
                 vectors.setdefault(name, []).append((r.record.chunk_id, v))
         for name, items in vectors.items():
@@ -230,9 +231,9 @@ class StreamIndex:
         if not allowed:
             return out
         if query.keys is not None:
-            out["kv"] = self.keys.rank(query.keys, allowed, mode)
-            if "mean" in self.dense:
-                out["mean"] = self.dense["mean"].rank(query.keys.mean, allowed)
+            out[Signal.KV] = self.keys.rank(query.keys, allowed, mode)
+            if Signal.MEAN in self.dense:
+                out[Signal.MEAN] = self.dense[Signal.MEAN].rank(query.keys.mean, allowed)
         for name, vec in query.dense.items():
             if name in self.dense:
                 out[name] = self.dense[name].rank(vec, allowed)
@@ -246,9 +247,9 @@ class StreamIndex:
         with self._lock:
             ranked = self._ranked(query, window, mode)
             unkeyed = set(self.allowed(window)) - set(self.keys.cids)
-            if unkeyed and query.keys is not None and fusion.mean_weight == 0 and "mean" in ranked:
+            if unkeyed and query.keys is not None and fusion.mean_weight == 0 and Signal.MEAN in ranked:
                 # chunks stored before representative keys existed: the mean key ranks them in kv's place
-                ranked["mean"] = [(c, s) for c, s in ranked["mean"] if c in unkeyed]
+                ranked[Signal.MEAN] = [(c, s) for c, s in ranked[Signal.MEAN] if c in unkeyed]
                 fusion = replace(fusion, mean_weight=fusion.kv_weight)
             fused = fuse(ranked, fusion)
             return [Hit(self.records[cid], score, signals) for cid, score, signals in fused[:k]]

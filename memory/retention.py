@@ -14,23 +14,23 @@ import numpy as np
 
 from memory.compress import compress_tokens, in_arrival_order, select
 from memory.layout import FeatureSet, TokenSet
-from memory.options import RETENTION_MODES as MODES  # the names live with the memory options
-from memory.options import MemoryOptions
+from memory.options import MemoryOptions, RetentionMode
 
 
 @dataclass(frozen=True)
 class Retention:
+    """A stream's limits (`max_bytes`, `max_age_s`, `mode`: its memory options', validated there; 0: unlimited)
+    and how consolidation merges."""
     max_bytes: int = 0  # chunk bytes kept per stream (0: unlimited)
     max_age_s: float = 0.0  # media seconds kept behind the newest chunk (0: unlimited)
-    mode: str = "consolidate"  # consolidate | delete: what the byte limit does to the oldest chunks
+    mode: RetentionMode = RetentionMode.CONSOLIDATE  # what the byte limit does to the oldest chunks
     merge: int = 2  # chunks joined per consolidation
     max_level: int = 3  # a chunk merged this many times is deleted instead
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown retention mode {self.mode!r}; one of {MODES}")
-        if self.merge < 2 or self.max_level < 0 or self.max_bytes < 0 or self.max_age_s < 0:
-            raise ValueError("retention: merge >= 2, max_level >= 0, limits >= 0")
+        object.__setattr__(self, "mode", RetentionMode(self.mode))  # ValueError for a name that is none
+        if self.merge < 2 or self.max_level < 0:
+            raise ValueError("retention: merge >= 2, max_level >= 0")
 
     @property
     def limited(self) -> bool:
@@ -71,7 +71,7 @@ def plan(chunks: list[Chunk], media_end_s: float, limits: Retention, keep_newest
         return actions
     total = sum(c.bytes for c in live)
     while total > limits.max_bytes and len(live) > keep_newest:
-        run = _oldest_run(live[:len(live) - keep_newest], limits) if limits.mode == "consolidate" else None
+        run = _oldest_run(live[:len(live) - keep_newest], limits) if limits.mode == RetentionMode.CONSOLIDATE else None
         if run is None:
             victim = live.pop(0)
             total -= victim.bytes

@@ -25,7 +25,7 @@ from encoders.base import ClipEncoding, EncodedSegment
 from memory.compress import (arrival_key, compress_tokens, frame_prototypes, in_arrival_order, mix_scores,
                              novelty_boost, proxy_attention, select, value_novelty)
 from memory.layout import FeatureSet, TokenSet, concat_segments, layered
-from memory.options import MemoryOptions  # step's options: budgets, scoring, chunk format
+from memory.options import ChunkFormat, MemoryOptions, Policy  # step's options: budgets, scoring, chunk format
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty
     attn = proxy_attention(enc.proxy_queries, k_ctx, enc.proxy_keys)  # [L, Hkv, p0 + n + c]
     a_mem, a_clip = attn[..., p0:p0 + n], attn[..., p0 + n:]  # [L, Hkv, n], [L, Hkv, c]
     s_mem, s_clip = a_mem.sum(dim=1), a_clip.sum(dim=1)  # [L, n], [L, c]: KV heads combined
-    use_protos = policy.prototypes and policy.policy == "attention" and enc.n_frames > 0
+    use_protos = policy.prototypes and policy.policy == Policy.ATTENTION and enc.n_frames > 0
     protos = (frame_prototypes(clip, a_clip, enc.frame_ids, enc.n_frames)
               if use_protos else None)
     boost = novelty_boost(novelty, policy.novelty_weight)
@@ -97,7 +97,7 @@ def step(prefix: EncodedSegment, state: WorkingState, enc: ClipEncoding, novelty
 def chunk_of(clip: TokenSet, s_clip: torch.Tensor, protos: TokenSet | None, enc: ClipEncoding,
              policy: MemoryOptions) -> TokenSet | FeatureSet:
     """The clip compressed to `chunk_tokens` per layer (KV), or to its top visual embeddings (features)."""
-    if policy.chunk_format == "features":
+    if policy.chunk_format == ChunkFormat.FEATURES:
         total = s_clip.sum(dim=0)  # [c] over layers
         feats = FeatureSet(enc.embeds, enc.segment.positions.to(torch.int64), clip.serial[0], total)
         keep = select(total[None], policy.chunk_tokens, policy.policy)[0]  # [b]
@@ -115,7 +115,7 @@ def prune(candidates: TokenSet, attention: torch.Tensor, budget: int, policy: Me
     """candidates with attention scores [L, N] -> at most `budget` per layer, the scores mixed with the
     candidates' value novelty first when the policy asks for it (attention policy only)."""
     scores = attention
-    if policy.redundancy_weight > 0 and policy.policy == "attention":
+    if policy.redundancy_weight > 0 and policy.policy == Policy.ATTENTION:
         novelty = value_novelty(candidates.values, arrival_key(candidates.serial), policy.redundancy_window)  # [L, N]
         scores = mix_scores(attention, novelty, policy.redundancy_weight)
     return compress_tokens(candidates, scores, budget, policy.policy)

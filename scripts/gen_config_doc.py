@@ -28,6 +28,7 @@ import textwrap
 import tokenize
 import types
 import typing
+from enum import Enum
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,10 +152,12 @@ def model_fields(cls) -> list[Field]:
             default = dc.default_factory() if dc.default_factory is not dataclasses.MISSING else dc.default
             meta = dc.metadata
             f = Field(dc.name, hints[dc.name], default, meta.get("description") or comments.get(dc.name, ""))
-            if meta.get("ge") is not None:
-                f.lo = (">=", meta["ge"])
-            if meta.get("le") is not None:
-                f.hi = ("<=", meta["le"])
+            for attr, op in (("ge", ">="), ("gt", ">")):
+                if meta.get(attr) is not None:
+                    f.lo = (op, meta[attr])
+            for attr, op in (("le", "<="), ("lt", "<")):
+                if meta.get(attr) is not None:
+                    f.hi = (op, meta[attr])
             f.choices = meta.get("choices")
             out.append(f)
     return out
@@ -201,8 +204,10 @@ def _num(v) -> str:
 
 def type_cell(f: Field) -> str:
     t = type_name(f.annotation)
-    if f.choices:
-        return "one of " + ", ".join(f"`{c}`" for c in f.choices)
+    choices = f.choices or next((tuple(a) for a in _args(f.annotation) if isinstance(a, type) and issubclass(a, Enum)),
+                                None)  # a str enum's values
+    if choices:
+        return "one of " + ", ".join(f"`{c}`" for c in choices)
     if f.pattern:
         m = re.fullmatch(r"\^\(([\w|]+)\)\$", f.pattern)
         return "one of " + ", ".join(f"`{c}`" for c in m.group(1).split("|")) if m else f"{t} matching `{f.pattern}`"

@@ -24,7 +24,7 @@ cannot start (its camera is offline, its file is missing) is logged; the others 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,7 +41,8 @@ CONDITIONS = ("on_screen_text", "query", "cuts_per_minute", "feed")
 # option -> the condition it belongs to ("chunk": any condition but feed)
 QUALIFIERS = {"min_similarity": "on_screen_text", "min_score": "query", "window_s": "cuts_per_minute",
               "rearm_chunks": "chunk", "cooldown_s": "chunk"}
-KIND_OF = {"on_screen_text": R.ON_SCREEN_TEXT, "query": R.QUERY, "cuts_per_minute": R.CUTS, "feed": R.FEED}
+KIND_OF = {"on_screen_text": R.RuleKind.ON_SCREEN_TEXT, "query": R.RuleKind.QUERY, "cuts_per_minute": R.RuleKind.CUTS,
+           "feed": R.RuleKind.FEED}  # condition field -> the rule's kind
 
 
 def _url(v: str | None, what: str) -> str | None:
@@ -61,7 +62,7 @@ class AlertRuleConfig(BaseModel):
     min_score: float | None = Field(None, ge=-1, le=1, description="cosine the query must reach")
     cuts_per_minute: float | None = Field(None, gt=0, le=10_000)
     window_s: float | None = Field(None, gt=0, le=24 * 3600, description="the cut rate's sliding window")
-    feed: Literal["down", "up"] | None = None
+    feed: R.FeedChange | None = None
     rearm_chunks: int | None = Field(None, ge=1, le=100_000, description="chunks without a match that end an episode")
     cooldown_s: float | None = Field(None, ge=0, description="media seconds after a firing in which it fires no more")
     webhook: str | None = Field(None, max_length=2048)
@@ -138,7 +139,7 @@ class CameraConfig(BaseModel):
             if r.name in seen:
                 raise ValueError(f"two alert rules are named {r.name!r}")
             seen.add(r.name)
-        needs_index = [r.name for r in self.alerts if r.condition in ("on_screen_text", "query")]
+        needs_index = [r.name for r in self.alerts if KIND_OF[r.condition].frame_index]
         if needs_index and self.memory.get("frame_index") is False:
             raise ValueError(f"alert rule(s) {', '.join(needs_index)} read the frame index, which memory."
                              "frame_index = false turns off")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import StrEnum
 from typing import Annotated
 from pathlib import Path
 
@@ -14,48 +15,33 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.describe import DescriberOptions
-from encoders.options import ModelOptions
+from encoders.options import DEFAULT_CACHE_DIR, ModelOptions
 from memory.fusion import SearchOptions
 from memory.options import MemoryOptions
 from services.alerts import AlertSettings, MqttSettings
 from services.cameras import CameraConfig, check_cameras
+from streamer.live import LiveOptions
 
 
-class ModelSettings(BaseModel):
-    """The vision-language model: which weights, on which device, at what frame size."""
-    model_config = ConfigDict(frozen=True)
+class Role(StrEnum):
+    """What a server does: ingest and questions in one process, or one of the two."""
+    ALL = "all"
+    INGEST = "ingest"
+    QA = "qa"
 
-    name: str = Field("tiny", description='"tiny" (seeded random weights), a local directory, or a Hugging Face id')
-    device: str = Field("auto", description='auto (the first CUDA GPU when there is one, else the CPU), cpu, cuda '
-                        'or cuda:N; a CUDA device where none is usable stops the server at start')
-    dtype: str = Field("auto", description="auto (bfloat16 on CUDA, float32 on the CPU), float32, bfloat16 or float16")
-    allow_download: bool = Field(False, description="let a hub id be downloaded when it is not in the HF cache")
-    min_pixels: int = Field(56 * 56, description="per sampled frame: smaller frames are scaled up to this")
-    max_pixels: int = Field(112 * 112, description="per sampled frame, before patching; raise for real models")
-    compile: bool = Field(False, description="torch.compile the model's decoder and vision blocks (opt-in; the "
-                          "first clips of each new shape pay the compile)")
+    @property
+    def ingests(self) -> bool:
+        return self in (Role.ALL, Role.INGEST)
+
+    @property
+    def answers(self) -> bool:
+        return self in (Role.ALL, Role.QA)
 
 
-class LiveSettings(BaseModel):
-    """Live (RTSP) sources: timeouts so a hung camera never blocks, and reconnect backoff."""
-    model_config = ConfigDict(frozen=True)
-
-    open_timeout_s: float = Field(5.0, gt=0, le=120, description="connect + first answer")
-    read_timeout_s: float = Field(5.0, gt=0, le=120, description="silence after which the camera counts as down")
-    backoff_initial_s: float = Field(0.5, gt=0, description="first wait before reconnecting")
-    backoff_factor: float = Field(2.0, ge=1, description="each further wait is this many times the previous one")
-    backoff_cap_s: float = Field(30.0, gt=0, description="longest wait between reconnect attempts")
-    backoff_jitter: float = Field(0.5, ge=0, le=1, description="fraction of each wait that is randomised")
-    give_up_after_s: float = Field(0.0, ge=0, description="0: retry forever; else fail after this long down")
-
-    def options(self):
-        from streamer.live import Backoff, LiveOptions
-
-        return LiveOptions(
-            open_timeout_s=self.open_timeout_s, read_timeout_s=self.read_timeout_s,
-            backoff=Backoff(self.backoff_initial_s, self.backoff_factor, self.backoff_cap_s, self.backoff_jitter),
-            give_up_after_s=self.give_up_after_s,
-        )
+class Reader(StrEnum):
+    """What decodes files: PyAV (every frame), or decord (only the sampled ones)."""
+    PYAV = "pyav"
+    DECORD = "decord"
 
 
 class DetectorSettings(BaseModel):
@@ -147,8 +133,8 @@ class Settings(BaseSettings):
                            "0 turns it off, -1 takes any free port (VigilServer.http_port says which)")
     metrics_open: bool = Field(False, description="serve /metrics without the bearer token even when "
                                "VIGIL_AUTH_TOKEN is set (a scraper on a trusted network)")
-    role: str = Field("all", pattern="^(all|ingest|qa)$", description="all: ingest and questions in one process; "
-                      "ingest: streams only; qa: questions only")
+    role: Role = Field(Role.ALL, description="all: ingest and questions in one process; ingest: streams only; qa: "
+                       "questions only")
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
                                    "file) so a restarted server resumes its streams; unset: memory lasts one run")
@@ -157,7 +143,7 @@ class Settings(BaseSettings):
     media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
         default_factory=lambda: (Path.cwd(),),
         description='folders files may be read from: a JSON list, or paths joined with ":"')
-    cache_dir: Path = Field(Path.home() / ".cache" / "vigil", description="the tokenizer cache and the demo's video")
+    cache_dir: Path = Field(DEFAULT_CACHE_DIR, description="the tokenizer cache and the demo's video")
     auth_token: SecretStr | None = Field(None, description="unset: no auth; set: every call but health and "
                                          "reflection needs `authorization: Bearer <token>`")
     tls: TlsSettings = TlsSettings()
@@ -211,7 +197,7 @@ class Settings(BaseSettings):
                                     "model's device for questions (streams ingested here always stay); the least "
                                     "recently asked are dropped past this and read again from Redis when asked")
 
-    reader: str = Field("pyav", pattern="^(pyav|decord)$", description="file reader; decord reads only sampled frames")
+    reader: Reader = Field(Reader.PYAV, description="file reader; decord reads only sampled frames")
     queue_frames: int = Field(32, ge=2, le=4096, description="sampled frames buffered between decode and encode")
     min_clip_frames: int = Field(2, ge=1, description="a scene cut closes a clip only once it holds this many frames")
     lease_ttl_s: float = Field(10.0, gt=0.5, le=600, description="a stream whose worker is silent this long is resumed")
@@ -221,8 +207,8 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(5.0, gt=0, le=120, description="Redis socket timeout; a stall longer than this "
                                    "is an outage: workers wait and resend, RPCs answer UNAVAILABLE")
 
-    model: ModelSettings = ModelSettings()
-    live: LiveSettings = LiveSettings()
+    model: ModelOptions = ModelOptions()  # the model to load (VIGIL_MODEL__*: encoders.options)
+    live: LiveOptions = LiveOptions()  # RTSP timeouts and reconnect backoff (VIGIL_LIVE__*: streamer.live)
     detector: DetectorSettings = DetectorSettings()
     # every stream's memory defaults (VIGIL_MEMORY__*): the fields, bounds and defaults of memory.options;
     # StartStream / PushConfig override them per stream
@@ -290,5 +276,10 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    def model_options(self) -> ModelOptions:
-        return ModelOptions(**self.model.model_dump(), cache_dir=self.cache_dir)  # the same fields, one list
+    def with_overrides(self, **changes) -> "Settings":
+        """These settings with `changes` (whole fields: `model=dataclasses.replace(s.model, name=...)`) applied
+        and everything validated again, as at start (`model_copy(update=)` would skip the validation)."""
+        unknown = sorted(set(changes) - set(type(self).model_fields))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        return type(self).model_validate({**dict(self), **changes})

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import time
 
 import grpc
 
 from memory.errors import StreamNotFound, clipped
-from memory.store import Gap, StreamRecord, StreamState
+from memory.store import Gap, SourceKind, StreamRecord, StreamState
 from services import alerts, memory_wire, qa, summarize
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
@@ -26,15 +25,14 @@ log = logging.getLogger("vigil.api")
 
 STATES = {state: ingest_pb2.StreamState.Value(f"STREAM_STATE_{state.name}") for state in StreamState}
 STATE_NAMES = {v: k for k, v in STATES.items()}
-KINDS = {"file": ingest_pb2.SOURCE_KIND_FILE, "live": ingest_pb2.SOURCE_KIND_LIVE, "push": ingest_pb2.SOURCE_KIND_PUSH}
+KINDS = {kind: ingest_pb2.SourceKind.Value(f"SOURCE_KIND_{kind.name}") for kind in SourceKind}
 EVENT_KINDS = {
     "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
     alerts.EVENT_KIND: ingest_pb2.StreamEvent.KIND_ALERT,
 }
 TERMINAL = tuple(s for s in StreamState if s.terminal)
-WINDOW_SOURCES = {qa.ALL: qa_pb2.WINDOW_SOURCE_ALL, qa.REQUEST: qa_pb2.WINDOW_SOURCE_REQUEST,
-                  qa.QUESTION: qa_pb2.WINDOW_SOURCE_QUESTION}
+WINDOW_SOURCES = {w: qa_pb2.WindowSource.Value(f"WINDOW_SOURCE_{w.name}") for w in qa.WindowSource}
 MAX_GAPS_SHOWN = 100
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 
@@ -48,6 +46,16 @@ def stream_id(rt: Runtime, given: str) -> str:
 def gap_msg(g: Gap) -> common_pb2.Gap:
     return common_pb2.Gap(start_s=g.start_s, end_s=g.end_s, wall_start_unix=g.wall_start or 0.0,
                           wall_end_unix=g.wall_end or 0.0, reason=g.reason)
+
+
+def alert_msg(a: alerts.Alert) -> ingest_pb2.Alert:
+    msg = ingest_pb2.Alert(
+        id=a.id, rule=a.rule, kind=str(a.kind), camera=a.camera, start_s=a.start_s, end_s=a.end_s,
+        wall_start_unix=a.wall_start or 0.0, wall_end_unix=a.wall_end or 0.0, matched_text=a.matched_text,
+        score=a.score, signal=str(a.signal or ""), keyframe_s=a.keyframe_s or 0.0)
+    if a.chunk_id is not None:
+        msg.chunk_id = a.chunk_id
+    return msg
 
 
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, metrics: Metrics | None = None):
@@ -229,7 +237,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         if body.get("kind") == "gap":
             ev.gap.CopyFrom(gap_msg(Gap.from_json(body["gap"])))  # was a dict: WatchStream died at a gap
         if body.get("kind") == alerts.EVENT_KIND:
-            ev.alert.CopyFrom(alerts.alert_proto(json.loads(body["alert"])))
+            ev.alert.CopyFrom(alert_msg(alerts.Alert.from_json(body["alert"])))
         return ev
 
     @rpc

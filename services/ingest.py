@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 
 from memory.options import MemoryOptions
-from memory.store import StreamRecord, StreamState
+from memory.store import SourceKind, StreamRecord, StreamState
 from services.errors import InvalidRequest, LimitExceeded
 from services.paths import confine
 from services.pipeline import STORE_DOWN, Controls, Plan, StreamWorker, resume_point
@@ -66,7 +66,7 @@ class IngestManager:
         validated by MemoryOptions itself (InvalidMemoryOptions: INVALID_ARGUMENT)."""
         return self.rt.settings.memory.with_overrides(**(overrides or {}))
 
-    def _record(self, source: str, fps: float, clip_frames: int, kind: str, live: bool,
+    def _record(self, source: str, fps: float, clip_frames: int, kind: SourceKind, live: bool,
                 duration_s: float = 0.0, memory: MemoryOptions | None = None) -> StreamRecord:
         spec, describer = self.rt.adapter.spec, self.rt.describer
         memory = memory or self.rt.settings.memory
@@ -89,11 +89,11 @@ class IngestManager:
         if is_live_url(source):
             if len(source) > 2048 or any(c.isspace() for c in source):
                 raise InvalidRequest("the URL is too long or contains whitespace")
-            probe_live(source, s.live.options())
+            probe_live(source, s.live)
             # the record (API, logs, events) shows the URL without its credentials; the worker's plan, and the
             # store's private key (create_stream's source_url, read back on adoption), keep the real one
-            rec = self._record(redact_url(source), fps, clip_frames, "live", live=True, memory=memory)
-            plan = Plan(kind="live", live=True, url=source)
+            rec = self._record(redact_url(source), fps, clip_frames, SourceKind.LIVE, live=True, memory=memory)
+            plan = Plan(kind=SourceKind.LIVE, live=True, url=source)
         elif "://" in source:
             raise InvalidRequest(f"unsupported URL scheme in {source.split('://')[0]!r}: use rtsp:// or rtsps://, "
                                  "a file path, or PushStream")
@@ -104,12 +104,12 @@ class IngestManager:
                 if info.duration_s and info.duration_s > s.max_source_duration_s:
                     raise LimitExceeded(f"{file.name}: {info.duration_s:.0f}s is over the limit of "
                                         f"{s.max_source_duration_s:.0f}s")
-                rec = self._record(str(file.path), fps, clip_frames, "file", live=False,
+                rec = self._record(str(file.path), fps, clip_frames, SourceKind.FILE, live=False,
                                    duration_s=info.duration_s or 0.0, memory=memory)
             except BaseException:
                 file.close()
                 raise
-            plan = Plan(kind="file", live=False, file=file, reader=s.reader)
+            plan = Plan(kind=SourceKind.FILE, live=False, file=file, reader=s.reader)
         try:
             self._launch(rec, plan, resume=None, create=True, name=name)
         except BaseException:  # no worker took the file
@@ -130,8 +130,8 @@ class IngestManager:
         if len(name) > 200 or not name.isprintable():
             raise InvalidRequest("push name must be 1-200 printable characters")
         feed = ByteFeed(self.rt.settings.push_buffer_bytes)
-        rec = self._record(f"push:{name}", fps, clip_frames, "push", live=live, memory=memory)
-        self._launch(rec, Plan(kind="push", live=live, feed=feed, format=fmt), resume=None, create=True)
+        rec = self._record(f"push:{name}", fps, clip_frames, SourceKind.PUSH, live=live, memory=memory)
+        self._launch(rec, Plan(kind=SourceKind.PUSH, live=live, feed=feed, format=fmt), resume=None, create=True)
         return rec, feed
 
     def wait(self, sid: str, timeout_s: float | None = None) -> None:
@@ -182,7 +182,7 @@ class IngestManager:
         for sid, w in workers:
             w.thread.join(60)
             try:
-                if w.plan.kind == "push":  # a pushed stream cannot be resumed: its sender is gone
+                if w.plan.kind == SourceKind.PUSH:  # a pushed stream cannot be resumed: its sender is gone
                     self.rt.store.set_state(sid, StreamState.FAILED, fence=w.fence,
                                             error="the server shut down during the push; the chunks stored so far "
                                             "are kept; push the rest as a new stream")
@@ -299,7 +299,7 @@ class IngestManager:
     def _adopt(self, rec: StreamRecord, fence: str) -> bool:
         """Resume an orphan whose lease was just taken (`fence`); False when it cannot be resumed (a push)."""
         s, store, sid = self.rt.settings, self.rt.store, rec.stream_id
-        if rec.kind == "push":
+        if rec.kind == SourceKind.PUSH:
             store.set_state(sid, StreamState.FAILED, fence=fence, error="the server restarted during the push; the "
                             "chunks stored so far are kept; push the rest as a new stream")
             store.release(sid, fence)
@@ -307,10 +307,10 @@ class IngestManager:
         resume = resume_point(store.checkpoint(sid))
         if resume is None and rec.chunks:
             raise SourceError("the stream has chunks but no checkpoint")
-        if rec.kind == "live":
-            plan = Plan(kind="live", live=True, url=store.source_url(sid))
+        if rec.kind == SourceKind.LIVE:
+            plan = Plan(kind=SourceKind.LIVE, live=True, url=store.source_url(sid))
         else:
-            plan = Plan(kind="file", live=False, file=confine(rec.source, s.media_roots, s.max_file_bytes),
+            plan = Plan(kind=SourceKind.FILE, live=False, file=confine(rec.source, s.media_roots, s.max_file_bytes),
                         reader=s.reader)
         log.info("stream %s: resuming %s after %.2fs", sid, rec.kind, resume.after_s if resume else 0.0)
         try:

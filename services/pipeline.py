@@ -24,9 +24,10 @@ from encoders.describe import StreamMemo
 from memory.delta import working_write
 from memory.layout import TokenSet
 from memory.retention import Retention
-from memory.store import Checkpoint, ChunkRecord, Gap as StoredGap, LeaseLost, Progress, StreamRecord, StreamState
+from memory.store import Checkpoint, ChunkRecord, IngestProgress, LeaseLost, SourceKind, StreamRecord, StreamState
 from memory.working import WorkingState, absorb, context, step
 from services import alerts
+from services.config import Reader
 from services.errors import STORE_FULL as STORE_FULL_MESSAGE
 from services.paths import MediaFile
 from services.runtime import Runtime
@@ -63,13 +64,13 @@ class _End:
 @dataclass(frozen=True)
 class Plan:
     """What a worker ingests and how."""
-    kind: str  # file | live | push
+    kind: SourceKind
     live: bool  # drop evenly when behind (live, live push) instead of pacing the source
     file: MediaFile | None = None  # files: the confined, open file; the worker closes it when it ends
     url: str | None = None
     feed: ByteFeed | None = None
     format: str | None = None
-    reader: str = "pyav"  # files: pyav | decord
+    reader: Reader = Reader.PYAV  # files
 
     @property
     def path(self) -> Path | None:
@@ -139,17 +140,17 @@ class StreamWorker:
         """Decoded frames and live control events from the plan's source."""
         p, r = self.plan, self.resume
         after = r.after_s if r else None
-        if p.kind == "live":
-            opts: LiveOptions = self.rt.settings.live.options()
+        if p.kind == SourceKind.LIVE:
+            opts: LiveOptions = self.rt.settings.live
             resume = (r.after_s, r.last_wall_s or time.time()) if r else None
             yield from LiveSource(p.url, opts, resume=resume).events(self.ending)
             return
-        if p.kind == "push":
+        if p.kind == SourceKind.PUSH:
             with AvSource(p.feed, self.rec.source, format=p.format) as src:  # source reads "push:<name>"
                 for f in src.frames():
                     yield DecodedFrame(f.time_s, f.frame, time.time()) if p.live else f
             return
-        if p.reader == "decord":
+        if p.reader == Reader.DECORD:
             from streamer.decord_source import DecordSource
 
             with DecordSource(p.file.open_path, name=p.file.name) as src:  # the confined inode, never the name
@@ -231,7 +232,7 @@ class StreamWorker:
                 decoder = threading.Thread(target=self._decode_and_close, name=f"decode-{sid}", daemon=True)
                 decoder.start()
                 self._decoding = True
-                if self.plan.kind != "live":
+                if self.plan.kind != SourceKind.LIVE:
                     self._state(StreamState.RUNNING, error="")
                 self._consume(mem)
                 decoder.join(rt.settings.live.read_timeout_s + 5)
@@ -285,7 +286,7 @@ class StreamWorker:
             snap_v = self._durable(store.get_stream, sid).wm_snapshot_version
             return _Memory(prefix, state, since_snapshot=stored - 1 - snap_v, version=stored - 1)
         snap = self._durable(store.snapshot_checkpoint, sid)
-        if self.plan.kind == "file" and snap is not None:
+        if self.plan.kind == SourceKind.FILE and snap is not None:
             # decode and encode again from the snapshot's point: the memory comes out as it was (the chunks
             # are stored already and are not stored again)
             self.resume, self.replay_until = resume_point(snap), stored
@@ -335,9 +336,8 @@ class StreamWorker:
             elif isinstance(item, Reconnecting):
                 self._durable(store.event, sid, "reconnect_attempt",
                               message=f"attempt {item.attempt} in {item.delay_s:.1f}s: {item.reason}")
-            elif isinstance(item, Gap):
-                self._durable(store.add_gap, sid, StoredGap(start_s=item.start_s, end_s=item.end_s, reason=item.reason,
-                                                            wall_start=item.wall_start, wall_end=item.wall_end))
+            elif isinstance(item, Gap):  # the live source's gap is what the store keeps (streamer.gap.Gap)
+                self._durable(store.add_gap, sid, item)
             elif isinstance(item, BaseException):
                 if (clip := builder.flush()) is not None:  # what decoded cleanly is kept
                     self._store(clip, mem)
@@ -391,7 +391,7 @@ class StreamWorker:
         self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
                       self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
                       working=working, int8=self.memory.kv_int8, checkpoint=checkpoint,
-                      detector_state=d.detector if d else b"", progress=Progress(self.queue.dropped, lag),
+                      detector_state=d.detector if d else b"", progress=IngestProgress(self.queue.dropped, lag),
                       counters=done.state)
         mem.since_snapshot = 0 if snapshot else mem.since_snapshot + 1
         mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from

@@ -18,15 +18,17 @@ import zlib
 import zoneinfo
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from encoders.base import EncodedSegment, Turn
+from encoders.signals import SIGNALS, Signal
 from memory.assemble import answer_memory
 from memory.conversations import CONVERSATION_ID, ConversationStore, recent_turns
 from memory.errors import ChunksGone, clipped
-from memory.fusion import SIGNALS, SearchOptions
+from memory.fusion import SearchOptions
 from memory.index import Hit, Query, StreamIndex
 from memory.layout import FeatureSet, TokenSet, concat_segments
 from memory.store import Gap
@@ -35,10 +37,16 @@ from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
 
 log = logging.getLogger("vigil.qa")
-ALL, REQUEST, QUESTION = "all", "request", "question"  # what set the searched window
 _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|'[^']{2,}'")  # quoted words are what to find, not when
 MAX_SIGNALS = 8
 MAX_GAPS = 64  # outages an answer lists (those overlapping its window, oldest first)
+
+
+class WindowSource(StrEnum):
+    """What set the searched window: nothing (all of it), the request, or the question's time words."""
+    ALL = "all"
+    REQUEST = "request"
+    QUESTION = "question"
 
 
 @dataclass(frozen=True)
@@ -46,12 +54,12 @@ class Searched:
     """The media-time window a question searched, and what set it."""
     start_s: float
     end_s: float  # inf: to the end
-    source: str  # all | request | question
-    phrase: str = ""  # the question's time words (source "question")
+    source: WindowSource
+    phrase: str = ""  # the question's time words (source QUESTION)
 
     @property
     def bounds(self) -> tuple[float, float] | None:
-        return None if self.source == ALL else (self.start_s, self.end_s)
+        return None if self.source == WindowSource.ALL else (self.start_s, self.end_s)
 
 
 @dataclass(frozen=True)
@@ -113,14 +121,14 @@ def searched_window(rt: Runtime, index: StreamIndex, question: str, window: tupl
     live streams only, in `VIGIL_TIMEZONE`); else everything."""
     if window is not None:
         lo, hi = check_window(*window)
-        return Searched(lo, hi, REQUEST)
+        return Searched(lo, hi, WindowSource.REQUEST)
     anchors = index.wall_anchors()
     unquoted = _QUOTED.sub(lambda m: " " * len(m.group()), question)  # same length: phrases stay substrings
     tz = zoneinfo.ZoneInfo(rt.settings.timezone) if rt.settings.timezone else None
     tw = window_from_question(unquoted, duration_s=media_end_s, wall_anchor=anchors or None, tz=tz)
     if tw is None:
-        return Searched(0.0, math.inf, ALL)
-    return Searched(tw.start_s, tw.end_s, QUESTION, tw.phrase)
+        return Searched(0.0, math.inf, WindowSource.ALL)
+    return Searched(tw.start_s, tw.end_s, WindowSource.QUESTION, tw.phrase)
 
 
 def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
@@ -134,13 +142,14 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
     if unknown:
         shown = ", ".join(clipped(u, 24) for u in unknown[:3]) + (f" and {len(unknown) - 3} more"
                                                                    if len(unknown) > 3 else "")
-        raise InvalidRequest(f"unknown retrieval signal(s) {shown}; known: {list(SIGNALS)}")
+        raise InvalidRequest(f"unknown retrieval signal(s) {shown}; known: {[str(x) for x in SIGNALS]}")
+    asked = [Signal(x) for x in signals]
     produced = set(rt.describer.signals) if rt.describer is not None else set()
-    missing = [x for x in signals if x in ("ocr", "labels", "image") and x not in produced]
+    missing = [x for x in asked if x.frame_index and x not in produced]
     if missing:
         raise NotReady(f"this server has no {', '.join(missing)} signal (frame index: "
                        f"{'off' if rt.describer is None else ', '.join(rt.describer.signals)}; see VIGIL_FRAMES__*)")
-    return opts.restricted(signals)
+    return opts.restricted(asked)
 
 
 @dataclass(frozen=True)
@@ -194,8 +203,9 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
     cid = conversation_id
     index = rt.indexes.synced(sid)  # synced again only when retention changes chunks during the question
     searched = searched_window(rt, index, q, window, rec.media_end_s)
-    if searched.source == QUESTION and not index.allowed(searched.bounds):
-        searched = Searched(0.0, math.inf, ALL)  # the time words point where nothing is stored: search it all
+    if searched.source == WindowSource.QUESTION and not index.allowed(searched.bounds):
+        # the time words point where nothing is stored: search it all
+        searched = Searched(0.0, math.inf, WindowSource.ALL)
     example = (decode_example(example_image, s.max_example_bytes, s.frame_max_side, s.max_example_decoded_bytes)
                if example_image else None)
     marks = [("checks, index sync", time.perf_counter())]
@@ -314,7 +324,7 @@ def question_query(rt: Runtime, question: str, example: np.ndarray | None, frame
     server's describer is the one that described the stream (`frames_fingerprint`; "": take it as it is)."""
     with rt.model_lock:
         keys = rt.adapter.question_keys(question) if example is None else rt.adapter.example_keys(example)
-    dense: dict[str, np.ndarray] = {}
+    dense: dict[Signal, np.ndarray] = {}
     same = rt.describer is not None and frames_fingerprint in ("", rt.describer.fingerprint)
     if same:
         dense = rt.describer.embed_query(question) if example is None else dict(rt.describer.describe([example]).vectors)

@@ -103,7 +103,7 @@ class VigilServer:
     async def _start(self) -> int:
         s = self.settings
         logs.install()  # the root's handlers mask URL credentials (idempotent; the CLI did it already)
-        adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model_options())
+        adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model, s.cache_dir)
         url = s.redis_url
         if url is None:
             self.redis = EmbeddedRedis(data_dir=s.redis_dir).start()
@@ -112,11 +112,11 @@ class VigilServer:
             log.info("started a private redis-server at %s", url)
         describer = self._describer if s.frames.enabled else None
         self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer)
-        self.rt.metrics.watch(self.rt.store, role=s.role, model=adapter.spec.name,
+        self.rt.metrics.watch(self.rt.store, role=str(s.role), model=adapter.spec.name,
                               device=str(getattr(adapter, "device", "")))
-        if s.role in ("all", "ingest"):  # the cameras' alert rules, before any worker (adopted or new) runs
+        if s.role.ingests:  # the cameras' alert rules, before any worker (adopted or new) runs
             self.rt.alerts = await asyncio.to_thread(AlertHub.create, s, self.rt.store, self.rt.describer)
-        self.ingest = IngestManager(self.rt) if s.role in ("all", "ingest") else None
+        self.ingest = IngestManager(self.rt) if s.role.ingests else None
         interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
@@ -125,7 +125,7 @@ class VigilServer:
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
         names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
-        if s.role in ("all", "qa"):
+        if s.role.answers:
             self.work = WorkQueue(s.question_workers, s.max_queued_questions)
             qa_pb2_grpc.add_QAServiceServicer_to_server(QAServicer(self.rt, self.work), server)
             names.append(qa_pb2.DESCRIPTOR.services_by_name["QAService"].full_name)

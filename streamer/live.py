@@ -47,18 +47,20 @@ import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Iterator, Union
 from urllib.parse import urlsplit
 
 import av
 
 from streamer.errors import NotAVideo, SourceError, SourceTimeout, SourceUnavailable, UnsupportedCodec
+from streamer.gap import Gap  # re-exported: the one gap type (streamer/gap.py)
 from streamer.redact import redact_text, redact_url  # redact_url: re-exported (it lived here)
 from streamer.source import DecodedFrame, SourceInfo
 
 __all__ = [
-    "Backoff", "LiveOptions", "Connected", "Disconnected", "Reconnecting", "Gap", "LiveEvent",
+    "Backoff", "LiveOptions", "Transport", "Connected", "Disconnected", "Reconnecting", "Gap", "LiveEvent",
     "is_live_url", "redact_url", "probe_live", "LiveSource",
 ]
 
@@ -66,21 +68,46 @@ _EPS = 1e-6  # smallest step of the stream clock between two frames
 _MAX_PTS_JUMP_S = 10.0  # a pts step this far off the wall-clock step re-anchors the clock to the wall
 _MAX_BAD_PACKETS = 250  # consecutive undecodable packets before the connection is given up
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
-_TRANSPORTS = ("tcp", "udp", "udp_multicast", "http", "https")
+
+
+class Transport(StrEnum):
+    """How RTSP carries the media (FFmpeg's rtsp_transport)."""
+    TCP = "tcp"
+    UDP = "udp"
+    UDP_MULTICAST = "udp_multicast"
+    HTTP = "http"
+    HTTPS = "https"
+
+
+def _option(default, description: str, **bounds):
+    """A field with its description and bounds (gt, ge, le): `_check_bounds` enforces them, pydantic reads them
+    where the settings hold these options (`services.config.Settings.live`), and so do the docs."""
+    return field(default=default, metadata={"description": description, **bounds})
+
+
+_OPS = {"gt": (float.__gt__, ">"), "ge": (float.__ge__, ">="), "le": (float.__le__, "<=")}
+
+
+def _check_bounds(obj) -> None:
+    """ValueError naming the first field of `obj` outside its declared bounds (NaN is outside every bound)."""
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        for key, (op, sign) in _OPS.items():
+            if key in f.metadata and not op(float(v), float(f.metadata[key])):
+                raise ValueError(f"{type(obj).__name__}.{f.name} must be {sign} {f.metadata[key]}, got {v!r}")
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff: initial_s * factor**(attempt-1), capped, with part of it randomised."""
 
-    initial_s: float = 0.5
-    factor: float = 2.0
-    cap_s: float = 30.0
-    jitter: float = 0.5  # fraction of each delay that is randomised
+    initial_s: float = _option(0.5, "first wait before reconnecting", gt=0)
+    factor: float = _option(2.0, "each further wait is this many times the previous one", ge=1)
+    cap_s: float = _option(30.0, "longest wait between reconnect attempts", gt=0)
+    jitter: float = _option(0.5, "fraction of each wait that is randomised", ge=0, le=1)
 
     def __post_init__(self) -> None:
-        if not (self.initial_s >= 0 and self.cap_s >= 0 and self.factor >= 1.0 and 0.0 <= self.jitter <= 1.0):
-            raise ValueError(f"invalid backoff {self}: need initial_s >= 0, cap_s >= 0, factor >= 1, 0 <= jitter <= 1")
+        _check_bounds(self)
 
     def delay(self, attempt: int, rand: float) -> float:
         """Seconds to wait before retry number `attempt` (>= 1); `rand` in [0, 1). Never above cap_s.
@@ -92,8 +119,6 @@ class Backoff:
             raise ValueError(f"attempt must be >= 1, got {attempt}")
         if not 0.0 <= rand <= 1.0:
             raise ValueError(f"rand must be in [0, 1), got {rand}")
-        if self.initial_s <= 0 or self.cap_s <= 0:
-            return 0.0
         # Compare in log space: factor**attempt overflows a float long before attempts run out.
         if self.factor > 1.0 and (attempt - 1) * math.log(self.factor) >= math.log(self.cap_s / self.initial_s):
             base = self.cap_s
@@ -102,21 +127,39 @@ class Backoff:
         return min(self.cap_s, base * (1.0 - self.jitter + self.jitter * rand))
 
 
+def _backoff(name: str):
+    """A LiveOptions field that is `Backoff.<name>`: its default, description and bounds, declared once."""
+    f = Backoff.__dataclass_fields__[name]
+    return field(default=f.default, metadata=f.metadata)
+
+
 @dataclass(frozen=True)
 class LiveOptions:
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 5.0
-    transport: str = "tcp"
-    backoff: Backoff = field(default_factory=Backoff)
-    give_up_after_s: float = 0.0  # 0: retry forever; else raise SourceUnavailable after this long without a connection
+    """Live (RTSP) sources: timeouts so a hung camera never blocks, and reconnect backoff.
+
+    Flat, so the settings hold it as it is (`VIGIL_LIVE__<FIELD>`); `backoff` is the Backoff its backoff_* fields
+    make."""
+
+    open_timeout_s: float = _option(5.0, "connect + first answer", gt=0, le=120)
+    read_timeout_s: float = _option(5.0, "silence after which the camera counts as down", gt=0, le=120)
+    backoff_initial_s: float = _backoff("initial_s")
+    backoff_factor: float = _backoff("factor")
+    backoff_cap_s: float = _backoff("cap_s")
+    backoff_jitter: float = _backoff("jitter")
+    give_up_after_s: float = _option(0.0, "0: retry forever; else fail after this long down", ge=0)
+    transport: Transport = _option(Transport.TCP, "how RTSP carries the media; the timeouts above are tuned for tcp")
 
     def __post_init__(self) -> None:
-        if not (self.open_timeout_s > 0 and self.read_timeout_s > 0):
-            raise ValueError("open_timeout_s and read_timeout_s must be > 0")
-        if self.transport not in _TRANSPORTS:
-            raise ValueError(f"transport must be one of {_TRANSPORTS}, got {self.transport!r}")
-        if self.give_up_after_s < 0:
-            raise ValueError("give_up_after_s must be >= 0")
+        _check_bounds(self)
+        try:
+            object.__setattr__(self, "transport", Transport(self.transport))
+        except ValueError:
+            raise ValueError(f"transport must be one of {tuple(str(t) for t in Transport)}, got {self.transport!r}"
+                             ) from None
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.backoff_initial_s, self.backoff_factor, self.backoff_cap_s, self.backoff_jitter)
 
 
 @dataclass(frozen=True)
@@ -137,22 +180,6 @@ class Disconnected:
 class Reconnecting:
     attempt: int  # the number the coming try will have (see Connected.attempt)
     delay_s: float  # emitted before sleeping this long
-    reason: str
-
-
-@dataclass(frozen=True)
-class Gap:
-    """A media-time range on the stream clock with no frames, and the wall-clock range it covers.
-
-    start_s / wall_start: the last frame before the hole (its media time and arrival time).
-    end_s: the first frame after it. wall_end: when the new session started (its PLAY), which is
-    up to ~1 s before that frame's wall_s (the demuxer's probe); end_s - start_s == wall_end - wall_start.
-    """
-
-    start_s: float
-    end_s: float
-    wall_start: float
-    wall_end: float
     reason: str
 
 
@@ -218,7 +245,7 @@ class _Connection:
         open_left = max(0.5, opts.open_timeout_s - (time.monotonic() - started))
         sock_timeout = _socket_timeout_s(opts)
         options = {
-            "rtsp_transport": opts.transport,
+            "rtsp_transport": str(opts.transport),
             "timeout": str(int(sock_timeout * 1_000_000)),  # socket I/O timeout, microseconds
         }
         t0 = time.monotonic()

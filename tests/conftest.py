@@ -57,7 +57,7 @@ def cache_dir() -> Path:
 def tiny_adapter(cache_dir):
     from encoders.loading import ModelOptions, load_adapter
 
-    return load_adapter(ModelOptions(name="tiny", device="cpu", cache_dir=cache_dir / "vigil"))
+    return load_adapter(ModelOptions(name="tiny", device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 @pytest.fixture(scope="session")

@@ -305,18 +305,18 @@ def test_every_vigil_variable_is_a_settings_field_that_takes_effect(cfg, monkeyp
                 want = raw
             assert got == want, f"{name}: {key}={raw!r} gave {got!r}"
         # and they reach what uses them
-        assert s.model_options().max_pixels == 200704 and s.model_options().name == "Qwen/Qwen2.5-VL-3B-Instruct"
+        assert s.model.max_pixels == 200704 and s.model.name == "Qwen/Qwen2.5-VL-3B-Instruct"
         assert Retention.of(s.memory).limited and Retention.of(s.memory).max_bytes == 1 << 30
         assert Retention.of(s.memory).max_age_s == 7 * 24 * 3600.0
         assert s.redis_url == "redis://redis:6379/0" and s.auth_token.get_secret_value() == TOKEN
 
 
 def test_frames_are_sized_for_a_real_model_and_retention_is_finite(cfg):
-    from services.config import ModelSettings
+    from encoders.options import ModelOptions
 
     for svc in _vigil_services(cfg).values():
         env = svc["environment"]
-        assert int(env["VIGIL_MODEL__MAX_PIXELS"]) >= 4 * ModelSettings().max_pixels  # 112x112 is the tiny default
+        assert int(env["VIGIL_MODEL__MAX_PIXELS"]) >= 4 * ModelOptions().max_pixels  # 112x112 is the tiny default
         assert int(env["VIGIL_MEMORY__MAX_BYTES"]) > 0 and float(env["VIGIL_MEMORY__MAX_AGE_S"]) > 0
 
 

@@ -38,17 +38,18 @@ from __future__ import annotations
 import redis
 
 from memory.layout import KVLayout
-from memory.store.chunks import DENSE_SIGNALS, Chunks
+from memory.store.chunks import Chunks
 from memory.store.events import Events
 from memory.store.keys import EVENTS_MAXLEN, STREAM_ID
 from memory.store.leases import LeaseLost, Leases
 from memory.store.chunks import ChunkGap
-from memory.store.records import (ACTIVE, TERMINAL, Checkpoint, ChunkRecord, Gap, IndexRow, Progress, StreamRecord,
-                                  StreamState, WorkingLoad)
+from memory.store.records import (ACTIVE, TERMINAL, Checkpoint, ChunkEncoding, ChunkRecord, Gap, IndexRow,
+                                  IngestProgress, SourceKind, StreamRecord, StreamState, WorkingLoad)
 from memory.store.streams import Streams
 
-__all__ = ["ACTIVE", "TERMINAL", "DENSE_SIGNALS", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkGap", "ChunkRecord",
-           "Gap", "IndexRow", "LeaseLost", "MemoryStore", "Progress", "StreamRecord", "StreamState", "WorkingLoad"]
+__all__ = ["ACTIVE", "TERMINAL", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkEncoding", "ChunkGap", "ChunkRecord",
+           "Gap", "IndexRow", "IngestProgress", "LeaseLost", "MemoryStore", "SourceKind", "StreamRecord", "StreamState",
+           "WorkingLoad"]
 
 
 class MemoryStore(Streams, Chunks, Events, Leases):

@@ -12,6 +12,7 @@ import redis
 
 from encoders.base import EncodedSegment
 from encoders.retrieval import BlockKeys
+from encoders.signals import FRAME_INDEX, Signal
 from memory.codec import (decode_chunk, decode_delta, decode_segment, decode_tokens, encode_delta, encode_features,
                           encode_segment, encode_tokens)
 from memory.delta import WorkingDelta, apply
@@ -22,10 +23,8 @@ from memory.retention import Chunk, Retention, merge_features, merge_tokens, mer
 from memory.store import scripts
 from memory.store.keys import EVENTS_MAXLEN, StoreBase
 from memory.store.leases import LeaseLost
-from memory.store.records import Checkpoint, ChunkRecord, IndexRow, Progress, WorkingLoad
+from memory.store.records import Checkpoint, ChunkEncoding, ChunkRecord, IndexRow, IngestProgress, WorkingLoad
 from memory.working import WorkingState
-
-DENSE_SIGNALS = ("ocr", "labels", "image")  # frame-index vectors a chunk may carry (`d:<signal>` fields)
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -79,10 +78,10 @@ class Chunks(StoreBase):
         return encode_tokens(payload, self.layout, self.fingerprint, int8=int8)
 
     def put_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
-                  keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[str, np.ndarray] | None = None,
+                  keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[Signal, np.ndarray] | None = None,
                   working: WorkingState | WorkingDelta | None = None, int8: bool = False,
                   checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
-                  progress: Progress | None = None, counters: WorkingState | None = None) -> int:
+                  progress: IngestProgress | None = None, counters: WorkingState | None = None) -> int:
         """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
         the working memory with it (`working`: a whole WorkingState is a new snapshot, kept with this chunk's
         checkpoint, and empties the delta log; a WorkingDelta from the previous chunk's memory is appended to
@@ -95,11 +94,12 @@ class Chunks(StoreBase):
         vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
         extra = {"keys": _npy(keys.tokens.astype(np.float16))}
         for name, v in (dense or {}).items():
-            if name not in DENSE_SIGNALS:
-                raise ValueError(f"unknown frame-index signal {name!r}; one of {DENSE_SIGNALS}")
+            if name not in FRAME_INDEX:  # the frame-index vectors a chunk may carry (`d:<signal>` fields)
+                raise ValueError(f"unknown frame-index signal {str(name)!r}; one of {tuple(map(str, FRAME_INDEX))}")
             extra[f"d:{name}"] = _npy(np.asarray(v, dtype=np.float32).reshape(-1, np.shape(v)[-1]))
         size = len(blob) + len(vec_bytes) + len(keyframe_jpeg) + sum(len(b) for b in extra.values())
-        fmt = "features" if isinstance(payload, FeatureSet) else ("kv-int8" if int8 else "kv")
+        fmt = (ChunkEncoding.FEATURES if isinstance(payload, FeatureSet) else
+               ChunkEncoding.KV_INT8 if int8 else ChunkEncoding.KV)
         meta = json.dumps(asdict(ChunkRecord(**{**asdict(chunk), "bytes": size, "format": fmt})))
         mode, wm_blob = "0", b""
         if isinstance(working, WorkingState):
@@ -109,7 +109,7 @@ class Chunks(StoreBase):
         now = json.dumps(time.time())
         fields = {
             "chunks": json.dumps(chunk.chunk_id + 1), "frames": json.dumps(frames_total),
-            "media_end_s": json.dumps(chunk.end_s), "updated": now, **(progress or Progress()).fields(),
+            "media_end_s": json.dumps(chunk.end_s), "updated": now, **(progress or IngestProgress()).fields(),
         }
         after = counters if counters is not None else working
         if after is not None:
@@ -278,13 +278,13 @@ class Chunks(StoreBase):
     def _merge_chunks(self, sid: str, recs: list[ChunkRecord], fence: str) -> ChunkRecord:
         ids = [r.chunk_id for r in recs]
         pipe = self.r.pipeline(transaction=False)
-        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS]
+        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in FRAME_INDEX]
         for cid in ids:
             pipe.hmget(self._chunk_key(sid, cid), names)
         got = pipe.execute()
         payloads = [decode_chunk(g[0], self.layout, self.fingerprint)[0] for g in got]
         first = payloads[0]
-        int8 = recs[0].format == "kv-int8"
+        int8 = recs[0].format == ChunkEncoding.KV_INT8
         if isinstance(first, FeatureSet):
             merged = merge_features(payloads, first.length)
         else:
@@ -296,7 +296,7 @@ class Chunks(StoreBase):
         extra = {}
         if any(g[3] is not None for g in got):  # parts stored before keys existed contribute none
             extra["keys"] = _npy(merged_keys([_from_npy(g[3]) for g in got if g[3] is not None]))
-        for j, name in enumerate(DENSE_SIGNALS):  # every part's vectors of a signal are kept (each can match)
+        for j, name in enumerate(FRAME_INDEX):  # every part's vectors of a signal are kept (each can match)
             vs = [_from_npy(g[4 + j]) for g in got if g[4 + j] is not None]
             if vs:
                 extra[f"d:{name}"] = _npy(np.concatenate(vs))
@@ -350,14 +350,14 @@ class Chunks(StoreBase):
         """What the search index keeps of each id (ids gone meanwhile are skipped)."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hmget(self._chunk_key(sid, cid), ["meta", "vec", "keys"] + [f"d:{n}" for n in DENSE_SIGNALS])
+            pipe.hmget(self._chunk_key(sid, cid), ["meta", "vec", "keys"] + [f"d:{n}" for n in FRAME_INDEX])
         rows = []
         for meta, vec, keys, *dense in pipe.execute():
             if meta is None:
                 continue
             rows.append(IndexRow(ChunkRecord(**json.loads(meta)), np.frombuffer(vec, dtype=np.float32),
                                  _from_npy(keys) if keys is not None else None,
-                                 {n: _from_npy(d) for n, d in zip(DENSE_SIGNALS, dense) if d is not None}))
+                                 {n: _from_npy(d) for n, d in zip(FRAME_INDEX, dense) if d is not None}))
         return rows
 
     def chunk_payloads(self, sid: str, ids: list[int], keyframes: bool = False

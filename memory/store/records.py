@@ -1,16 +1,19 @@
 """The records the store keeps: a stream's state and counters, a chunk's metadata, the resume checkpoint,
-an outage (gap), ingest progress. One type per concept; JSON in Redis hash fields."""
+ingest progress. One type per concept; JSON in Redis hash fields. An outage is `streamer.gap.Gap` (the live
+source makes it; re-exported here, stored as its JSON)."""
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from encoders.signals import Signal
 from memory.options import MemoryOptions, option_names
+from streamer.gap import Gap  # re-exported: the one gap type
 
 if TYPE_CHECKING:
     from memory.working import WorkingState
@@ -39,6 +42,21 @@ class StreamState(str, Enum):
         return self in TERMINAL
 
 
+class SourceKind(StrEnum):
+    """What a stream reads: a file, a live (RTSP) camera, or bytes pushed by a client. A str: stored and sent as its
+    value ("file")."""
+    FILE = "file"
+    LIVE = "live"
+    PUSH = "push"
+
+
+class ChunkEncoding(StrEnum):
+    """How a stored chunk's payload is encoded (`ChunkRecord.format`): KV in float, KV in int8, or features."""
+    KV = "kv"
+    KV_INT8 = "kv-int8"
+    FEATURES = "features"
+
+
 ACTIVE = (StreamState.STARTING, StreamState.RUNNING, StreamState.RECONNECTING)
 TERMINAL = (StreamState.FINISHED, StreamState.STOPPED, StreamState.FAILED)
 
@@ -64,7 +82,7 @@ class StreamRecord:
     next_serial: int = 0  # clip tokens the stream has produced (the working memory's counters after the last chunk)
     next_frame: int = 0
     bytes: int = 0
-    kind: str = "file"  # file | live | push
+    kind: SourceKind = SourceKind.FILE
     live: bool = False  # drops frames when behind instead of pacing the source
     dropped: int = 0
     reconnects: int = 0
@@ -89,6 +107,7 @@ class StreamRecord:
 
     def __post_init__(self) -> None:
         self.state = StreamState(self.state)
+        self.kind = SourceKind(self.kind)
 
     def to_hash(self) -> dict[str, str]:
         h = {f.name: json.dumps(getattr(self, f.name)) for f in fields(self) if f.name != "memory"}
@@ -126,9 +145,12 @@ class ChunkRecord:
     span_start: int = 0  # serials of the clip tokens this chunk was compressed from: [span_start, span_end)
     span_end: int = 0
     level: int = 0  # 0: one clip; n: merged n times by retention
-    format: str = "kv"  # kv | kv-int8 | features
+    format: ChunkEncoding = ChunkEncoding.KV
     text: str = ""  # text read on screen (OCR), lines joined with " | "
     labels: str = ""  # top image labels of the keyframe, "name (p), ..."
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", ChunkEncoding(self.format))  # read from JSON as its value
 
 
 @dataclass(frozen=True)
@@ -137,7 +159,7 @@ class IndexRow:
     record: ChunkRecord
     mean: np.ndarray  # [E] float32 unit mean key (the baseline)
     keys: np.ndarray | None  # [C, m, D] float16 representative keys (None: a chunk stored before they existed)
-    dense: dict[str, np.ndarray]  # frame-index signal -> [n, d] float32 unit vectors (n > 1: merged chunks)
+    dense: dict[Signal, np.ndarray]  # frame-index signal -> [n, d] float32 unit vectors (n > 1: merged chunks)
 
 
 @dataclass(frozen=True)
@@ -170,28 +192,7 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
-class Gap:
-    """A stretch of media time with no footage (a camera outage), in media and wall-clock time."""
-    start_s: float
-    end_s: float
-    reason: str = ""
-    wall_start: float | None = None
-    wall_end: float | None = None
-
-    def overlaps(self, lo: float, hi: float) -> bool:
-        return self.end_s > lo and self.start_s < hi
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, raw: str | bytes) -> "Gap":
-        d = json.loads(raw)
-        return cls(**{f.name: d.get(f.name) for f in fields(cls) if f.name in d})
-
-
-@dataclass(frozen=True)
-class Progress:
+class IngestProgress:
     """Ingest's running figures, written with each chunk."""
     dropped: int = 0  # frames dropped because encoding fell behind (live)
     lag_s: float | None = None  # live: now minus the newest stored frame's receive time

@@ -1,24 +1,14 @@
 """Alerts: standing rules of named cameras, evaluated at ingest on every new chunk and on the feed going down or
 coming back (`services.pipeline.StreamWorker` calls `on_chunk` / `on_feed`), and their publishers.
 
-A firing becomes (a) an event in the stream's log (kind "alert", shown by WatchStream as KIND_ALERT with an
-`Alert`) and (b) one message on MQTT topic `vigil/<camera>/alert` and a POST to the rule's and the global webhook,
-queued and sent in the background (`publish.py`). Rules are pure (`rules.py`); settings: VIGIL_MQTT__*,
-VIGIL_ALERTS__*; the cameras and their rules: services/cameras.py.
-
-The payload (JSON, also the event's `alert` field):
-
-    {"id": "<stream id>:<rule>:c<chunk id>",   same for every delivery of one firing (dedupe key)
-     "stream_id", "camera", "rule", "kind",    kind: on_screen_text | query | cuts | feed
-     "start_s", "end_s",                       media time range of the chunk (feed: the last frame's time)
-     "wall_start", "wall_end",                 wall-clock unix times (live sources; null for files)
-     "matched_text", "score", "signal",        what matched, how well (similarity, cosine, cuts/min; 1 for feed)
-     "keyframe": {"chunk_id", "keyframe_s"},   the chunk's keyframe (null for feed alerts)
-     "fired_unix"}
+A firing becomes an `Alert` (`alert.py`: the record and its stored JSON form), which is (a) an event in the
+stream's log (kind "alert", shown by WatchStream as KIND_ALERT with an `Alert` message) and (b) one message on MQTT
+topic `vigil/<camera>/alert` and a POST to the rule's and the global webhook, queued and sent in the background
+(`publish.py`). Rules are pure (`rules.py`); settings: VIGIL_MQTT__*, VIGIL_ALERTS__*; the cameras and their
+rules: services/cameras.py.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -28,12 +18,13 @@ from typing import Callable, Mapping
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from services.alerts import rules as R
+from services.alerts.alert import Alert
 from services.alerts.publish import AlertPublisher, parse_mqtt_url
 
 log = logging.getLogger("vigil.alerts")
 EVENT_KIND = "alert"
 
-__all__ = ["AlertHub", "AlertSettings", "MqttSettings", "StreamAlerts", "alert_proto", "for_stream"]
+__all__ = ["Alert", "AlertHub", "AlertSettings", "MqttSettings", "StreamAlerts", "for_stream"]
 
 
 class MqttSettings(BaseModel):
@@ -82,21 +73,6 @@ class AlertSettings(BaseModel):
         return v or None
 
 
-def alert_proto(alert: Mapping):
-    """The `vigil.v1.Alert` message of a payload."""
-    from services.wire import ingest_pb2
-
-    key = alert.get("keyframe") or {}
-    msg = ingest_pb2.Alert(
-        id=alert["id"], rule=alert["rule"], kind=alert["kind"], camera=alert.get("camera") or "",
-        start_s=alert["start_s"], end_s=alert["end_s"], wall_start_unix=alert.get("wall_start") or 0.0,
-        wall_end_unix=alert.get("wall_end") or 0.0, matched_text=alert.get("matched_text") or "",
-        score=alert.get("score") or 0.0, signal=alert.get("signal") or "", keyframe_s=key.get("keyframe_s") or 0.0)
-    if key.get("chunk_id") is not None:
-        msg.chunk_id = key["chunk_id"]
-    return msg
-
-
 class StreamAlerts:
     """One stream's rules and their state, owned by its ingest worker (one thread: no locks)."""
 
@@ -105,7 +81,7 @@ class StreamAlerts:
         """`down`: the feed is down already (a stream adopted while reconnecting: its comeback fires "up")."""
         self.hub, self.sid, self.camera, self.rules, self._durable = hub, sid, camera, rules, durable
         self.states = tuple(R.RuleState(down=down) for _ in rules)
-        self.fired: deque[dict] = deque(maxlen=100)  # this worker's latest firings (newest last), for inspection
+        self.fired: deque[Alert] = deque(maxlen=100)  # this worker's latest firings (newest last), for inspection
         self._last_media_s = 0.0
 
     def on_chunk(self, record, vectors: Mapping | None = None) -> None:
@@ -136,21 +112,13 @@ class StreamAlerts:
             self._emit(f)
 
     def _emit(self, f: R.Firing) -> None:
-        alert = {
-            "id": f"{self.sid}:{f.dedupe_id}", "stream_id": self.sid, "camera": self.camera or self.sid,
-            "rule": f.rule.name, "kind": f.rule.kind, "start_s": round(f.start_s, 3), "end_s": round(f.end_s, 3),
-            "wall_start": f.wall_start, "wall_end": f.wall_end, "matched_text": f.matched, "score": f.score,
-            "signal": f.signal,
-            "keyframe": ({"chunk_id": f.chunk_id, "keyframe_s": round(f.keyframe_s, 3)}
-                         if f.chunk_id is not None else None),
-            "fired_unix": time.time(),
-        }
-        log.info("stream %s (camera %s): alert %r (%s) fired at %.1f-%.1fs: %s", self.sid, alert["camera"],
+        alert = Alert.of(f, self.sid, self.camera, time.time())
+        log.info("stream %s (camera %s): alert %r (%s) fired at %.1f-%.1fs: %s", self.sid, alert.camera,
                  f.rule.name, f.rule.kind, f.start_s, f.end_s, f.matched[:120])
         self.fired.append(alert)
         summary = f"{f.rule.name} ({f.rule.kind}): {f.matched[:200]}"
         # the worker's store call: through an outage it waits and resends (Released / LeaseLost propagate)
-        self._durable(self.hub.store.event, self.sid, EVENT_KIND, alert=json.dumps(alert), message=summary)
+        self._durable(self.hub.store.event, self.sid, EVENT_KIND, alert=alert.to_json(), message=summary)
         self.hub.publisher.publish(alert, (f.rule.webhook,) if f.rule.webhook else ())
 
 
@@ -170,7 +138,7 @@ class AlertHub:
         queries: dict[str, dict] = {}
         for cam, rs in rules.items():
             for r in rs:
-                if r.kind != R.QUERY:
+                if r.kind != R.RuleKind.QUERY:
                     continue
                 if describer is None:
                     log.warning("camera %r: alert rule %r needs the frame index, which this process has not: it "

@@ -9,7 +9,6 @@ reconnect (paho resends what was not acknowledged); a subscriber that must never
 """
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from services.alerts.alert import Alert
 from streamer.redact import redact_text, redact_url
 
 log = logging.getLogger("vigil.alerts")
@@ -231,13 +231,13 @@ class AlertPublisher:
             self._mqtt_q = _Sink("mqtt", queue_size, self.mqtt.send)
         self._hooks = _Sink("webhook", queue_size, lambda item: post_json(item[0], item[1], webhook_timeout_s))
 
-    def publish(self, alert: dict, webhooks: tuple[str, ...] = ()) -> None:
-        """Queue `alert` (the JSON payload; `camera` names the topic) for MQTT and for each webhook (the rule's
-        and the global one, once each). Never blocks, never raises."""
+    def publish(self, alert: Alert, webhooks: tuple[str, ...] = ()) -> None:
+        """Queue `alert` (its stored JSON form, compact; `camera` names the topic) for MQTT and for each webhook
+        (the rule's and the global one, once each). Never blocks, never raises."""
         try:
-            body = json.dumps(alert, separators=(",", ":")).encode()
+            body = alert.to_json(compact=True).encode()
             if self._mqtt_q is not None:
-                self._mqtt_q.submit((topic_for(self.topic_prefix, alert["camera"]), body))
+                self._mqtt_q.submit((topic_for(self.topic_prefix, alert.camera), body))
             for url in dict.fromkeys(u for u in (*webhooks, self.webhook_url) if u):
                 self._hooks.submit((url, body))
         except Exception:  # nothing here may stop ingest

@@ -1,7 +1,7 @@
 """Alert rules as typed records, and their evaluation: pure functions over a rule, its state and the facts of
 one new chunk (or one feed change). No I/O, no clocks: what fires is decided by the inputs alone.
 
-Kinds (`Rule.kind`):
+Kinds (`Rule.kind`, a `RuleKind`):
 
 * ``on_screen_text``: the chunk's OCR text contains `text`, tolerating OCR slips: both are normalised
   (case-folded, accents, spaces and punctuation dropped, so "TRUCK22 | ARRlVED" meets "truck 22 arrived") and
@@ -24,13 +24,32 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Mapping
 
 import numpy as np
 
-ON_SCREEN_TEXT, QUERY, CUTS, FEED = "on_screen_text", "query", "cuts", "feed"
-KINDS = (ON_SCREEN_TEXT, QUERY, CUTS, FEED)
-FEED_DOWN, FEED_UP = "down", "up"
+from encoders.signals import Signal
+
+
+class RuleKind(StrEnum):
+    """What a rule watches (a `str`: stored and sent as its value, the alert payload's "kind")."""
+    ON_SCREEN_TEXT = "on_screen_text"
+    QUERY = "query"
+    CUTS = "cuts"
+    FEED = "feed"
+
+    @property
+    def frame_index(self) -> bool:
+        """Reads the chunks' frame index (their on-screen text, their vectors)."""
+        return self in (RuleKind.ON_SCREEN_TEXT, RuleKind.QUERY)
+
+
+class FeedChange(StrEnum):
+    """What a feed rule fires on: the live source went down, or came back up."""
+    DOWN = "down"
+    UP = "up"
+
 
 # defaults: one place (services/cameras.py's schema leaves unset fields to these)
 MIN_SIMILARITY = 0.8
@@ -44,25 +63,28 @@ COOLDOWN_S = 0.0
 class Rule:
     """One standing rule of a camera. `kind` says which condition fields apply (see the module docstring)."""
     name: str
-    kind: str
+    kind: RuleKind
     text: str = ""  # on_screen_text
     min_similarity: float = MIN_SIMILARITY
     query: str = ""  # query
     min_score: float = MIN_SCORE
     cuts_per_minute: float = 0.0  # cuts
     window_s: float = WINDOW_S
-    feed: str = ""  # feed: down | up
+    feed: FeedChange | None = None  # feed
     rearm_chunks: int = REARM_CHUNKS
     cooldown_s: float = COOLDOWN_S
     webhook: str | None = None  # POST the alert here too (besides the global webhook, if any)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"rule {self.name!r}: unknown kind {self.kind!r}; known: {', '.join(KINDS)}")
-        if self.kind == ON_SCREEN_TEXT and not normalise(self.text):
+        if self.kind not in tuple(RuleKind):
+            raise ValueError(f"rule {self.name!r}: unknown kind {self.kind!r}; known: {', '.join(RuleKind)}")
+        object.__setattr__(self, "kind", RuleKind(self.kind))
+        if self.kind == RuleKind.ON_SCREEN_TEXT and not normalise(self.text):
             raise ValueError(f"rule {self.name!r}: on_screen_text has no letters or digits")
-        if self.kind == FEED and self.feed not in (FEED_DOWN, FEED_UP):
-            raise ValueError(f"rule {self.name!r}: feed must be 'down' or 'up'")
+        if self.kind == RuleKind.FEED:
+            if self.feed not in tuple(FeedChange):
+                raise ValueError(f"rule {self.name!r}: feed must be 'down' or 'up'")
+            object.__setattr__(self, "feed", FeedChange(self.feed))
         if self.rearm_chunks < 1:
             raise ValueError(f"rule {self.name!r}: rearm_chunks must be >= 1")
 
@@ -78,7 +100,7 @@ class ChunkFacts:
     cuts: int = 0
     wall_start: float | None = None
     wall_end: float | None = None
-    vectors: Mapping[str, np.ndarray] = field(default_factory=dict)  # frame-index signal -> unit vector
+    vectors: Mapping[Signal, np.ndarray] = field(default_factory=dict)  # frame-index signal -> unit vector
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,7 @@ class Firing:
     keyframe_s: float | None = None
     wall_start: float | None = None
     wall_end: float | None = None
-    signal: str = ""  # query: which frame-index signal scored best
+    signal: Signal | None = None  # query: which frame-index signal scored best
 
     @property
     def dedupe_id(self) -> str:
@@ -157,17 +179,17 @@ def text_similarity(needle: str, text: str) -> float:
 
 
 # ---- query scoring ----------------------------------------------------------------------------
-def query_score(query: Mapping[str, np.ndarray], chunk: Mapping[str, np.ndarray]) -> tuple[float, str]:
+def query_score(query: Mapping[Signal, np.ndarray], chunk: Mapping[Signal, np.ndarray]) -> tuple[float, Signal | None]:
     """The best cosine between the query's and the chunk's unit vectors over the signals both have, and that
-    signal ((0.0, "") when they share none). A chunk merged by retention may hold several rows per signal."""
-    best, which = 0.0, ""
+    signal ((0.0, None) when they share none). A chunk merged by retention may hold several rows per signal."""
+    best, which = 0.0, None
     for signal, q in query.items():
         c = chunk.get(signal)
         if c is None:
             continue
         score = float(np.max(np.atleast_2d(np.asarray(c, np.float32)) @ np.asarray(q, np.float32).reshape(-1)))
-        if score > best or not which:
-            best, which = score, signal
+        if score > best or which is None:
+            best, which = score, Signal(signal)
     return best, which
 
 
@@ -185,19 +207,19 @@ def _episode(rule: Rule, state: RuleState, facts: ChunkFacts, hit: bool) -> tupl
 
 
 def evaluate_chunk(rule: Rule, state: RuleState, facts: ChunkFacts,
-                   query_vectors: Mapping[str, np.ndarray] | None = None) -> tuple[RuleState, Firing | None]:
+                   query_vectors: Mapping[Signal, np.ndarray] | None = None) -> tuple[RuleState, Firing | None]:
     """One chunk rule against one new chunk. Feed rules pass through unchanged. `query_vectors`: the query's
     embedding (query rules; without it a query rule never matches)."""
-    if rule.kind == FEED:
+    if rule.kind == RuleKind.FEED:
         return state, None
-    signal = ""
-    if rule.kind == ON_SCREEN_TEXT:
+    signal = None
+    if rule.kind == RuleKind.ON_SCREEN_TEXT:
         score = text_similarity(rule.text, facts.text) if facts.text else 0.0
         hit, matched = score >= rule.min_similarity, facts.text
-    elif rule.kind == QUERY:
+    elif rule.kind == RuleKind.QUERY:
         score, signal = query_score(query_vectors or {}, facts.vectors)
-        hit = bool(signal) and score >= rule.min_score
-        matched = facts.text if signal == "ocr" else rule.query
+        hit = signal is not None and score >= rule.min_score
+        matched = facts.text if signal == Signal.OCR else rule.query
     else:  # cuts
         lo = facts.end_s - rule.window_s
         window = tuple(w for w in state.window if w[0] > lo) + ((facts.end_s, int(facts.cuts)),)
@@ -216,20 +238,22 @@ def evaluate_chunk(rule: Rule, state: RuleState, facts: ChunkFacts,
 def evaluate_feed(rule: Rule, state: RuleState, facts: FeedFacts) -> tuple[RuleState, Firing | None]:
     """One feed rule against a connection change: `down` fires when a connected source drops, `up` when a
     dropped one is back (the first connection is not a comeback). Chunk rules pass through unchanged."""
-    if rule.kind != FEED:
+    if rule.kind != RuleKind.FEED:
         return state, None
     was_down = state.down
     state = replace(state, down=not facts.up)
-    fire = (rule.feed == FEED_DOWN and not facts.up and not was_down) or (rule.feed == FEED_UP and facts.up and was_down)
+    fire = ((rule.feed == FeedChange.DOWN and not facts.up and not was_down)
+            or (rule.feed == FeedChange.UP and facts.up and was_down))
     if not fire:
         return state, None
-    matched = FEED_UP if facts.up else f"{FEED_DOWN}: {facts.reason}" if facts.reason else FEED_DOWN
+    down = str(FeedChange.DOWN)
+    matched = str(FeedChange.UP) if facts.up else f"{down}: {facts.reason}" if facts.reason else down
     return state, Firing(rule=rule, start_s=facts.media_s, end_s=facts.media_s, matched=matched, score=1.0,
                          wall_start=facts.wall_s, wall_end=facts.wall_s)
 
 
 def evaluate(rules: tuple[Rule, ...], states: tuple[RuleState, ...], facts: ChunkFacts | FeedFacts,
-             query_vectors: Mapping[str, Mapping[str, np.ndarray]] | None = None
+             query_vectors: Mapping[str, Mapping[Signal, np.ndarray]] | None = None
              ) -> tuple[tuple[RuleState, ...], list[Firing]]:
     """Every rule against one new chunk or feed change: the new states (same order) and what fired.
     `query_vectors`: rule name -> the query's embedding."""

@@ -32,8 +32,8 @@ def cmd_demo(args) -> int:
     question = question or "What happens at the start of the video?"
     # one process on a free loopback port; the video's folder is the only media root
     # (plaintext: the demo's client and server are this process; VIGIL_TLS__* are for `vigil serve`)
-    s = s.model_copy(update={"host": "127.0.0.1", "port": 0, "media_roots": (video.parent,), "role": "all",
-                             "tls": type(s.tls)(), "http_port": 0})
+    s = s.with_overrides(host="127.0.0.1", port=0, media_roots=(video.parent,), role="all", tls=type(s.tls)(),
+                         http_port=0)
     print(f"loading model {s.model.name!r} and starting the server "
           f"({'private redis' if s.redis_url is None else s.redis_url}) ...", file=sys.stderr)
     server = VigilServer(s)

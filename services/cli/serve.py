@@ -3,6 +3,7 @@ loads, the server run until Ctrl-C / SIGTERM, and the banner that says where it 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import sys
 
@@ -12,7 +13,7 @@ def settings(model: str | None = None, **overrides):
     from services.config import Settings
 
     s = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    return s.model_copy(update={"model": s.model.model_copy(update={"name": model})}) if model else s
+    return s.with_overrides(model=dataclasses.replace(s.model, name=model)) if model else s
 
 
 def port_taken(host: str, port: int, what: str, flag: str) -> str | None:

@@ -28,7 +28,7 @@ from memory.store import ChunkRecord, Gap, StreamRecord
 from services import alerts, qa, summarize
 from services.client import as_json
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
-from services.grpc_api import MAX_GAPS_SHOWN, QAServicer, gap_msg, stream_id, stream_info
+from services.grpc_api import MAX_GAPS_SHOWN, QAServicer, alert_msg, gap_msg, stream_id, stream_info
 from services.metrics import STORE_DOWN
 from services.runtime import Runtime
 from services.streaming import worker_stream
@@ -96,11 +96,11 @@ def gap_json(g: Gap) -> dict:
     return as_json(gap_msg(g))
 
 
-def alert_json(sid: str, alert: dict, message: str) -> dict:
+def alert_json(sid: str, a: alerts.Alert, message: str = "") -> dict:
     """A stored alert as gRPC's Alert renders, with its keyframe's URL (null: none) and the event's message."""
-    d = as_json(alerts.alert_proto(alert))
-    cid = d["chunk_id"]
-    return {**d, "keyframe_url": keyframe_url(sid, cid) if cid is not None else None, "message": message}
+    d = as_json(alert_msg(a))
+    url = keyframe_url(sid, a.chunk_id) if a.chunk_id is not None else None
+    return {**d, "keyframe_url": url, "message": redact_text(message)}
 
 
 # the question work's items as AskStream's and Summarize's messages (built as services/grpc_api.py builds them)
@@ -264,8 +264,7 @@ class Api:
                 for eid, body in events:
                     last = eid
                     if body.get("kind") == alerts.EVENT_KIND and "alert" in body:
-                        found.append(alert_json(sid, json.loads(body["alert"]),
-                                                redact_text(body.get("message", ""))))
+                        found.append(alert_json(sid, alerts.Alert.from_json(body["alert"]), body.get("message", "")))
             return {"stream_id": sid, "alerts": found}
         try:
             return JSONResponse(await self._call(read))

@@ -26,7 +26,7 @@ OPTS = MemoryOptions(working_tokens=96, chunk_tokens=32)
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def adapter(request, cache_dir):
-    return load_adapter(ModelOptions(name=request.param, device="cpu", cache_dir=cache_dir / "vigil"))
+    return load_adapter(ModelOptions(name=request.param, device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 def clips(n: int, seed: int, frames: int = 4) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from tests.encoders import family_checks as fc
 
 @pytest.fixture(scope="module")
 def ov(cache_dir):
-    return load_adapter(ModelOptions(name="tiny:llava_onevision", device="cpu", cache_dir=cache_dir / "vigil"))
+    return load_adapter(ModelOptions(name="tiny:llava_onevision", device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_a_model_folder_of_this_family_loads_as_it(ov, tmp_path, cache_dir):
     ov.tok.save_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "llava_onevision"
-    ad = load_adapter(ModelOptions(name=str(tmp_path), device="cpu", cache_dir=cache_dir / "vigil"))
+    ad = load_adapter(ModelOptions(name=str(tmp_path), device="cpu"), cache_dir=cache_dir / "vigil")
     assert type(ad) is type(ov) and ad.spec.family == "llava_onevision" and not ad.spec.random_weights
     assert ad.spec.layout == ov.spec.layout
     torch.testing.assert_close(ad.encode_prefix().keys, ov.encode_prefix().keys, rtol=0, atol=0)
@@ -117,9 +117,9 @@ def test_an_unsupported_family_names_the_supported_ones(tmp_path, cache_dir):
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelUnavailable, match=r"Qwen2\.5-VL.*Qwen3-VL.*LLaVA-OneVision \(llava_onevision\)"):
-        load_adapter(ModelOptions(name=str(tmp_path), device="cpu", cache_dir=cache_dir / "vigil"))
+        load_adapter(ModelOptions(name=str(tmp_path), device="cpu"), cache_dir=cache_dir / "vigil")
     with pytest.raises(ModelUnavailable, match="tiny:llava_onevision"):
-        load_adapter(ModelOptions(name="tiny:nope", device="cpu", cache_dir=cache_dir / "vigil"))
+        load_adapter(ModelOptions(name="tiny:nope", device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 def test_demo_runs_with_tiny_llava_onevision(cache_dir):

