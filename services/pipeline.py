@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty
@@ -132,6 +133,7 @@ class StreamWorker:
         self.ending = controls.ending
         self.replay_until = 0  # clips below this id are stored already: encoded again for the memory only
         self.describe_memo = StreamMemo()  # the frame index reads a frame again only once it changed
+        self._describer: ThreadPoolExecutor | None = None  # the frame index's thread (started on first use)
         self._decoding = False  # once the decode thread runs, it closes plan.file
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
 
@@ -220,6 +222,11 @@ class StreamWorker:
                 raise Released()
             delay = min(delay * 2, STORE_BACKOFF_CAP_S)
 
+    def _describe_pool(self) -> ThreadPoolExecutor:
+        if self._describer is None:
+            self._describer = ThreadPoolExecutor(1, thread_name_prefix=f"describe-{self.rec.stream_id}")
+        return self._describer
+
     def _state(self, state: StreamState, error: str | None = None, **changes) -> None:
         self._durable(self.rt.store.set_state, self.rec.stream_id, state, error, fence=self.fence, **changes)
 
@@ -258,6 +265,8 @@ class StreamWorker:
             log.warning("stream %s: letting go (%s)", sid, exc or "released while waiting for the store")
             self.controls.release()
         finally:
+            if self._describer is not None:
+                self._describer.shutdown(wait=True)
             rt.resident.release(sid)  # the copy stays for questions until space is needed
             if not self.controls.ending.is_set():
                 self.controls.stop()
@@ -353,6 +362,14 @@ class StreamWorker:
         rt, sid = self.rt, self.rec.stream_id
         key = clip.keyframe
         novelty = clip.novelty[key] if clip.novelty else 0.0
+        # the frame index describes the clip on the worker's describe thread while the model encodes it (OCR and
+        # labels overlap the prefill; one clip at a time, so the stream's memo of read frames stays in order)
+        described = None
+        describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
+        if (clip.index >= self.replay_until and self.memory.frame_index and describer is not None
+                and describer.fingerprint == self.rec.frames_fingerprint):
+            described = self._describe_pool().submit(describer.describe, list(clip.frames), keyframe=key,
+                                                     memo=self.describe_memo)
         # batched with other streams' ready clips (services/scheduler.py); the result stays on the model's device
         enc = rt.encoder.encode(ClipRequest(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
                                             context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys),
@@ -365,10 +382,7 @@ class StreamWorker:
             mem.state, mem.version = done.state, clip.index
             rt.resident.publish(sid, mem.prefix, done.state, clip.index)
             return
-        desc = None
-        describer = rt.describer  # a resumed stream is described only by the models that described its first chunks
-        if self.memory.frame_index and describer is not None and describer.fingerprint == self.rec.frames_fingerprint:
-            desc = describer.describe(list(clip.frames), keyframe=key, memo=self.describe_memo)
+        desc = described.result() if described is not None else None
         self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
