@@ -39,4 +39,11 @@ cleanup() {
 trap cleanup EXIT
 
 # pytest exits 5 when it collects no test: that fails this script like any other failure.
-"$PY" -m pytest -q --durations=20 "$@"
+# Two workers (VIGIL_TEST_WORKERS; 0: one process), a file's tests on one worker (its module fixtures shared):
+# most tests wait on processes, sockets and stalls, so two overlap well even on two cores.
+workers="${VIGIL_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  "$PY" -m pytest -q --durations=20 "$@"
+else
+  "$PY" -m pytest -q -n "$workers" --dist loadfile --durations=20 "$@"
+fi
