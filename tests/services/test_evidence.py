@@ -26,14 +26,19 @@ def footage():
     return media.captioned_footage("bikes.mp4", CAPTIONS, seconds=90, fps=5, size=(480, 204))
 
 
-@pytest.fixture(scope="module")
-def stream(module_server, footage):
-    """One ingest the read-only tests share."""
-    srv, addr = module_server(frame_index=True)
+def ingested(start, footage):
+    """A server from `start` (make_server or module_server) with the footage ingested: (server, address, id)."""
+    srv, addr = start(frame_index=True)
     with Client(addr) as c:
         info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
     assert info.chunks >= 10
     return srv, addr, info.stream_id
+
+
+@pytest.fixture(scope="module")
+def stream(module_server, footage):
+    """One ingest the read-only tests share."""
+    return ingested(module_server, footage)
 
 
 def overlaps(ev, lo, hi) -> bool:
@@ -94,11 +99,7 @@ def test_time_words_narrow_the_search_and_an_explicit_window_wins(stream):
 @pytest.fixture
 def own_stream(make_server, footage):
     """An ingest of this test's own (retention rewrites it)."""
-    srv, addr = make_server(frame_index=True)
-    with Client(addr) as c:
-        info = wait_done(c, c.start(str(footage), fps=FPS, clip_frames=CLIP).stream_id)
-    assert info.chunks >= 10
-    return srv, addr, info.stream_id
+    return ingested(make_server, footage)
 
 
 def test_same_top_k_after_a_restart_and_after_retention(make_server, own_stream):
