@@ -350,6 +350,10 @@ def bench_tiny_questions(url: str, lengths: list[int], reps: int, cache: Path) -
 
 
 # ---- report ---------------------------------------------------------------------------------------------
+def stored(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:g} h"
+
+
 def render(rep: dict) -> str:
     lines = []
     if "tiny_ingest" in rep:
@@ -368,7 +372,7 @@ def render(rep: dict) -> str:
                             "write amplification"], rows), ""]
     for name, q in rep.get("questions", {}).items():
         prev = q[-1]
-        rows = [[f"{r['hours']:g} h", str(r["chunks"]), "approx" if r["approximate"] else "exact",
+        rows = [[stored(r["hours"]), str(r["chunks"]), "approx" if r["approximate"] else "exact",
                  f"{r['ms']['kv search']:.1f}", f"{r['ms']['frame-index search']:.1f}",
                  f"{r['ms']['Redis read']:.1f}", f"{r['bytes_read'] / 1e6:.1f} / {r['chunk_bytes'] / 1e6:.1f}",
                  f"{r['ms']['decode']:.1f}", f"{r['ms']['working memory']:.2f}", f"{r['ms']['assembly']:.1f}",
@@ -383,7 +387,7 @@ def render(rep: dict) -> str:
     if "tiny_questions" in rep:
         tq = rep["tiny_questions"]
         stages = list(tq[0]["stages"])
-        rows = [[f"{r['hours']:g} h", str(r["chunks"])] + [f"{r['stages'].get(s, 0):.1f}" for s in stages]
+        rows = [[stored(r["hours"]), str(r["chunks"])] + [f"{r['stages'].get(s, 0):.1f}" for s in stages]
                 + [f"{r['ttft_ms']:.0f}", f"{r['per_token_ms']:.1f}"] for r in tq]
         lines += ["Tiny model, a question end to end (ms, medians):", "",
                   md_table(["stored", "chunks"] + stages + ["first text", "per token"], rows), "",

@@ -277,7 +277,8 @@ class IndexRegistry:
                 idx = self._indexes[sid] = StreamIndex(self.n_layers, epoch, self.exact_max_rows)
                 self.rebuilds += 1
             self._indexes.move_to_end(sid)
-            new_ids = self.store.chunk_ids(sid, after=idx.last_id)
+            last = idx.records.get(idx.last_id)
+            new_ids = self.store.chunk_ids(sid, after=idx.last_id, from_s=last.start_s if last else None)
             if new_ids:
                 idx.add(self.store.chunk_index_rows(sid, new_ids))
             self._evict()

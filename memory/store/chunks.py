@@ -342,9 +342,13 @@ class Chunks(StoreBase):
         """Changes whenever retention deletes or rewrites chunks."""
         return int(json.loads(self.r.hget(self._k(sid, "meta"), "epoch") or b"0"))
 
-    def chunk_ids(self, sid: str, after: int = -1) -> list[int]:
-        ids = sorted(int(i) for i in self.r.zrange(self._k(sid, "chunks"), 0, -1))
-        return [i for i in ids if i > after]
+    def chunk_ids(self, sid: str, after: int = -1, from_s: float | None = None) -> list[int]:
+        """Stored chunk ids above `after`, ascending. `from_s`: only chunks starting at or after this media time
+        are read (the set is scored by start time, and a later chunk never starts earlier): what an index that
+        holds everything up to `after` asks for, without reading the whole set."""
+        key = self._k(sid, "chunks")
+        raw = self.r.zrange(key, 0, -1) if from_s is None else self.r.zrangebyscore(key, from_s, "+inf")
+        return sorted(i for i in map(int, raw) if i > after)
 
     def chunk_index_rows(self, sid: str, ids: list[int]) -> list[IndexRow]:
         """What the search index keeps of each id (ids gone meanwhile are skipped)."""
