@@ -143,6 +143,9 @@ def _int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
     return v
 
 
+U32 = 2**32 - 1  # the gRPC fields these mirror are uint32
+
+
 async def _body(request: Request) -> dict:
     raw = await request.body()
     if not raw:
@@ -151,6 +154,8 @@ async def _body(request: Request) -> dict:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"the request body is not JSON: {clipped(str(exc), 120)}") from None
+    except RecursionError:  # thousands of nested arrays: the parser's own stack limit, not a server error
+        raise InvalidRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
@@ -168,10 +173,14 @@ def _window(body: dict) -> tuple[float, float] | None:
         raise InvalidRequest("window bounds must be numbers") from None
 
 
-def _typed(body: dict, name: str, kind: type, default):
+def _typed(body: dict, name: str, kind: type, default, lo: int | None = None, hi: int | None = None):
+    """A field of `kind`, within [lo, hi] when given (the ranges gRPC's unsigned fields have), else 400 naming it."""
     v = body.get(name, default)
     if kind is int and isinstance(v, bool) or not isinstance(v, kind):
         raise InvalidRequest(f"{name} must be {kind.__name__}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        bounds = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+        raise InvalidRequest(f"{name} {v} is out of range: it must be {bounds}")
     return v
 
 
@@ -345,8 +354,8 @@ class Api:
         try:
             body = await _body(request)
             question = _typed(body, "question", str, "")
-            kwargs = dict(top_k=_typed(body, "top_k", int, 0), window=_window(body),
-                          max_new_tokens=_typed(body, "max_new_tokens", int, 0),
+            kwargs = dict(top_k=_typed(body, "top_k", int, 0, 0, U32), window=_window(body),
+                          max_new_tokens=_typed(body, "max_new_tokens", int, 0, 0, U32),
                           signals=[str(x) for x in _typed(body, "signals", list, [])],
                           conversation_id=_typed(body, "conversation_id", str, ""),
                           new_conversation=_typed(body, "new_conversation", bool, False))
@@ -375,8 +384,8 @@ class Api:
         try:
             body = await _body(request)
             window = _window(body)
-            detail = _typed(body, "detail", int, 0)
-            max_new = _typed(body, "max_new_tokens", int, 0)
+            detail = _typed(body, "detail", int, 0, 0, U32)
+            max_new = _typed(body, "max_new_tokens", int, 0, 0, U32)
             work = self._queue()
             sid = await self._call(self._sid, request)
         except Exception as exc:

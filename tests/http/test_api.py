@@ -153,6 +153,14 @@ def test_errors_are_json_with_the_grpc_meaning(served):
     assert status == 400 and body["error"]["code"] == "INVALID_ARGUMENT"
     status, body = get_json(port, f"/api/v1/streams/{sid}/ask", raw=b"{not json")
     assert status == 400
+    # numbers out of the ranges gRPC's (unsigned) fields have, and JSON nested past the parser's stack: 400 naming
+    # the field, never an internal error
+    for path, field, value in (("ask", "top_k", -1), ("ask", "max_new_tokens", -3), ("summarize", "detail", -5),
+                               ("summarize", "max_new_tokens", 2**40)):
+        status, body = get_json(port, f"/api/v1/streams/{sid}/{path}", body={"question": "x", field: value})
+        assert status == 400 and field in body["error"]["message"], (path, field, body)
+    status, body = get_json(port, f"/api/v1/streams/{sid}/ask", raw=b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested" in body["error"]["message"]
 
 
 def test_ask_streams_evidence_then_text_then_done(served):
