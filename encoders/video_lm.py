@@ -12,6 +12,7 @@ A family states how frames become the language model's input through three hooks
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from encoders.retrieval import QueryKeys
 DEFAULT_SYSTEM = "You are watching a video stream. Answer questions about what was seen."
 
 
-class VideoLMAdapter(ChatLMAdapter):
+class VideoLMAdapter(ChatLMAdapter, ABC):
     """A `ChatLMAdapter` whose blocks are video clips: implements `encoders.base.VideoLM`."""
 
     # ---- the language model inside a composite (vision + text) model --------------------------
@@ -36,15 +37,16 @@ class VideoLMAdapter(ChatLMAdapter):
     def lm(self):
         return self.model.model.language_model
 
-    # ---- hooks: frames -> the language model's input ------------------------------------------
-    def clip_frames(self) -> int:
-        raise NotImplementedError
+    # ---- hooks: frames -> the language model's input (every family defines them; abstract: a family that
+    # misses one cannot be built) ------------------------------------------------------------------------
+    @abstractmethod
+    def clip_frames(self) -> int: ...
 
-    def prepare_clip(self, request: ClipRequest) -> PreparedClip:
-        raise NotImplementedError
+    @abstractmethod
+    def prepare_clip(self, request: ClipRequest) -> PreparedClip: ...
 
-    def _blocks(self, preps: Sequence[PreparedClip]) -> list[Block]:
-        raise NotImplementedError
+    @abstractmethod
+    def _blocks(self, preps: Sequence[PreparedClip]) -> list[Block]: ...
 
     def _clip_label(self, start_s: float, end_s: float) -> list[int]:
         """The text before a clip's visual tokens (every family's clip opens with its time span)."""

@@ -303,7 +303,7 @@ class StreamWorker:
                      sid, got.version, stored - 1, stored - 1 - got.version)
             return _Memory(prefix, state, version=got.version)
         # live sources and pushes cannot be decoded again: the chunks stored since the snapshot are merged in
-        ids = [i for i in self._durable(store.chunk_ids, sid, got.version)]
+        ids = self._durable(store.chunk_ids, sid, got.version)
         chunks = [p.to(rt.adapter.device) for p in self._durable(store.chunk_payloads, sid, ids)
                   if isinstance(p, TokenSet)]
         rec = self._durable(store.get_stream, sid)
@@ -353,8 +353,10 @@ class StreamWorker:
                 raise item
         if (clip := builder.flush()) is not None:  # end of source or StopStream: nothing sampled is lost
             self._store(clip, mem)
-        if mem.since_snapshot and mem.version >= 0 and not self.rt.settings.working_deltas:
-            # the final memory, kept whole (replicas, later questions); with deltas the log has it already
+        if mem.since_snapshot != 0 and mem.version >= max(0, self.replay_until - 1) \
+                and not self.rt.settings.working_deltas:
+            # the final memory, kept whole (replicas, later questions; also one merged in after a resume and never
+            # stored since); with deltas the log has it already
             self._durable(store.put_working, sid, mem.state, mem.version, fence=self.fence)
             mem.since_snapshot = 0
 

@@ -26,9 +26,12 @@ class Events(StoreBase):
         a question reads the gaps of its window, not every outage of the stream). Streams stored before the
         index existed: the newest `cap` gaps, filtered."""
         k = self._k(sid, "gapz")
-        raw = self.r.zrangebyscore(k, f"({lo}", "+inf", start=0, num=cap)
-        if not raw and not self.r.exists(k):
-            raw = self.r.lrange(self._k(sid, "gaps"), -cap, -1)
+        pipe = self.r.pipeline(transaction=False)  # one round trip, whichever applies
+        pipe.zrangebyscore(k, f"({lo}", "+inf", start=0, num=cap)
+        pipe.exists(k)
+        pipe.lrange(self._k(sid, "gaps"), -cap, -1)
+        by_end, indexed, newest = pipe.execute()
+        raw = by_end if indexed else newest
         return [g for g in map(Gap.from_json, raw) if g.overlaps(lo, hi)]
 
     def event(self, sid: str, kind: str, **fields) -> None:
