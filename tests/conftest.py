@@ -93,8 +93,17 @@ def bikes(media_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bikes_ts(media_dir, bikes) -> Path:
+    """The real bikes.mp4 remuxed (no re-encoding) into MPEG-TS, as a camera would push it."""
+    import subprocess
+
+    return media.shared_file(media_dir / "bikes.ts", lambda tmp: subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-i", str(bikes), "-c", "copy", "-an", "-f", "mpegts", str(tmp)], check=True))
+
+
+@pytest.fixture(scope="session")
 def pattern_video(media_dir) -> Path:
-    return media.synthetic_video(media_dir / "pattern-12s.mp4", seconds=12, fps=10, scenes=3)
+    return media.shared_synthetic_video(media_dir / "pattern-12s.mp4", seconds=12, fps=10, scenes=3)
 
 
 class _Servers:

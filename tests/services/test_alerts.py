@@ -302,7 +302,7 @@ def dock_footage():
 @pytest.fixture(scope="module")
 def cut_burst(media_dir):
     """The test pattern: 10 scenes in 40 s (a cut every 4 s, 15 a minute)."""
-    return media.synthetic_video(media_dir / "pattern-40s-10scenes.mp4", seconds=40, fps=10, scenes=10)
+    return media.shared_synthetic_video(media_dir / "pattern-40s-10scenes.mp4", seconds=40, fps=10, scenes=10)
 
 
 @pytest.mark.timeout(420)

@@ -109,7 +109,7 @@ def test_a_cancelled_answer_stops_at_the_next_token(make_server, pattern_video, 
 def test_ingest_keeps_storing_chunks_while_an_answer_streams(make_server, media_dir):
     """The answer holds the model lock one decoding step at a time: an ingest started before it stores chunks
     between the answer's first and last message."""
-    video = media.synthetic_video(media_dir / "pattern-600s.mp4", seconds=600, fps=4, scenes=6)
+    video = media.shared_synthetic_video(media_dir / "pattern-600s.mp4", seconds=600, fps=4, scenes=6)
     srv, addr = make_server(max_new_tokens_cap=512)
     with Client(addr) as c:
         sid = c.start(str(video), fps=FPS, clip_frames=CLIP).stream_id

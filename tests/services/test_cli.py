@@ -147,12 +147,9 @@ def test_private_redis_goes_with_the_server(cache_dir, sig):
             proc.wait()
 
 
-def test_push_and_watch_commands(serve_process, media_dir, bikes):
+def test_push_and_watch_commands(serve_process, media_dir, bikes_ts):
     addr, env = serve_process
-    ts = media_dir / "bikes.ts"
-    if not ts.exists():
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(bikes), "-c", "copy", "-an", "-f", "mpegts", str(ts)],
-                       check=True)
+    ts = bikes_ts
     push = run(["push", str(ts), "--fps", "2", "--json", "--server", addr], env)
     assert push.returncode == 0, push.stderr
     info = json.loads(push.stdout)

@@ -236,8 +236,7 @@ def test_ctrl_c_during_ingest_wait_says_the_stream_goes_on(make_server, cache_di
     from testkit import media
 
     video = media_dir / "pattern-90s.mp4"  # the same file test_redis_faults uses
-    if not video.exists():
-        media.synthetic_video(video, seconds=90, fps=10, scenes=6)
+    media.shared_synthetic_video(video, seconds=90, fps=10, scenes=6)
     _, addr = make_server()
     # 450 clips: the ingest runs for seconds, so Ctrl-C lands while the client waits (at 2 fps it could finish first)
     proc = subprocess.Popen([VIGIL, "ingest", str(video), "--fps", "10", "--clip-frames", "2", "--wait",

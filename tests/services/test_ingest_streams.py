@@ -22,16 +22,6 @@ from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, _free_port, env_for
 
 
-@pytest.fixture(scope="module")
-def bikes_ts(media_dir, bikes) -> Path:
-    """The real bikes.mp4 remuxed (no re-encoding) into MPEG-TS, as a camera would push it."""
-    out = media_dir / "bikes.ts"
-    if not out.exists():
-        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(bikes), "-c", "copy", "-an", "-f", "mpegts",
-                        str(out)], check=True)
-    return out
-
-
 def chunks_of(redis_url: str, ns: str, sid: str) -> list[dict]:
     """Every stored chunk: its metadata and KV blob, read straight from Redis."""
     import json
@@ -162,7 +152,7 @@ def test_kill_9_mid_ingest_resumes_with_exactly_the_chunks_of_an_uninterrupted_r
     video = media_dir / "pattern-90s.mp4"
     from testkit import media
 
-    media.synthetic_video(video, seconds=90, fps=10, scenes=6) if not video.exists() else None
+    media.shared_synthetic_video(video, seconds=90, fps=10, scenes=6)
     port = _free_port()
     addr = f"127.0.0.1:{port}"
     # a working-memory snapshot every 8 chunks: the kill lands after one, with chunks stored after it whose

@@ -168,8 +168,7 @@ def test_ingest_waits_for_a_stalled_store_are_counted(make_server, media_dir):
     from testkit import media
 
     video = media_dir / "pattern-90s.mp4"  # the same file test_redis_faults uses
-    if not video.exists():
-        media.synthetic_video(video, seconds=90, fps=10, scenes=6)
+    media.shared_synthetic_video(video, seconds=90, fps=10, scenes=6)
     redis_server = EmbeddedRedis().start()
     try:
         srv, addr = make_server(http_port=-1, redis_url=redis_server.url, redis_timeout_s=0.5)

@@ -35,8 +35,7 @@ def long_video(media_dir) -> Path:
     from testkit import media
 
     video = media_dir / "pattern-90s.mp4"
-    if not video.exists():
-        media.synthetic_video(video, seconds=90, fps=10, scenes=6)
+    media.shared_synthetic_video(video, seconds=90, fps=10, scenes=6)
     return video
 
 

@@ -10,7 +10,6 @@ import torch
 
 from services.client import Client, state_name
 from tests.conftest import wait_done, wait_for
-from tests.services.test_ingest_streams import bikes_ts  # noqa: F401  (fixture)
 
 QUESTION = "What moves across the scene?"
 

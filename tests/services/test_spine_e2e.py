@@ -176,7 +176,7 @@ def test_stop_mid_ingest_keeps_chunks_and_leaves_no_thread(make_server, media_di
 
     from testkit import media
 
-    long_video = media.synthetic_video(media_dir / "pattern-90s.mp4", seconds=90, fps=10, scenes=6)
+    long_video = media.shared_synthetic_video(media_dir / "pattern-90s.mp4", seconds=90, fps=10, scenes=6)
     _, addr = make_server()
     with Client(addr) as c:
         sid = c.start(str(long_video), fps=10, clip_frames=4).stream_id  # 225 clips: seconds of work

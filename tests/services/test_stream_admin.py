@@ -19,7 +19,6 @@ from services.client import Client, state_name
 from services.wire import ingest_pb2
 from tests.conftest import wait_done
 from tests.services.test_cli import VIGIL, env_for
-from tests.services.test_ingest_streams import bikes_ts  # noqa: F401  (fixture)
 
 SLICE = 32 * 1024
 
