@@ -8,6 +8,8 @@ with the family's vision special tokens added (Qwen-VL's `<|vision_start|>`..., 
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -51,11 +53,13 @@ def tiny_tokenizer(cache_dir: Path, family: str = "qwen2_5_vl"):
     gguf = _smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok.add_special_tokens({"additional_special_tokens": tokens})
-    tmp = target.with_name(target.name + ".tmp")
-    tok.save_pretrained(str(tmp))
     target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        tmp.rename(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))  # this process's own
+    tok.save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)  # atomic; another process that got there first keeps its identical copy
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 
