@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
                                    "file) so a restarted server resumes its streams; unset: memory lasts one run")
+    redis_fsync: Literal["always", "everysec"] = Field(
+        "always", description="private redis-server only: its append-only file's fsync policy. always: a chunk "
+        "is on disk before Redis acknowledges it; everysec: faster, and a Redis killed while an fsync is slow loses "
+        "the last second or two of acknowledged writes (the worker sends its last 16 chunks again; older ones fail "
+        "the stream)")
     namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every Redis key; "
                            "servers of one namespace share its streams")
     media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(

@@ -33,7 +33,8 @@ def _die_with_parent(args: list[str]) -> list[str]:
 class EmbeddedRedis:
     """Lives as long as its owner: stopped by stop(), and killed by the kernel if the owner dies."""
 
-    def __init__(self, binary: str | None = None, data_dir: Path | None = None) -> None:
+    def __init__(self, binary: str | None = None, data_dir: Path | None = None, fsync: str = "always") -> None:
+        self.fsync = fsync  # the append-only file's fsync policy (Settings.redis_fsync)
         self.binary = binary or shutil.which("redis-server")
         if not self.binary:
             raise RuntimeError(
@@ -64,10 +65,11 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout_s: float = 10.0) -> "EmbeddedRedis":
-        # appendonly always: what Redis acknowledged is in the file before the reply (fsync each second only
-        # matters when the machine itself dies), so a restarted Redis has every chunk a worker was told is stored
+        # the append-only file, fsynced before each reply by default ("always"): with "everysec" Redis replies
+        # before writing when the previous second's fsync is still running (up to 2 s of acknowledged writes
+        # live only in its memory), so a SIGKILL then loses chunks a worker was told were stored
         args = [self.binary, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+                "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync,
                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
         self.socket.unlink(missing_ok=True)  # left behind by a killed server
         self.proc = subprocess.Popen(_die_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

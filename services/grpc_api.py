@@ -34,6 +34,7 @@ EVENT_KINDS = {
 TERMINAL = tuple(s for s in StreamState if s.terminal)
 WINDOW_SOURCES = {w: qa_pb2.WindowSource.Value(f"WINDOW_SOURCE_{w.name}") for w in qa.WindowSource}
 MAX_GAPS_SHOWN = 100
+_LOST_SAID: dict[str, int] = {}  # stream id -> the missing-chunk count last logged (services log it once)
 PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 
 
@@ -97,7 +98,7 @@ def rpc_stream(fn):
     return wrapper
 
 
-def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInfo:
+def stream_info(rec: StreamRecord, gaps: list[Gap] = (), missing: int = 0) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=redact_source(rec.source), state=STATES.get(rec.state, 0),  # records stored
@@ -109,7 +110,7 @@ def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInf
         kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
         gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_wire.to_proto(rec.memory),
         chunk_bytes=rec.chunk_bytes, working_memory_bytes=rec.working_bytes, working_memory_tokens=rec.working_used,
-        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted,
+        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted, missing_chunks=missing,
     )
 
 
@@ -125,7 +126,12 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _info(self, sid: str) -> ingest_pb2.StreamInfo:
         rec = self.rt.store.get_stream(sid)
-        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN))
+        missing = rec.missing(self.rt.store.stored_chunks(sid))
+        if missing and _LOST_SAID.get(sid) != missing:  # once per stream and count, not on every describe
+            _LOST_SAID[sid] = missing
+            log.warning("stream %s: the store holds %d chunks fewer than the %d it acknowledged (lost by Redis)",
+                        sid, missing, rec.chunks - rec.deleted - rec.merged_away)
+        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN), missing)
 
     @rpc
     async def StartStream(self, request, context):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from encoders.describe import StreamMemo
 from memory.delta import working_write
 from memory.layout import TokenSet
 from memory.retention import Retention
-from memory.store import Checkpoint, ChunkRecord, IngestProgress, LeaseLost, SourceKind, StreamRecord, StreamState
+from memory.store import (Checkpoint, ChunkGap, ChunkRecord, ChunkWrite, IngestProgress, LeaseLost, SourceKind,
+                          StreamRecord, StreamState)
 from memory.working import WorkingState, absorb, context, step
 from services import alerts
 from services.config import Reader
@@ -46,6 +48,14 @@ log = logging.getLogger("vigil.ingest")
 STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)  # Redis unreachable, stalled or loading: wait, then resend
 STORE_FULL = redis.exceptions.OutOfMemoryError  # Redis at maxmemory (noeviction): wait for room, then resend
 STORE_BACKOFF_CAP_S = 5.0
+# chunk writes kept for sending again: a Redis that acknowledged writes and then lost them (restarted from an
+# RDB snapshot, an append-only file fsynced every second whose write was postponed, a replica promoted before it
+# had them) is behind the worker by at most a few seconds of chunks; past this window the stream fails, loudly
+RESEND_CHUNKS = 16
+
+
+class StoreLostChunks(RuntimeError):
+    """The store lost chunks it had acknowledged, more than the worker still holds to send again."""
 
 
 class _Memory:
@@ -135,6 +145,7 @@ class StreamWorker:
         self.describe_memo = StreamMemo()  # the frame index reads a frame again only once it changed
         self._describer: ThreadPoolExecutor | None = None  # the frame index's thread (started on first use)
         self._decoding = False  # once the decode thread runs, it closes plan.file
+        self._sent: deque[ChunkWrite] = deque(maxlen=RESEND_CHUNKS)  # the last chunk writes, to send again
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
 
     # ---- decode side (its own thread) -------------------------------------------------------
@@ -255,6 +266,9 @@ class StreamWorker:
                 self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short
             except (LeaseLost, Released):
                 raise
+            except StoreLostChunks as exc:  # the store's fault, said as such (not an internal error)
+                log.error("stream %s failed: %s", sid, exc)
+                self._state(StreamState.FAILED, error=str(exc))
             except Exception as exc:  # recorded, never silent: the stream shows it and the log has the trace
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 if aborted is None:
@@ -404,16 +418,42 @@ class StreamWorker:
         working = working_write(mem.state, done.state, mem.since_snapshot, rt.settings.working_snapshot_chunks,
                                 rt.settings.working_deltas)
         snapshot = isinstance(working, WorkingState)
-        self._durable(rt.store.put_chunk, sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]),
-                      self.frames_total, fence=self.fence, dense=dict(desc.vectors) if desc else None,
-                      working=working, int8=self.memory.kv_int8, checkpoint=checkpoint,
-                      detector_state=d.detector if d else b"", progress=IngestProgress(self.queue.dropped, lag),
-                      counters=done.state)
+        self._put_chunk(rt.store.prepare_chunk(
+            sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
+            fence=self.fence, dense=dict(desc.vectors) if desc else None, working=working, int8=self.memory.kv_int8,
+            checkpoint=checkpoint, detector_state=d.detector if d else b"",
+            progress=IngestProgress(self.queue.dropped, lag), counters=done.state))
         mem.since_snapshot = 0 if snapshot else mem.since_snapshot + 1
         mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from
         rt.resident.publish(sid, mem.prefix, done.state, clip.index)
         self.alerts.on_chunk(record, desc.vectors if desc else None)
         self._durable(rt.store.enforce_retention, sid, Retention.of(self.memory), fence=self.fence)
+
+    def _put_chunk(self, w: ChunkWrite) -> None:
+        """Store a chunk. When the store says it skips the next id (the store lost chunks it had acknowledged:
+        a Redis restarted from an older snapshot or a lost append-only write, a replica promoted before it had
+        them), the lost ones still held here are sent again in order, then this one; StoreLostChunks when they
+        are not held any more."""
+        store, sid = self.rt.store, self.rec.stream_id
+        try:
+            self._durable(store.send_chunk, w)
+        except ChunkGap as exc:
+            ck = self._durable(store.checkpoint, sid)
+            have = ck[0].next_clip if ck else 0
+            held = {s.chunk_id: s for s in self._sent}
+            lost = list(range(have, w.chunk_id))
+            if not lost or any(c not in held for c in lost):
+                raise StoreLostChunks(
+                    f"the store lost chunks {have}..{w.chunk_id - 1} after acknowledging them (see Redis "
+                    f"persistence in docs/operations.md); this worker keeps only the last {RESEND_CHUNKS} to send "
+                    "again") from exc
+            log.warning("stream %s: the store lost chunks %d..%d after acknowledging them (its persistence); "
+                        "sending them again", sid, have, w.chunk_id - 1)
+            self.rt.metrics.store_error("ingest")
+            for cid in lost:
+                self._durable(store.send_chunk, held[cid])
+            self._durable(store.send_chunk, w)
+        self._sent.append(w)
 
 
 def resume_point(checkpoint: tuple[Checkpoint, bytes] | None) -> Resume | None:

@@ -106,7 +106,7 @@ class VigilServer:
         adapter = self._adapter or await asyncio.to_thread(load_adapter, s.model, s.cache_dir)
         url = s.redis_url
         if url is None:
-            self.redis = EmbeddedRedis(data_dir=s.redis_dir).start()
+            self.redis = EmbeddedRedis(data_dir=s.redis_dir, fsync=s.redis_fsync).start()
             self.redis.supervise()  # restarted (from its append-only file) if it dies
             url = self.redis.url
             log.info("started a private redis-server at %s", url)

@@ -42,12 +42,12 @@ from memory.store.chunks import Chunks
 from memory.store.events import Events
 from memory.store.keys import EVENTS_MAXLEN, STREAM_ID
 from memory.store.leases import LeaseLost, Leases
-from memory.store.chunks import ChunkGap
+from memory.store.chunks import ChunkGap, ChunkWrite
 from memory.store.records import (ACTIVE, TERMINAL, Checkpoint, ChunkEncoding, ChunkRecord, Gap, IndexRow,
                                   IngestProgress, SourceKind, StreamRecord, StreamState, WorkingLoad)
 from memory.store.streams import Streams
 
-__all__ = ["ACTIVE", "TERMINAL", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkEncoding", "ChunkGap", "ChunkRecord",
+__all__ = ["ACTIVE", "TERMINAL", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "ChunkEncoding", "ChunkGap", "ChunkRecord", "ChunkWrite",
            "Gap", "IndexRow", "IngestProgress", "LeaseLost", "MemoryStore", "SourceKind", "StreamRecord", "StreamState",
            "WorkingLoad"]
 

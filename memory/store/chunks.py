@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import redis
@@ -42,6 +42,20 @@ def _wm_version(field: bytes | None, chunks: bytes | None) -> int:
     if field is not None:
         return int(field)
     return int(json.loads(chunks)) - 1 if chunks is not None else -1
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    """One chunk's PUT_CHUNK call, serialized: its keys and arguments (bytes and strings on the host)."""
+    stream_id: str
+    chunk_id: int
+    size: int  # the chunk's bytes
+    keys: list[str]
+    args: list
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(a) for a in self.args if isinstance(a, (bytes, str)))
 
 
 class ChunkGap(RuntimeError):
@@ -82,14 +96,26 @@ class Chunks(StoreBase):
                   working: WorkingState | WorkingDelta | None = None, int8: bool = False,
                   checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
                   progress: IngestProgress | None = None, counters: WorkingState | None = None) -> int:
-        """Store one chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
+        """Store one chunk: `send_chunk(prepare_chunk(...))`. Returns the chunk's bytes."""
+        return self.send_chunk(self.prepare_chunk(sid, chunk, payload, keys, keyframe_jpeg, frames_total, fence=fence,
+                                                  dense=dense, working=working, int8=int8, checkpoint=checkpoint,
+                                                  detector_state=detector_state, progress=progress,
+                                                  counters=counters))
+
+    def prepare_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
+                      keyframe_jpeg: bytes, frames_total: int, *, fence: str,
+                      dense: dict[Signal, np.ndarray] | None = None,
+                      working: WorkingState | WorkingDelta | None = None, int8: bool = False,
+                      checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
+                      progress: IngestProgress | None = None, counters: WorkingState | None = None) -> ChunkWrite:
+        """One chunk's write, serialized (host bytes only: a worker may keep it to send again): the chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
         the working memory with it (`working`: a whole WorkingState is a new snapshot, kept with this chunk's
         checkpoint, and empties the delta log; a WorkingDelta from the previous chunk's memory is appended to
         the log; None: the memory is not stored with this chunk), advance the stream's counters (`counters`: the
         working memory after the chunk, whose positions and serials are recorded; default `working`) and move
         its resume checkpoint, in one atomic step that also proves the writer holds the stream's lease
         (`fence`, its token; LeaseLost if not). The chunk id must be the next one (ChunkGap if it skips one);
-        sent again after a lost reply, a chunk already stored is not stored twice. Returns the chunk's bytes."""
+        sent again after a lost reply, a chunk already stored is not stored twice."""
         blob = self.encode_payload(payload, int8)
         vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
         extra = {"keys": _npy(keys.tokens.astype(np.float16))}
@@ -123,17 +149,24 @@ class Chunks(StoreBase):
                 ckpt.to_json(), detector_state, EVENTS_MAXLEN, now,
                 len(chunk_fields), *[x for kv in chunk_fields.items() for x in kv],
                 len(fields), *[x for kv in fields.items() for x in kv]]
-        got = self._put_chunk(keys=[self._k(sid, "lease"), self._k(sid, "ckpt"), self._chunk_key(sid, chunk.chunk_id),
-                                    self._k(sid, "chunks"), self._k(sid, "meta"), self._k(sid, "wm"),
-                                    self._k(sid, "events"), self._k(sid, "wmlog")], args=args)
+        return ChunkWrite(sid, chunk.chunk_id, size, [self._k(sid, "lease"), self._k(sid, "ckpt"),
+                                                      self._chunk_key(sid, chunk.chunk_id), self._k(sid, "chunks"),
+                                                      self._k(sid, "meta"), self._k(sid, "wm"),
+                                                      self._k(sid, "events"), self._k(sid, "wmlog")], args)
+
+    def send_chunk(self, w: ChunkWrite) -> int:
+        """Send a prepared chunk write (again, after a lost reply or a store that lost it: idempotent). Returns
+        the chunk's bytes. LeaseLost: another worker owns the stream; ChunkGap: the id is not the next one."""
+        got = self._put_chunk(keys=w.keys, args=w.args)
         if got == -1:
-            raise LeaseLost(f"stream {sid}: the lease is no longer this worker's; chunk {chunk.chunk_id} not stored")
+            raise LeaseLost(f"stream {w.stream_id}: the lease is no longer this worker's; chunk {w.chunk_id} not "
+                            "stored")
         if got == -2:
-            raise ChunkGap(f"stream {sid}: chunk {chunk.chunk_id} skips the next chunk id; not stored")
+            raise ChunkGap(f"stream {w.stream_id}: chunk {w.chunk_id} skips the next chunk id; not stored")
         if got == -3:
-            raise ChunkGap(f"stream {sid}: the working-memory delta of chunk {chunk.chunk_id} does not follow the "
-                           "stored memory; not stored")
-        return size
+            raise ChunkGap(f"stream {w.stream_id}: the working-memory delta of chunk {w.chunk_id} does not follow "
+                           "the stored memory; not stored")
+        return w.size
 
     def _working_blob(self, working: WorkingState, chunk_id: int) -> bytes:
         """A snapshot (its chunk id lives in the stream's meta, so equal memories make equal blobs)."""
@@ -322,9 +355,14 @@ class Chunks(StoreBase):
             pipe.hincrby(self._k(sid, "meta"), "bytes", size - old)
             pipe.hincrby(self._k(sid, "meta"), "chunk_bytes", size - old)
             pipe.hincrby(self._k(sid, "meta"), "consolidated", 1)
+            pipe.hincrby(self._k(sid, "meta"), "merged_away", len(ids) - 1)
             pipe.hincrby(self._k(sid, "meta"), "epoch", 1)
             self._event(pipe, sid, "retention", message=f"merged chunks {ids} into level {rec.level}")
         return rec
+
+    def stored_chunks(self, sid: str) -> int:
+        """How many chunks the store holds for the stream now."""
+        return int(self.r.zcard(self._k(sid, "chunks")))
 
     def checkpoint(self, sid: str) -> tuple[Checkpoint, bytes] | None:
         """(checkpoint, detector state) written with the last stored chunk, or None before the first."""

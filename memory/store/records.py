@@ -102,8 +102,17 @@ class StreamRecord:
     wm_snapshot_version: int = -1  # the chunk id of its snapshot
     working_used: int = 0  # tokens per layer in the working memory
     consolidated: int = 0  # merges done by retention
+    merged_away: int = 0  # chunks retention's merges removed (a merge of n chunks keeps 1)
     deleted: int = 0  # chunks deleted by retention
     epoch: int = 0  # bumped when retention rewrites chunks (search indexes rebuild)
+
+    def missing(self, stored: int) -> int:
+        """Chunk ids below `chunks` whose chunk the store does not hold, given how many it holds (`stored`):
+        0 normally; more when a store lost chunks it had acknowledged. Streams merged by retention before
+        `merged_away` was counted cannot tell (0)."""
+        if self.consolidated and not self.merged_away:
+            return 0
+        return max(0, self.chunks - self.deleted - self.merged_away - stored)
 
     def __post_init__(self) -> None:
         self.state = StreamState(self.state)

@@ -275,3 +275,118 @@ def test_a_full_redis_makes_streams_wait_and_writes_refused_then_both_go_on(make
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def _kill_embedded_at_random_points(tiny_adapter, media_dir, cache_dir, namespace, video: Path, rng, kills: int
+                                    ) -> None:
+    """One ingest of `video` by a server with its private Redis, SIGKILLed `kills` times at random moments (after a
+    random number of stored chunks, then a random fraction of a second); the stream ends with exactly the chunks
+    of an uninterrupted run, none missing."""
+    from encoders.describe import DescriberOptions
+    from services.config import Settings
+    from services.server import VigilServer
+
+    s = Settings(host="127.0.0.1", port=0, redis_url=None, namespace=namespace, media_roots=(str(media_dir),),
+                 cache_dir=cache_dir / "vigil", http_port=0, frames=DescriberOptions(enabled=False))
+    srv = VigilServer(s, adapter=tiny_adapter, describer=None)
+    addr = f"127.0.0.1:{srv.start_in_thread()}"
+    try:
+        url = srv.redis.url
+        with Client(addr) as c:
+            sid = c.start(str(video), fps=2, clip_frames=4).stream_id
+        at = sorted(rng.sample(range(2, 40), kills))  # chunk counts after which Redis dies
+        for n, after in enumerate(at, 1):
+            _until(lambda: _chunks(url, namespace, sid) >= after, 120, f"{after} chunks stored")
+            time.sleep(rng.uniform(0, 0.4))  # anywhere within a chunk's write cycle
+            pid = srv.redis.proc.pid
+            os.kill(pid, signal.SIGKILL)
+            _until(lambda: srv.redis.restarts == n and srv.redis.proc.pid != pid, 30, "the embedded Redis restarted")
+        _finish_and_compare(addr, url, namespace, sid, video, tiny_adapter)
+        with Client(addr) as c:
+            assert c.describe(sid).missing_chunks == 0
+    finally:
+        srv.stop_thread()
+
+
+@pytest.mark.timeout(300)
+def test_embedded_redis_killed_at_random_points_loses_no_chunk(tiny_adapter, media_dir, cache_dir, namespace,
+                                                               long_video):
+    import random
+
+    _kill_embedded_at_random_points(tiny_adapter, media_dir, cache_dir, namespace, long_video, random.Random(), 3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3000)
+@pytest.mark.parametrize("run", range(7))
+def test_embedded_redis_killed_at_random_points_many_times(tiny_adapter, media_dir, cache_dir, namespace,
+                                                           long_video, run):
+    """21 kills over 7 ingests (`pytest -m slow`)."""
+    import random
+
+    _kill_embedded_at_random_points(tiny_adapter, media_dir, cache_dir, namespace, long_video, random.Random(run), 3)
+
+
+@pytest.mark.timeout(300)
+def test_chunks_a_redis_lost_after_acknowledging_them_are_sent_again(make_server, tiny_adapter, tmp_path,
+                                                                     long_video):
+    """A Redis that keeps only RDB snapshots (no append-only file), killed after acknowledging chunks it had not
+    saved, comes back without them: a real loss of acknowledged writes (a promoted replica that had not got
+    them loses the same). The worker's next chunk is refused as a gap; it sends the lost chunks again from the
+    ones it keeps, and the stream ends with exactly the chunks of an uninterrupted run."""
+    port = _free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")]
+    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _until(lambda: _ping(url), 20, "the external redis-server answers")
+        srv, addr = make_server(redis_url=url)
+        ns = srv.settings.namespace
+        with Client(addr) as c:
+            sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
+        _until(lambda: _chunks(url, ns, sid) >= 4, 120, "4 chunks stored")
+        r = redis.Redis.from_url(url)
+        r.client_pause(5000, all=False)  # writes wait while the snapshot the restart loads is taken and counted
+        try:
+            saved = r.zcard(f"{ns}:s:{{{sid}}}:chunks")
+            r.save()
+        finally:
+            r.client_unpause()
+        assert saved >= 4
+        _until(lambda: _chunks(url, ns, sid) >= saved + 3, 120, "3 more chunks acknowledged after the snapshot")
+        procs[-1].kill()
+        procs[-1].wait(10)
+        lost = _chunks_in_snapshot(tmp_path, ns, sid)
+        assert lost == saved  # what the restart loads: the chunks acknowledged after the snapshot are not in it
+        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _until(lambda: _ping(url), 20, "the restarted redis-server answers")
+        # without sending them again the next chunk is refused as a gap and the stream fails: this compares a
+        # finished stream with the uninterrupted run, chunk for chunk
+        _finish_and_compare(addr, url, ns, sid, long_video, tiny_adapter)
+        with Client(addr) as c:
+            assert c.describe(sid).missing_chunks == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+
+def _chunks_in_snapshot(folder: Path, ns: str, sid: str) -> int:
+    """The stream's chunk count in `folder`'s dump.rdb, read by a redis-server of its own on another port."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(folder / "dump.rdb", Path(tmp) / "dump.rdb")
+        port = _free_port()
+        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            _until(lambda: _ping(url), 20, "the snapshot's redis-server answers")
+            return _chunks(url, ns, sid)
+        finally:
+            p.kill()
+            p.wait(10)
