@@ -19,7 +19,9 @@ the image-text model's text tower for "image". `describe` is the hot path: model
 Which frames: `ocr_frames` (and `label_frames`, for labels and the image vector) frames of those
 given, evenly spread (1 -> the `keyframe` the caller names, else the middle one). Lines read in several frames are kept once, in reading
 order, and the chunk's text confidence is the lowest of its lines'. Label probabilities are averaged
-over the label frames; image vectors are averaged and normalised again.
+over the label frames; image vectors are averaged and normalised again. When the text was read in a frame
+other than the keyframe and the keyframe does not show it, `text_frame` names that frame (the caller stores it as
+the chunk's text frame, so the evidence shown has the text that was found).
 
 Threads: ONNX Runtime (OCR) uses `threads` intra-op threads and never spin-waits. Torch's thread pool
 is process-wide (shared with the main model), so it is left alone unless `torch_threads` is set, in
@@ -37,7 +39,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from encoders.ocr import FrameText, merge_lines
+from encoders.ocr import FrameText, line_key, merge_lines
 from encoders.signals import FRAME_INDEX, Signal
 
 log = logging.getLogger("vigil.frames")
@@ -50,7 +52,7 @@ _LONG_RUN = re.compile(r"[^\W\d_]{6,}")
 _MAX_WORD = 24
 
 __all__ = ["FrameText", "FrameDescription", "DescriberOptions", "StreamMemo",
-           "FrameDescriber", "load_describer", "label_sentence", "search_text", "split_run_together"]
+           "FrameDescriber", "load_describer", "label_sentence", "search_text", "split_run_together", "text_frame_of"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +63,10 @@ class FrameDescription:
     text_confidence: the lowest confidence of those lines (0.0 if none);
     labels: up to `top_labels` (ImageNet class, probability), most probable first;
     vectors: signal name -> unit float32 vector, only for the signals that found something;
-    lines: the text lines themselves (frame index among the frames given, box in frame pixels).
+    lines: the text lines themselves (frame index among the frames given, box in frame pixels);
+    text_frame: the index (among the frames given) of the frame to show for the text when the keyframe does not
+    show it: the read frame where most of the lines were read (`text_frame_of`); None: no text, or the keyframe
+    shows it.
     """
 
     text: str
@@ -69,6 +74,7 @@ class FrameDescription:
     labels: tuple[tuple[str, float], ...]
     vectors: dict[Signal, np.ndarray]
     lines: tuple[FrameText, ...] = ()
+    text_frame: int | None = None
 
     def __repr__(self) -> str:
         dims = {k: v.shape[0] for k, v in self.vectors.items()}
@@ -169,6 +175,36 @@ def pick(n: int, k: int) -> list[int]:
     return sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)})
 
 
+TEXT_SAME_LEVELS = 12.0  # a text box whose pixels differ by at most this mean (grey levels) shows the same text
+
+
+def shows_lines(frame: np.ndarray, other: np.ndarray, lines: list[FrameText],
+                levels: float = TEXT_SAME_LEVELS) -> bool:
+    """Whether `frame` shows the text `lines` read in `other` (same size): every line's box has a mean absolute
+    grey-level difference of at most `levels` between the two frames."""
+    if frame.shape != other.shape:
+        return False
+    for ln in lines:
+        x0, y0, x1, y1 = (max(0, int(v)) for v in ln.box)
+        a, b = frame[y0:y1, x0:x1], other[y0:y1, x0:x1]
+        if a.size == 0 or float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean()) > levels:
+            return False
+    return True
+
+
+def text_frame_of(frames: list[np.ndarray], reads: dict[int, list[FrameText]], keyframe: int) -> int | None:
+    """The frame to show for the text read in `reads` (frame index -> its lines), when the keyframe does not show
+    it: the read frame where the most distinct lines were read (ties: the earliest); None when nothing was read,
+    the keyframe is that frame (or read as many), or its text boxes look the same in the keyframe."""
+    counts = {i: len({line_key(ln.text) for ln in found} - {""}) for i, found in reads.items()}
+    best = max(counts, key=lambda i: (counts[i], -i), default=None)
+    if best is None or counts[best] == 0 or best == keyframe or counts.get(keyframe, -1) >= counts[best]:
+        return None
+    if shows_lines(frames[keyframe], frames[best], reads[best]):
+        return None
+    return best
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))
@@ -251,8 +287,12 @@ class FrameDescriber:
 
         lines: tuple[FrameText, ...] = ()
         labels: tuple[tuple[str, float], ...] = ()
+        text_frame = None
         if self._ocr is not None:
-            lines = merge_lines([self._read(frames[i], i, memo) for i in which(opts.ocr_frames)])
+            reads = {i: self._read(frames[i], i, memo) for i in which(opts.ocr_frames)}
+            lines = merge_lines(list(reads.values()))
+            key = keyframe if keyframe is not None else pick(len(frames), 1)[0]
+            text_frame = text_frame_of(frames, reads, key)
         view = [frames[i] for i in which(opts.label_frames)]
         view_blocks = block_means(view[0]) if memo is not None and len(view) == 1 else None
         reuse = memo is not None and view_blocks is not None and memo.same(memo.label_blocks, view_blocks,
@@ -276,7 +316,7 @@ class FrameDescriber:
         if memo is not None and view_blocks is not None and not reuse:
             memo.label_blocks, memo.labels, memo.image = view_blocks, labels, vectors.get(Signal.IMAGE)
         confidence = min((ln.confidence for ln in lines), default=0.0)
-        return FrameDescription(text, float(confidence), labels, vectors, lines)
+        return FrameDescription(text, float(confidence), labels, vectors, lines, text_frame)
 
     def _read(self, frame: np.ndarray, i: int, memo: StreamMemo | None) -> list[FrameText]:
         """The text lines of one frame: read, or (unchanged since the stream's last read frame) that reading."""

@@ -296,7 +296,7 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
     @staticmethod
     def _evidence(hits, keyframes, ranks) -> list:
         return [qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
-                                score=h.score, keyframe_s=h.chunk.keyframe_s, keyframe_jpeg=jpg, rank=rank,
+                                score=h.score, keyframe_s=qa.evidence_frame_s(h), keyframe_jpeg=jpg, rank=rank,
                                 on_screen_text=h.chunk.text, labels=h.chunk.labels,
                                 signals=[qa_pb2.SignalScore(signal=x.name, rank=x.rank, score=x.score)
                                          for x in h.signals])

@@ -399,6 +399,7 @@ class StreamWorker:
             rt.resident.publish(sid, mem.prefix, done.state, clip.index)
             return
         desc = described.result() if described is not None else None
+        text_jpeg, text_s = text_frame(clip, desc)
         self.frames_total += len(clip.frames)
         record = ChunkRecord(
             chunk_id=clip.index, start_s=clip.start_s, end_s=clip.end_s, frames=len(clip.frames),
@@ -406,7 +407,7 @@ class StreamWorker:
             wall_end=clip.wall_end, cuts=clip.cuts, novelty=novelty, redundant=clip.redundant,
             static=round(clip.static, 4), span_start=done.span[0], span_end=done.span[1],
             text=" | ".join(desc.text.splitlines()) if desc else "",
-            labels=", ".join(f"{name} ({p:.2f})" for name, p in desc.labels) if desc else "",
+            labels=", ".join(f"{name} ({p:.2f})" for name, p in desc.labels) if desc else "", text_frame_s=text_s,
         )
         d = clip.checkpoint
         checkpoint = Checkpoint(next_clip=clip.index + 1, after_s=clip.times[-1], frames_total=self.frames_total,
@@ -422,7 +423,7 @@ class StreamWorker:
             sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
             fence=self.fence, dense=dict(desc.vectors) if desc else None, working=working, int8=self.memory.kv_int8,
             checkpoint=checkpoint, detector_state=d.detector if d else b"",
-            progress=IngestProgress(self.queue.dropped, lag), counters=done.state))
+            progress=IngestProgress(self.queue.dropped, lag), counters=done.state, text_jpeg=text_jpeg))
         mem.since_snapshot = 0 if snapshot else mem.since_snapshot + 1
         mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from
         rt.resident.publish(sid, mem.prefix, done.state, clip.index)
@@ -454,6 +455,15 @@ class StreamWorker:
                 self._durable(store.send_chunk, held[cid])
             self._durable(store.send_chunk, w)
         self._sent.append(w)
+
+
+def text_frame(clip: Clip, desc) -> tuple[bytes, float | None]:
+    """(JPEG, media time) of the frame the clip's on-screen text was read in, when the keyframe does not show it
+    (`FrameDescription.text_frame`); (b"", None) otherwise: at most one extra JPEG a chunk, only for such text."""
+    i = desc.text_frame if desc is not None else None
+    if i is None or i == clip.keyframe:
+        return b"", None
+    return jpeg(clip.frames[i]), clip.times[i]
 
 
 def resume_point(checkpoint: tuple[Checkpoint, bytes] | None) -> Resume | None:

@@ -169,6 +169,17 @@ class Prepared:
     timings: tuple[tuple[str, float], ...] = ()  # (stage, ms) of the work before the first answer token
 
 
+def shows_text_frame(h: Hit) -> bool:
+    """Whether a hit's evidence shows the chunk's text frame rather than its keyframe: the on-screen text found it
+    and was read in a frame the keyframe does not match (stored as the chunk's text frame)."""
+    return h.chunk.text_frame_s is not None and any(x.name == Signal.OCR for x in h.signals)
+
+
+def evidence_frame_s(h: Hit) -> float:
+    """Media time of the frame a hit's evidence shows (`shows_text_frame`: the text frame, else the keyframe)."""
+    return h.chunk.text_frame_s if shows_text_frame(h) else h.chunk.keyframe_s
+
+
 def conversations(rt: Runtime) -> ConversationStore:
     return ConversationStore(rt.store.r, rt.store.ns, rt.settings.conversation_ttl_s)
 
@@ -228,7 +239,8 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
         ids = [h.chunk.chunk_id for h in hits]
         marks.append(("search", time.perf_counter()))
         try:  # the chunks (and their keyframes) in one round trip
-            payloads, keyframes = rt.store.chunk_payloads(sid, ids, keyframes=True)
+            text_ids = frozenset(h.chunk.chunk_id for h in hits if shows_text_frame(h))
+            payloads, keyframes = rt.store.chunk_payloads(sid, ids, keyframes=True, text_ids=text_ids)
             marks.append(("chunks read and decoded", time.perf_counter()))
             break
         except ChunksGone:

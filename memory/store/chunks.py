@@ -44,6 +44,9 @@ def _wm_version(field: bytes | None, chunks: bytes | None) -> int:
     return int(json.loads(chunks)) - 1 if chunks is not None else -1
 
 
+TEXT_JPEG = "jpeg:text"  # a chunk's text frame: where its on-screen text was read, when the keyframe lacks it
+
+
 @dataclass(frozen=True)
 class ChunkWrite:
     """One chunk's PUT_CHUNK call, serialized: its keys and arguments (bytes and strings on the host)."""
@@ -95,20 +98,25 @@ class Chunks(StoreBase):
                   keyframe_jpeg: bytes, frames_total: int, *, fence: str, dense: dict[Signal, np.ndarray] | None = None,
                   working: WorkingState | WorkingDelta | None = None, int8: bool = False,
                   checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
-                  progress: IngestProgress | None = None, counters: WorkingState | None = None) -> int:
+                  progress: IngestProgress | None = None, counters: WorkingState | None = None,
+                  text_jpeg: bytes = b"") -> int:
         """Store one chunk: `send_chunk(prepare_chunk(...))`. Returns the chunk's bytes."""
         return self.send_chunk(self.prepare_chunk(sid, chunk, payload, keys, keyframe_jpeg, frames_total, fence=fence,
                                                   dense=dense, working=working, int8=int8, checkpoint=checkpoint,
                                                   detector_state=detector_state, progress=progress,
-                                                  counters=counters))
+                                                  counters=counters, text_jpeg=text_jpeg))
 
     def prepare_chunk(self, sid: str, chunk: ChunkRecord, payload: TokenSet | FeatureSet, keys: BlockKeys,
                       keyframe_jpeg: bytes, frames_total: int, *, fence: str,
                       dense: dict[Signal, np.ndarray] | None = None,
                       working: WorkingState | WorkingDelta | None = None, int8: bool = False,
                       checkpoint: Checkpoint | None = None, detector_state: bytes = b"",
-                      progress: IngestProgress | None = None, counters: WorkingState | None = None) -> ChunkWrite:
-        """One chunk's write, serialized (host bytes only: a worker may keep it to send again): the chunk (payload, retrieval keys, frame-index vectors `dense`, keyframe) and what changed in
+                      progress: IngestProgress | None = None, counters: WorkingState | None = None,
+                      text_jpeg: bytes = b"") -> ChunkWrite:
+        """One chunk's write, serialized (host bytes only: a worker may keep it to send again): the chunk
+        (payload, retrieval keys, frame-index vectors `dense`, keyframe, and `text_jpeg`: the frame its on-screen
+        text was read in when the keyframe does not show it, at `chunk.text_frame_s`; at most one such JPEG a
+        chunk) and what changed in
         the working memory with it (`working`: a whole WorkingState is a new snapshot, kept with this chunk's
         checkpoint, and empties the delta log; a WorkingDelta from the previous chunk's memory is appended to
         the log; None: the memory is not stored with this chunk), advance the stream's counters (`counters`: the
@@ -119,6 +127,8 @@ class Chunks(StoreBase):
         blob = self.encode_payload(payload, int8)
         vec_bytes = np.asarray(keys.mean, dtype=np.float32).tobytes()
         extra = {"keys": _npy(keys.tokens.astype(np.float16))}
+        if text_jpeg:
+            extra[TEXT_JPEG] = text_jpeg
         for name, v in (dense or {}).items():
             if name not in FRAME_INDEX:  # the frame-index vectors a chunk may carry (`d:<signal>` fields)
                 raise ValueError(f"unknown frame-index signal {str(name)!r}; one of {tuple(map(str, FRAME_INDEX))}")
@@ -311,7 +321,7 @@ class Chunks(StoreBase):
     def _merge_chunks(self, sid: str, recs: list[ChunkRecord], fence: str) -> ChunkRecord:
         ids = [r.chunk_id for r in recs]
         pipe = self.r.pipeline(transaction=False)
-        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in FRAME_INDEX]
+        names = ["kv", "vec", "jpeg", "keys"] + [f"d:{n}" for n in FRAME_INDEX] + [TEXT_JPEG]
         for cid in ids:
             pipe.hmget(self._chunk_key(sid, cid), names)
         got = pipe.execute()
@@ -333,6 +343,9 @@ class Chunks(StoreBase):
             vs = [_from_npy(g[4 + j]) for g in got if g[4 + j] is not None]
             if vs:
                 extra[f"d:{name}"] = _npy(np.concatenate(vs))
+        text_part = next((i for i in [key, *range(len(recs))] if got[i][-1]), None)  # one text frame kept at most
+        if text_part is not None:
+            extra[TEXT_JPEG] = got[text_part][-1]
         size = len(blob) + len(vec) + len(jpeg_bytes) + sum(len(b) for b in extra.values())
         texts = list(dict.fromkeys(t for r in recs for t in r.text.split(" | ") if t))
         rec = ChunkRecord(
@@ -342,6 +355,7 @@ class Chunks(StoreBase):
             redundant=sum(r.redundant for r in recs), static=round(sum(r.static for r in recs) / len(recs), 4),
             span_start=recs[0].span_start, span_end=recs[-1].span_end, level=max(r.level for r in recs) + 1,
             format=recs[0].format, text=" | ".join(texts),
+            text_frame_s=recs[text_part].text_frame_s if text_part is not None else None,
             labels=", ".join(dict.fromkeys(x for r in recs for x in r.labels.split(", ") if x)),  # as d:labels
         )
         old = sum(r.bytes for r in recs)
@@ -402,14 +416,15 @@ class Chunks(StoreBase):
                                  {n: _from_npy(d) for n, d in zip(FRAME_INDEX, dense) if d is not None}))
         return rows
 
-    def chunk_payloads(self, sid: str, ids: list[int], keyframes: bool = False
+    def chunk_payloads(self, sid: str, ids: list[int], keyframes: bool = False, text_ids: frozenset[int] = frozenset()
                        ) -> list[TokenSet | FeatureSet] | tuple[list[TokenSet | FeatureSet], list[bytes]]:
         """The stored chunks (KV token sets or feature sets) of these ids, in the given order; with `keyframes`,
-        (chunks, their keyframe JPEGs), read in the same round trip."""
+        (chunks, their keyframe JPEGs), read in the same round trip (for `text_ids`: the text frame where the chunk
+        has one)."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
             if keyframes:
-                pipe.hmget(self._chunk_key(sid, cid), ["kv", "jpeg"])
+                pipe.hmget(self._chunk_key(sid, cid), ["kv", "jpeg", *((TEXT_JPEG,) if cid in text_ids else ())])
             else:
                 pipe.hget(self._chunk_key(sid, cid), "kv")
         got = pipe.execute()
@@ -418,10 +433,11 @@ class Chunks(StoreBase):
         if missing:
             raise ChunksGone(f"stream {sid!r} no longer holds chunks {missing} (retention removed them)")
         payloads = [decode_chunk(b, self.layout, self.fingerprint)[0] for b in blobs]
-        return (payloads, [g[1] or b"" for g in got]) if keyframes else payloads
+        return (payloads, [(g[2] if len(g) > 2 and g[2] else g[1]) or b"" for g in got]) if keyframes else payloads
 
-    def keyframes(self, sid: str, ids: list[int]) -> list[bytes]:
+    def keyframes(self, sid: str, ids: list[int], text_ids: frozenset[int] = frozenset()) -> list[bytes]:
+        """The keyframe JPEGs of these chunks (b"": none); for `text_ids`, the text frame where the chunk has one."""
         pipe = self.r.pipeline(transaction=False)
         for cid in ids:
-            pipe.hget(self._chunk_key(sid, cid), "jpeg")
-        return [b or b"" for b in pipe.execute()]
+            pipe.hmget(self._chunk_key(sid, cid), ["jpeg", *((TEXT_JPEG,) if cid in text_ids else ())])
+        return [(g[1] if len(g) > 1 and g[1] else g[0]) or b"" for g in pipe.execute()]

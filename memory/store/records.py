@@ -157,6 +157,7 @@ class ChunkRecord:
     format: ChunkEncoding = ChunkEncoding.KV
     text: str = ""  # text read on screen (OCR), lines joined with " | "
     labels: str = ""  # top image labels of the keyframe, "name (p), ..."
+    text_frame_s: float | None = None  # media time of the stored text frame (the text read where the keyframe lacks it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", ChunkEncoding(self.format))  # read from JSON as its value

@@ -74,14 +74,16 @@ def stream_json(rec: StreamRecord, name: str | None = None, gaps: list[Gap] = ()
     return {**as_json(stream_info(rec, gaps)), "name": name or "", "live": rec.live}
 
 
-def keyframe_url(sid: str, cid: int) -> str:
-    return f"{PREFIX}/streams/{sid}/chunks/{cid}/keyframe.jpg"
+def keyframe_url(sid: str, cid: int, text_frame: bool = False) -> str:
+    """A chunk's keyframe; `text_frame`: the frame its on-screen text was read in (where it stored one)."""
+    return f"{PREFIX}/streams/{sid}/chunks/{cid}/keyframe.jpg" + ("?frame=text" if text_frame else "")
 
 
-def with_keyframe_urls(sid: str, evidence: list[dict]) -> list[dict]:
-    """Rendered Evidence messages, each with its keyframe's URL (the API serves no keyframe bytes inline)."""
-    for e in evidence:
-        e["keyframe_url"] = keyframe_url(sid, e["chunk_id"])
+def with_keyframe_urls(sid: str, evidence: list[dict], text_frames: list[bool] | None = None) -> list[dict]:
+    """Rendered Evidence messages, each with the URL of the frame it shows (the API serves no keyframe bytes
+    inline); `text_frames`: which show their chunk's text frame (`qa.shows_text_frame`)."""
+    for i, e in enumerate(evidence):
+        e["keyframe_url"] = keyframe_url(sid, e["chunk_id"], bool(text_frames and text_frames[i]))
     return evidence
 
 
@@ -89,7 +91,8 @@ def chunk_json(sid: str, c: ChunkRecord) -> dict:
     return dict(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s,
                 wall_start_unix=c.wall_start, wall_end_unix=c.wall_end, keyframe_url=keyframe_url(sid, c.chunk_id),
                 scene_cuts=c.cuts, on_screen_text=c.text, labels=c.labels, novelty=c.novelty, frames=c.frames,
-                tokens=c.tokens, bytes=c.bytes, level=c.level)
+                tokens=c.tokens, bytes=c.bytes, level=c.level, text_frame_s=c.text_frame_s,
+                text_frame_url=keyframe_url(sid, c.chunk_id, True) if c.text_frame_s is not None else None)
 
 
 def gap_json(g: Gap) -> dict:
@@ -216,10 +219,15 @@ class Api:
     # ---- reads -------------------------------------------------------------------------------------------
 
     async def streams(self, request: Request) -> Response:
+        """The streams in creation order, and this server's answering model (`random_weights`: its answer text is
+        noise, as `vigil ask` notes)."""
+        spec = self.rt.adapter.spec
+
         def read():
             names = {sid: name for name, sid in self.rt.store.names().items()}
             return {"streams": [stream_json(r, names.get(r.stream_id))
-                                for r in sorted(self.rt.store.list_streams(), key=lambda r: r.created)]}
+                                for r in sorted(self.rt.store.list_streams(), key=lambda r: r.created)],
+                    "model": spec.name, "random_weights": spec.random_weights}
         try:
             return JSONResponse(await self._call(read))
         except Exception as exc:
@@ -281,11 +289,17 @@ class Api:
             return error_response(exc)
 
     async def keyframe(self, request: Request) -> Response:
+        """A chunk's keyframe JPEG; `?frame=text`: the frame its on-screen text was read in, where the chunk stored
+        one (else its keyframe)."""
         def read():
+            frame = request.query_params.get("frame", "key")
+            if frame not in ("key", "text"):
+                raise InvalidRequest(f'frame must be "key" or "text" (the frame its on-screen text was read in), '
+                                     f"not {clipped(frame)}")
             sid = self._sid(request)
             cid = request.path_params["cid"]
             self.rt.store.get_stream(sid)
-            jpeg = self.rt.store.keyframes(sid, [cid])[0]
+            jpeg = self.rt.store.keyframes(sid, [cid], frozenset({cid}) if frame == "text" else frozenset())[0]
             if not jpeg:
                 raise StreamNotFound(f"stream {clipped(sid)} has no chunk {cid} (or it has no keyframe)")
             return jpeg
@@ -370,7 +384,8 @@ class Api:
                 return sse("delta", as_json(qa_pb2.AnswerDelta(text=item)))
             if isinstance(item, qa.Prepared):
                 d = as_json(evidence_msg(item, spec))
-                return sse("evidence", {"stream_id": sid, **d, "evidence": with_keyframe_urls(sid, d["evidence"])})
+                texts = [qa.shows_text_frame(h) for h in item.hits]
+                return sse("evidence", {"stream_id": sid, **d, "evidence": with_keyframe_urls(sid, d["evidence"], texts)})
             return sse("done", as_json(qa_pb2.AnswerDone(answer=item.text, latency_ms=item.latency_ms,
                                                          memory_tokens=item.memory_tokens,
                                                          conversation_id=item.conversation_id)))

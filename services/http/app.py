@@ -30,6 +30,7 @@ INDEX = "vigil HTTP\n  /metrics  Prometheus metrics\n"
 LOGIN_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>vigil: sign in</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/timeline.css"></head>
 <body class="login"><main>
 <h1>vigil</h1>

@@ -1,5 +1,6 @@
 """The timeline page in a real browser (Debian's Chromium driven by Playwright) against a real server (tiny model,
-real Redis, real footage). Screenshots land in tests/.cache/screens/."""
+real Redis, real footage; the frame index's real OCR where the page shows on-screen text). Screenshots land in
+tests/.cache/screens/."""
 from __future__ import annotations
 
 import shutil
@@ -167,3 +168,131 @@ def test_a_killed_camera_shows_as_a_shaded_gap_with_its_reason(make_server, page
         SCREENS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENS / "timeline-gap.png"))
         c.stop(sid)
+
+
+# ---- what the CLI shows, the page shows too (issue 25) ------------------------------------------------------------
+
+from tests.services.test_evidence_frame import QUESTION, SIGN, read_text, text_off_keyframe_clip  # noqa: E402
+
+
+def console_failures(page) -> list[str]:
+    """Every resource the page fails to load (404, 401, ...) and every console error, collected as the page runs."""
+    seen: list[str] = []
+    page.on("console", lambda m: seen.append(f"console {m.type}: {m.text} at {m.location.get('url')}")
+            if m.type == "error" else None)
+    page.on("response", lambda r: seen.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None)
+    page.on("pageerror", lambda e: seen.append(f"page error: {e}"))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def shared(module_server, media_dir, pattern_video):
+    """One server for the tests below (they only read): the test pattern, then a clip whose sign is read off its
+    keyframe (the frame index on, so the page has on-screen text to show). The page opens on the newest: the sign."""
+    srv, addr = module_server(http_port=-1, auth_token=TOKEN, frame_index=True)
+    with Client(addr, token=TOKEN) as c:
+        pattern = wait_done(c, c.start(str(pattern_video), fps=FPS, clip_frames=CLIP).stream_id)
+        sign = wait_done(c, c.start(str(text_off_keyframe_clip(media_dir)), fps=2, clip_frames=4).stream_id)
+    assert state_name(sign.state) == "finished" and sign.chunks == 4
+    return srv, sign, pattern
+
+
+def test_the_page_notes_random_weights_shows_evidence_best_first_and_keeps_the_window(shared, page, describer):
+    srv, sign, pattern = shared
+    failures = console_failures(page)
+    sign_in(page, srv.http_port)
+    page.wait_for_selector("#stream-state.finished")
+    assert page.text_content("#stream-title") == sign.stream_id
+    # the tiny model's weights are random: said before any question, as `vigil ask` says it
+    note = page.locator("#model-note")
+    assert note.is_visible() and "random weights" in note.text_content() and "noise" in note.text_content()
+
+    page.fill("#win-start", "3")
+    page.fill("#win-end", "8")
+    page.fill("#question", QUESTION)
+    page.press("#question", "Enter")
+    page.wait_for_selector("#answer[data-done=true]")
+    page.wait_for_function("() => [...document.querySelectorAll('.evidence img')].every(i => i.complete && "
+                           "i.naturalWidth > 0)")
+    cards = page.locator("#evidence .evidence")
+    ranks = [int(r) for r in page.eval_on_selector_all("#evidence .evidence", "es => es.map(e => e.dataset.rank)")]
+    starts = [float(v) for v in page.eval_on_selector_all("#evidence .evidence", "es => es.map(e => e.dataset.start)")]
+    assert len(ranks) >= 2 and ranks == sorted(ranks) and ranks[0] == 1  # best first ...
+    assert starts[0] == pytest.approx(4.0) and min(starts) < starts[0]  # ... which is not time order here
+    best = cards.first
+    text = best.locator(".ev-text")  # rank, signals and the text read on screen, on the page (not in a tooltip)
+    assert text.is_visible() and SIGN.replace(" ", "") in text.text_content().replace(" ", "").upper()
+    assert best.locator(".ev-rank").is_visible() and best.locator(".ev-rank").text_content() == "#1"
+    assert best.locator(".ev-signals").is_visible() and "ocr #1" in best.locator(".ev-signals").text_content()
+    # its image is the frame the text was read in
+    src = best.locator("img").get_attribute("src")
+    assert src.endswith("?frame=text")
+    shown = page.request.get(f"http://127.0.0.1:{srv.http_port}{src}")
+    assert shown.ok and SIGN.replace(" ", "") in read_text(describer, shown.body())
+
+    # the searched window stays in view once the answer is done, and after the next poll redraws the timeline
+    searched, band = page.locator("#searched"), page.locator("#searched-band")
+    assert searched.is_visible() and "3.0s to 8.0s" in searched.text_content()
+    assert "the window you set" in searched.text_content() and band.is_visible()
+    with page.expect_response(lambda r: "/chunks?" in r.url):
+        pass
+    page.wait_for_function("() => !document.getElementById('searched-band').hidden")
+    assert searched.is_visible() and note.is_visible()
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENS / "timeline-evidence.png"), full_page=True)
+
+    # the thumbnail of that chunk opens the frame with the text, too
+    page.locator(".thumb[data-chunk='2']").click()
+    page.wait_for_function("() => { const i = document.getElementById('viewer-img'); "
+                           "return !document.getElementById('viewer').hidden && i.complete && i.naturalWidth > 0 }")
+    assert page.get_attribute("#viewer-img", "src").endswith("?frame=text")
+    assert "where its text was read" in page.text_content("#viewer-caption")
+
+    # another stream: the question, its answer and its window do not carry over
+    page.click(f".stream-button[data-sid='{pattern.stream_id}']")
+    page.wait_for_function("id => document.getElementById('stream-title').textContent === id", arg=pattern.stream_id)
+    assert page.input_value("#question") == ""
+    assert not searched.is_visible() and page.locator("#evidence .evidence").count() == 0
+    assert page.text_content("#answer") == ""
+    page.wait_for_selector("#stream-state.finished")
+    assert failures == []  # nothing 404s (the favicon is served), no console error
+
+
+def test_the_alerts_panel_names_the_rule_once(shared, page):
+    """An alert as the ingest worker records it (the event log entry, through the store) listed on the page."""
+    from services import alerts
+
+    srv, sign, _ = shared
+    a = alerts.Alert(id=f"{sign.stream_id}:forklift:c2", stream_id=sign.stream_id, camera="yard", rule="forklift",
+                     kind="query", start_s=4.0, end_s=6.0, matched_text="FORKLIFT3MOVING", score=0.71, signal="ocr",
+                     chunk_id=2, keyframe_s=4.0, fired_unix=1.0)
+    srv.rt.store.event(sign.stream_id, alerts.EVENT_KIND, alert=a.to_json(),
+                       message="forklift (query): FORKLIFT3MOVING")  # what services/alerts writes
+    sign_in(page, srv.http_port)  # the page opens on the newest stream: the sign's
+    item = page.wait_for_selector("#alert-list li button")
+    line = page.eval_on_selector("#alert-list li", "li => li.textContent")
+    assert item.text_content() == "4.0s"
+    assert line == "4.0s forklift (query): FORKLIFT3MOVING"
+
+
+def test_the_empty_page_gives_a_command_that_works(make_server, page, pattern_video):
+    from services.cli.parser import build_parser
+
+    srv, _ = make_server(http_port=-1, auth_token=TOKEN)  # a namespace of its own: no streams
+    failures = console_failures(page)
+    sign_in(page, srv.http_port)
+    empty = page.wait_for_selector("#empty:not([hidden])")
+    assert empty.is_visible() and not page.locator("#stream").is_visible()
+    commands = page.eval_on_selector_all("#empty code.cli", "cs => cs.map(c => c.textContent)")
+    assert commands and commands[0] == "vigil ingest PATH_OR_URL"
+    parser = build_parser()
+    real = {"PATH_OR_URL": str(pattern_video), "FILE": str(pattern_video)}
+    for command in commands:  # each, with a real path for its placeholder, is what the CLI accepts
+        words = [real.get(w, w) for w in command.split()]
+        assert words[0] == "vigil"
+        args = parser.parse_args(words[1:])
+        assert args.cmd == words[1] and str(pattern_video) in vars(args).values()
+    with pytest.raises(SystemExit):  # what the page said before: refused by the parser
+        parser.parse_args(["ingest", "start", str(pattern_video)])
+    page.wait_for_timeout(200)
+    assert failures == []

@@ -4,7 +4,7 @@ const API = "/api/v1";
 const POLL_MS = 3000;
 const $ = (id) => document.getElementById(id);
 const state = { streams: [], sid: null, stream: null, chunks: new Map(), gaps: [], alerts: [], pps: 0,
-  fitted: false, brush: null, asking: null };
+  fitted: false, brush: null, asking: null, searched: null, randomWeights: false };
 
 function fmt(s) {
   if (s == null || !isFinite(s)) return "end";
@@ -31,14 +31,18 @@ async function getJSON(path) {
 
 // ---- streams -------------------------------------------------------------------------------------------
 async function loadStreams() {
-  const { streams } = await getJSON("/streams");
+  const { streams, random_weights: randomWeights } = await getJSON("/streams");
   state.streams = streams;
+  noteModel(randomWeights);
   const ul = $("streams");
   ul.replaceChildren(...streams.map((s) => el("li", {}, el("button", {
     type: "button", class: "stream-button", "data-sid": s.stream_id, "aria-current": String(s.stream_id === state.sid),
     onclick: () => select(s.stream_id),
   }, `${s.name || s.stream_id} `, el("span", { class: `state ${s.state}`, text: s.state })))));
   $("empty").hidden = streams.length > 0;
+  if (state.sid && !streams.some((s) => s.stream_id === state.sid)) { // deleted meanwhile: no more reads of it
+    state.sid = null; $("stream").hidden = true;
+  }
   if (!state.sid && streams.length) {
     const want = new URLSearchParams(location.hash.slice(1)).get("stream");
     select(streams.some((s) => s.stream_id === want) ? want : streams[streams.length - 1].stream_id);
@@ -50,8 +54,11 @@ async function select(sid) {
   history.replaceState(null, "", `#stream=${encodeURIComponent(sid)}`);
   for (const b of document.querySelectorAll(".stream-button")) b.setAttribute("aria-current", String(b.dataset.sid === sid));
   $("stream").hidden = false; $("viewer").hidden = true;
-  $("answer").textContent = ""; $("evidence").replaceChildren(); $("answer-status").textContent = "";
-  setBrush(null);
+  if (state.asking) state.asking.abort();
+  $("question").value = ""; // a question is about the stream it was asked of
+  $("answer").textContent = ""; delete $("answer").dataset.done; $("evidence").replaceChildren();
+  $("answer-status").textContent = ""; $("answer-status").classList.remove("error");
+  setBrush(null); setSearched(null);
   await refresh();
 }
 
@@ -76,6 +83,13 @@ async function refresh() {
   if (!state.fitted && state.chunks.size) { fit(); state.fitted = true; } else render();
 }
 const enc = encodeURIComponent;
+
+// the server's answering model has random weights (`vigil ask` prints the same note): its text is noise
+function noteModel(randomWeights) {
+  if (typeof randomWeights !== "boolean") return;
+  state.randomWeights = randomWeights;
+  $("model-note").hidden = !randomWeights;
+}
 
 function showHead(s) {
   $("stream-title").textContent = s.name ? `${s.name} (${s.stream_id})` : s.stream_id;
@@ -141,7 +155,7 @@ function render() {
       onclick: () => scrollToTime(a.start_s) }));
   }
   $("lanes").replaceChildren(...lanes);
-  drawBrush(); drawCursor();
+  drawBrush(); drawCursor(); drawSearched();
   renderSide();
 }
 
@@ -153,13 +167,16 @@ function renderSide() {
     : [el("li", { text: "none" })]));
   $("alert-list").replaceChildren(...(state.alerts.length ? state.alerts.map((a) => el("li", {},
     el("button", { type: "button", onclick: () => scrollToTime(a.start_s), text: fmt(a.start_s) }),
-    ` ${a.rule}: ${a.message || a.matched_text || a.kind}`)) : [el("li", { text: "none" })]));
+    ` ${a.rule} (${a.kind})${a.matched_text ? `: ${a.matched_text}` : ""}`)) : [el("li", { text: "none" })]));
 }
 
 function showKeyframe(c) {
-  $("viewer-img").src = c.keyframe_url;
-  $("viewer-img").alt = `keyframe of chunk ${c.chunk_id}`;
-  $("viewer-caption").textContent = `Keyframe at ${fmt(c.keyframe_s)} (chunk ${c.chunk_id}, ${fmt(c.start_s)} to ${fmt(c.end_s)})` +
+  // a chunk whose text was read off its keyframe shows the frame it was read in
+  const text = c.text_frame_url != null;
+  $("viewer-img").src = text ? c.text_frame_url : c.keyframe_url;
+  $("viewer-img").alt = `${text ? "frame with the on-screen text" : "keyframe"} of chunk ${c.chunk_id}`;
+  $("viewer-caption").textContent = (text ? `Frame at ${fmt(c.text_frame_s)}, where its text was read (keyframe at ${fmt(c.keyframe_s)})`
+    : `Keyframe at ${fmt(c.keyframe_s)}`) + ` (chunk ${c.chunk_id}, ${fmt(c.start_s)} to ${fmt(c.end_s)})` +
     (c.wall_start_unix ? `, ${wall(c.wall_start_unix)}` : "") + (c.on_screen_text ? `; on screen: ${c.on_screen_text}` : "");
   $("viewer").hidden = false;
   $("viewer-close").focus();
@@ -194,6 +211,26 @@ function drawBrush() {
   br.hidden = !b;
   if (b) { br.style.left = `${x(b[0])}px`; br.style.width = `${Math.max(1, x(b[1]) - x(b[0]))}px`; }
 }
+// the window the last answer searched: a line under the question and a band on the timeline, kept after the answer
+const SOURCES = { all: "the whole stream", request: "the window you set", question: "from the question's time words" };
+function setSearched(w) {
+  state.searched = w;
+  const p = $("searched");
+  p.hidden = !w;
+  p.textContent = w ? `Searched ${fmt(w.start_s)} to ${w.end_s == null ? "the end" : fmt(w.end_s)} ` +
+    `(${SOURCES[w.source] || w.source}${w.phrase ? `: "${w.phrase}"` : ""}).` : "";
+  drawSearched();
+}
+function drawSearched() {
+  const band = $("searched-band"), w = state.searched;
+  band.hidden = !w || w.source === "all";
+  if (!band.hidden) {
+    const hi = w.end_s == null ? extent() : w.end_s;
+    band.style.left = `${x(w.start_s)}px`; band.style.width = `${Math.max(2, x(hi) - x(w.start_s))}px`;
+    band.title = $("searched").textContent;
+  }
+}
+
 function trackTime(ev) {
   const r = $("track").getBoundingClientRect();
   return Math.max(0, Math.min(extent(), (ev.clientX - r.left) / state.pps));
@@ -246,7 +283,8 @@ async function ask(ev) {
   const lo = parseFloat($("win-start").value), hi = parseFloat($("win-end").value);
   if (isFinite(lo) || isFinite(hi)) body.window = { start_s: isFinite(lo) ? lo : 0, end_s: isFinite(hi) ? hi : 0 };
   const answer = $("answer"), status = $("answer-status"), evidence = $("evidence");
-  answer.textContent = ""; evidence.replaceChildren(); status.textContent = "Searching the stream's memory…";
+  answer.textContent = ""; delete answer.dataset.done; evidence.replaceChildren(); setSearched(null);
+  status.textContent = "Searching the stream's memory…";
   $("ask-button").disabled = true;
   const t0 = performance.now();
   try {
@@ -262,17 +300,18 @@ async function ask(ev) {
     status.classList.remove("error");
     for await (const { event, data } of events(resp)) {
       if (event === "evidence") {
-        const w = data.searched_window;
-        status.textContent = `Answering from ${data.evidence.length} chunks (window ${fmt(w.start_s)} to ${fmt(w.end_s)}, ${w.source})` +
+        noteModel(data.random_weights);
+        setSearched(data.searched_window);
+        status.textContent = `Answering from ${data.evidence.length} chunks` +
           (data.gaps.length ? `; ${data.gaps.length} gap(s) in the window` : "") + "…";
-        evidence.replaceChildren(...data.evidence.map((e) => el("button", { type: "button", class: "evidence",
-          "data-start": e.start_s, "data-chunk": e.chunk_id, title: `rank ${e.rank}, ${e.signals.map((s) => s.signal).join(", ")}`,
-          onclick: () => scrollToTime(e.start_s) },
-          el("img", { src: e.keyframe_url, alt: `evidence at ${fmt(e.start_s)}` }), `${fmt(e.start_s)}–${fmt(e.end_s)}`)));
+        // best match first (the API lists evidence in time order)
+        const best = [...data.evidence].sort((a, b) => a.rank - b.rank);
+        evidence.replaceChildren(...best.map(evidenceItem));
       } else if (event === "delta") {
         answer.textContent += data.text;
       } else if (event === "done") {
         answer.textContent = data.answer;
+        status.classList.remove("error");
         status.textContent = `Answered in ${(data.latency_ms / 1000).toFixed(1)} s (first text after ` +
           `${state.firstMs ? (state.firstMs / 1000).toFixed(1) : "?"} s).`;
         answer.dataset.done = "true";
@@ -287,6 +326,20 @@ async function ask(ev) {
     $("ask-button").disabled = false; state.firstMs = 0;
     if (state.asking === ctl) state.asking = null;
   }
+}
+
+// one piece of evidence: its frame, rank, time, the signals that found it and the text read on screen, all visible
+function evidenceItem(e) {
+  const signals = [...e.signals].sort((a, b) => a.rank - b.rank)
+    .map((s) => `${s.signal} #${s.rank} (${Number(s.score).toFixed(2)})`).join(", ");
+  const kids = [el("img", { src: e.keyframe_url, alt: `evidence ${e.rank}: frame at ${fmt(e.keyframe_s)}` }),
+    el("span", { class: "ev-head" }, el("strong", { class: "ev-rank", text: `#${e.rank}` }),
+      ` ${fmt(e.start_s)}–${fmt(e.end_s)}`),
+    el("span", { class: "ev-signals", text: `found by ${signals || "none"}` })];
+  if (e.on_screen_text) kids.push(el("span", { class: "ev-text" }, "on screen: ", el("q", { text: e.on_screen_text })));
+  if (e.labels) kids.push(el("span", { class: "ev-labels muted", text: e.labels }));
+  return el("li", {}, el("button", { type: "button", class: "evidence", "data-start": e.start_s, "data-chunk": e.chunk_id,
+    "data-rank": e.rank, onclick: () => scrollToTime(e.start_s) }, ...kids));
 }
 
 // ---- wiring -------------------------------------------------------------------------------------------
@@ -318,7 +371,7 @@ function init() {
   });
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("viewer").hidden = true; });
   wireBrush();
-  const tick = () => Promise.all([loadStreams(), refresh()]).catch((e) => console.warn(e));
+  const tick = () => loadStreams().then(refresh).catch((e) => console.warn(e)); // the list first: a deleted stream is let go
   loadStreams().catch((e) => console.warn(e));
   setInterval(() => { if (!document.hidden) tick(); }, POLL_MS);
 }
