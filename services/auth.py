@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from services.errors import Unauthenticated
-
 log = logging.getLogger("vigil.auth")
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -149,6 +147,8 @@ class TokenAuth(grpc.aio.ServerInterceptor):
             raise ValueError("empty auth token")
         self._expected = f"Bearer {token}".encode()
         self.throttle = throttle or AuthThrottle()
+
+        from services.errors import Unauthenticated  # here: services.errors loads the model code (heavy imports)
 
         async def deny(request, context):
             addr = peer_address(context.peer())

@@ -133,6 +133,13 @@ def test_a_missing_or_wrong_token_gets_the_login_page(served, page):
     sign_in(page, srv.http_port)
     page.wait_for_selector("#stream:not([hidden])")
     assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 200
+    # signing out (the page's form, from its own origin) ends the session: back to the login form, API refused
+    cookie = next(c for c in page.context.cookies() if c["name"] == "vigil_session")
+    page.click("form.logout button[type=submit]")
+    page.wait_for_selector("form#login input#token")
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 401
+    page.context.add_cookies([cookie])  # the old cookie put back: revoked server-side, it no longer works
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 401
 
 
 @pytest.mark.timeout(240)

@@ -211,3 +211,60 @@ def test_configured_host_names(make_server):
     # with a token and no names configured, any name is answered (the token guards it)
     srv2, _ = make_server(http_port=-1, auth_token=TOKEN)
     assert request(srv2.http_port, "GET", "/api/v1/streams", headers=bearer, host="anything.example")[0] == 200
+
+
+CHILD = r"""
+import asyncio, logging, resource, sys
+from services.http import HttpLimits, HttpSide, build_app
+from services.metrics import Metrics
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+per_client = int(sys.argv[1])
+
+
+async def main():
+    side = HttpSide.bind("127.0.0.1", -1)
+    await side.start(build_app(Metrics()), limits=HttpLimits(max_connections=100_000,
+                                                             max_connections_per_client=per_client,
+                                                             header_timeout_s=60))
+    print(side.port, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("per_client", [100_000, 64], ids=["no-cap-fills-the-fd-table", "per-client-cap"])
+def test_a_full_descriptor_table_logs_once_and_the_cap_keeps_it_from_filling(per_client, tmp_path):
+    """A server process with 256 descriptors and 400 half-open connections from one address: without a cap it
+    runs out (EMFILE on accept) and says so once, not once per connection or per second; with the per-client cap
+    it holds 64 and still answers (a burst accepted in one go may still meet EMFILE for a moment: asyncio accepts
+    a batch before the protocol can close the extra ones; that is logged once at most)."""
+    import subprocess
+    import sys
+
+    err = tmp_path / "stderr.log"
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, str(per_client)], stdout=subprocess.PIPE, stderr=fh)
+    socks: list[socket.socket] = []
+    try:
+        port = int(proc.stdout.readline())
+        socks = _half_open(port, "127.0.0.2", 400)
+        time.sleep(3.5)  # asyncio retries accept() once a second while out of descriptors
+        if per_client < 1000:
+            status, _, body = request(port, "GET", "/")
+            assert status == 200 and b"vigil HTTP" in body
+    finally:
+        for s in socks:
+            s.close()
+        proc.kill()
+        proc.wait(10)
+    text = err.read_text()
+    emfile = text.count("Too many open files")
+    if per_client < 1000:
+        assert emfile <= 1 and text.count("Traceback") <= 1, text[-2000:]
+        assert text.count("per-client connection cap") == 1, text[-2000:]
+    else:
+        assert 1 <= emfile <= 2 and text.count("Traceback") <= 1, text[-3000:]
+    assert len(text) < 10_000, len(text)
