@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
-import logging
 from pathlib import Path
 from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,7 +31,6 @@ from services.http.limits import HttpLimits
 from services.http.sessions import MemorySessions, SessionStore
 from services.metrics import Metrics
 
-log = logging.getLogger("vigil.http")
 STATIC = Path(__file__).with_name("static")
 COOKIE = "vigil_session"
 INDEX = "vigil HTTP\n  /metrics  Prometheus metrics\n"
@@ -112,6 +111,11 @@ class BearerAuth:
             await JSONResponse({"error": {"code": "RESOURCE_EXHAUSTED", "message": str(exc)}},
                                status_code=429)(scope, receive, send)
             return
+        except RedisError:  # the session store is down: the sign-in cannot be checked (not "signed out")
+            await JSONResponse({"error": {"code": "UNAVAILABLE", "message": "the session store (Redis) is not "
+                                          "reachable; try again, or send the bearer token"}},
+                               status_code=503)(scope, receive, send)
+            return
         challenge = {"WWW-Authenticate": 'Bearer realm="vigil"'}
         accept = next((v for k, v in scope["headers"] if k == b"accept"), b"")
         if path.startswith("/api/"):
@@ -165,7 +169,10 @@ def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = F
             throttle.failed(addr, "http login")
             return login_page("That token is not the server's.", 401)
         throttle.succeeded(addr)
-        sid = await asyncio.to_thread(sessions.create)
+        try:
+            sid = await asyncio.to_thread(sessions.create)
+        except RedisError:
+            return login_page("The server cannot reach its store (Redis) to sign you in; try again shortly.", 503)
         done = RedirectResponse("/", status_code=303)
         done.set_cookie(COOKIE, sid, max_age=int(ttl_s), httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
@@ -174,7 +181,11 @@ def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = F
     async def logout(request: Request) -> Response:
         sid = cookie_value(request.scope["headers"])
         if sid:  # deleted server-side: a copy of the cookie stops working too
-            await asyncio.to_thread(sessions.revoke, sid)
+            try:
+                await asyncio.to_thread(sessions.revoke, sid)
+            except RedisError:
+                return PlainTextResponse("the server cannot reach its store (Redis) to end the session; try again "
+                                         "shortly\n", status_code=503)
         done = RedirectResponse("/login", status_code=303)
         done.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return done
