@@ -88,6 +88,7 @@ def test_huge_bodies_are_refused_before_they_are_read(make_server):
         assert push_big_body(port, "/login", "Transfer-Encoding: chunked\r\n")[0] == 413
         assert push_big_body(port, "/api/v1/streams/x/ask", f"{auth}Transfer-Encoding: chunked\r\n")[0] == 413
     growth = rss_bytes() - before
+    print(f"RSS growth after 12 refused 400 MB bodies: {growth / 2**20:.1f} MB")
     assert growth < 150 * 1024 * 1024, f"RSS grew {growth / 2**20:.0f} MB"
     # just under the caps still works (the login form: 4 KiB; the API: 64 KiB)
     status, _, _ = request(port, "POST", "/login", f"token={TOKEN}&pad={'x' * 3000}".encode(),
@@ -145,6 +146,7 @@ def test_half_open_connections_do_not_starve_a_legitimate_call(make_server, capl
         t0 = time.monotonic()
         status, _, body = request(port, "GET", "/api/v1/streams", headers={"Authorization": f"Bearer {TOKEN}"})
         took = time.monotonic() - t0
+        print(f"a legitimate call beside 3,000 half-open connections: {took * 1000:.0f} ms; {conns.total} held")
         assert status == 200 and took < 2.0, (status, took)
         # the header timeout closes the held ones
         wait_for(lambda: conns.total == 0, 15, "half-open connections closed by the header timeout")
