@@ -119,7 +119,7 @@ class TlsSettings(BaseModel):
                                            root_certificates=ca, require_client_auth=ca is not None)
 
 
-MIN_TOKEN_CHARS = 16  # shorter tokens are accepted with a warning at start (services/server.py TokenAuth)
+MIN_TOKEN_CHARS = 16  # shorter tokens are refused at start (Settings._token)
 
 
 class Settings(BaseSettings):
@@ -229,6 +229,44 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     alerts: AlertSettings = AlertSettings()
 
+    # the HTTP side's limits and browser safety (services/http/limits.py, services/http/guard.py; docs/operations.md)
+    http_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description='Host header names the HTTP side answers (a JSON list, or names joined with ","; "*": any); '
+        "empty: loopback names only (localhost, 127.0.0.1, [::1]) when no token is set, any name when one is")
+    http_max_login_bytes: int = Field(4096, ge=256, le=1024 * 1024, description="largest /login and /logout "
+                                      "request body; larger is 413, refused before it is read")
+    http_max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest request body "
+                                     "of every other route (the JSON API); larger is 413, refused before it is read")
+    http_max_header_bytes: int = Field(16 * 1024, ge=4096, le=1024 * 1024, description="largest request line plus "
+                                       "headers; larger is 400 and the connection closes")
+    http_header_timeout_s: float = Field(10.0, gt=0, le=600, description="a connection's request header must be "
+                                         "complete this long after it opens (or after the keep-alive of the "
+                                         "previous response); else it is closed")
+    http_body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request's body must arrive in full "
+                                       "within this long of its header (408)")
+    http_keep_alive_s: float = Field(5.0, gt=0, le=600, description="an idle keep-alive connection is closed "
+                                     "after this long")
+    http_max_connections: int = Field(1000, ge=1, le=1_000_000, description="open HTTP connections per server; "
+                                      "one more is closed at once, unread")
+    http_max_connections_per_client: int = Field(64, ge=1, le=1_000_000, description="open HTTP connections per "
+                                                 "client address; one more is closed at once, unread")
+    auth_fail_delay_s: float = Field(0.25, ge=0, le=60, description="after a failed token or login, the next "
+                                     "attempt from that client address waits this long, doubling with every "
+                                     "further failure (HTTP and gRPC alike)")
+    auth_fail_max_delay_s: float = Field(15.0, ge=0, le=3600, description="the longest such wait")
+    auth_fail_forget_s: float = Field(600.0, gt=0, le=86_400, description="a client address with no failed "
+                                      "attempt for this long starts again with no delay")
+    session_ttl_s: float = Field(12 * 3600.0, ge=60, le=30 * 86_400, description="a browser sign-in lasts this "
+                                 "long (a random session id in the cookie, kept in Redis under the namespace; "
+                                 "signing out deletes it)")
+
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, v):
+        if isinstance(v, str):
+            v = json.loads(v) if v.lstrip().startswith("[") else [h for h in v.split(",")]
+        return tuple(str(h).strip().lower() for h in v if str(h).strip())
+
     @field_validator("auth_token")
     @classmethod
     def _token(cls, v):
@@ -243,6 +281,9 @@ class Settings(BaseSettings):
                              "clients could never match it")
         if not all(" " <= c <= "~" for c in t):
             raise ValueError("VIGIL_AUTH_TOKEN must be printable ASCII (it travels as a gRPC metadata value)")
+        if len(t) < MIN_TOKEN_CHARS:
+            raise ValueError(f"VIGIL_AUTH_TOKEN has {len(t)} characters: use a random secret of at least "
+                             f"{MIN_TOKEN_CHARS} (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
         return v
 
     @field_validator("cameras", mode="before")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import threading
 
@@ -12,13 +11,13 @@ from grpc_reflection.v1alpha import reflection
 
 from encoders.loading import load_adapter
 from services.alerts import AlertHub
+from services.auth import OPEN_METHODS, AuthThrottle, TokenAuth  # noqa: F401 (OPEN_METHODS: read by tests)
 from services.cameras import start_cameras
 from services.config import Settings
 from services.embedded_redis import EmbeddedRedis
-from services.errors import Unauthenticated
 from services.grpc_api import IngestServicer, QAServicer
 from services.health import StoreHealth
-from services.http import HttpSide, build_app
+from services.http import HttpLimits, HttpSide, build_app
 from services.ingest import IngestManager
 from services import logs
 from services.runtime import Runtime
@@ -26,34 +25,6 @@ from services.work import WorkQueue
 from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
 log = logging.getLogger("vigil.server")
-OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
-class TokenAuth(grpc.aio.ServerInterceptor):
-    """Require `authorization: Bearer <token>` on every call except health checks and reflection."""
-
-    def __init__(self, token: str) -> None:
-        from services.config import MIN_TOKEN_CHARS
-
-        if not token.strip():  # Settings refuses this too; never let an empty token mean "anyone"
-            raise ValueError("empty auth token")
-        if len(token) < MIN_TOKEN_CHARS:
-            log.warning("the auth token has only %d characters: use a random secret of %d or more",
-                        len(token), MIN_TOKEN_CHARS)
-        self._expected = f"Bearer {token}".encode()
-
-        async def deny(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(Unauthenticated("missing or wrong bearer token")))
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(self, continuation, details):
-        if details.method.startswith(OPEN_METHODS):
-            return await continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
-            return await continuation(details)
-        return self._deny
 
 
 def _https(s: Settings) -> dict:
@@ -117,7 +88,8 @@ class VigilServer:
         if s.role.ingests:  # the cameras' alert rules, before any worker (adopted or new) runs
             self.rt.alerts = await asyncio.to_thread(AlertHub.create, s, self.rt.store, self.rt.describer)
         self.ingest = IngestManager(self.rt) if s.role.ingests else None
-        interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token is not None else []
+        self.throttle = AuthThrottle.from_settings(s)  # failed tokens and logins, gRPC and HTTP alike
+        interceptors = [TokenAuth(s.auth_token.get_secret_value(), self.throttle)] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0)]  # else a second server on the same port silently shares it
@@ -148,7 +120,8 @@ class VigilServer:
         self._server = server
         if self.http is not None:  # same token as gRPC; HTTPS with gRPC's certificate when TLS is on
             await self.http.start(build_app(self.rt.metrics, s.auth_token.get_secret_value() if s.auth_token else None,
-                                            s.metrics_open, rt=self.rt, work=self.work), **_https(s))
+                                            s.metrics_open, rt=self.rt, work=self.work, settings=s,
+                                            throttle=self.throttle), limits=HttpLimits.from_settings(s), **_https(s))
         self._stopped = asyncio.Event()
         log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
         if self.ingest is not None:  # streams a killed or stopped server left behind continue here

@@ -5,6 +5,7 @@ timeline page and the JSON API join it on the same port.
 uvicorn. Both are used by `services.server.VigilServer`.
 """
 from services.http.app import build_app
+from services.http.limits import HttpLimits
 from services.http.serve import HttpSide, PortInUse, port_free
 
-__all__ = ["HttpSide", "PortInUse", "build_app", "port_free"]
+__all__ = ["HttpLimits", "HttpSide", "PortInUse", "build_app", "port_free"]

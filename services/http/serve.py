@@ -9,6 +9,8 @@ import socket
 
 import uvicorn
 
+from services.http.limits import Connections, HttpLimits, guarded_protocol, quiet_loggers
+
 
 class PortInUse(RuntimeError):
     """Another process listens on the port."""
@@ -56,6 +58,7 @@ class HttpSide:
         self.port: int = sock.getsockname()[1]
         self._server: _Uvicorn | None = None
         self._task: asyncio.Task | None = None
+        self.connections: Connections | None = None  # open connections, in all and per client (once started)
 
     @classmethod
     def bind(cls, host: str, port: int) -> "HttpSide":
@@ -71,10 +74,17 @@ class HttpSide:
     def scheme(self) -> str:
         return "https" if self._server is not None and self._server.config.ssl is not None else "http"
 
-    async def start(self, app, **ssl) -> int:
-        """Serve `app` on the bound socket in the running loop; returns once it accepts connections."""
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", http="h11", ws="none",
-                                server_header=False, timeout_graceful_shutdown=2, **ssl)
+    async def start(self, app, limits: HttpLimits | None = None, **ssl) -> int:
+        """Serve `app` on the bound socket in the running loop, under `limits` (connections per server and per
+        client, header timeout, keep-alive, header size: services/http/limits.py); returns once it accepts
+        connections."""
+        limits = limits or HttpLimits()
+        quiet_loggers()  # a flood of failing connections logs once a minute per cause, not once per connection
+        self.connections = Connections(limits)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none",
+                                http=guarded_protocol(limits, self.connections), server_header=False,
+                                timeout_graceful_shutdown=2, timeout_keep_alive=limits.keep_alive_s,
+                                h11_max_incomplete_event_size=limits.max_header_bytes, **ssl)
         self._server = _Uvicorn(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]), name="vigil-http")
         while not self._server.started:  # startup is a few loop turns; a failure ends the task

@@ -36,8 +36,13 @@ def page(browser):
     ctx = browser.new_context(viewport={"width": 1280, "height": 860})
     pg = ctx.new_page()
     pg.set_default_timeout(60_000)
+    console: list[str] = []
+    pg.on("console", lambda m: console.append(m.text))
     yield pg
     ctx.close()
+    # the server's Content-Security-Policy (own script and style only) must not break the page
+    blocked = [m for m in console if "Content Security Policy" in m]
+    assert not blocked, blocked
 
 
 @pytest.fixture
@@ -129,6 +134,13 @@ def test_a_missing_or_wrong_token_gets_the_login_page(served, page):
     sign_in(page, srv.http_port)
     page.wait_for_selector("#stream:not([hidden])")
     assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 200
+    # signing out (the page's form, from its own origin) ends the session: back to the login form, API refused
+    cookie = next(c for c in page.context.cookies() if c["name"] == "vigil_session")
+    page.click("form.logout button[type=submit]")
+    page.wait_for_selector("form#login input#token")
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 401
+    page.context.add_cookies([cookie])  # the old cookie put back: revoked server-side, it no longer works
+    assert page.evaluate("() => fetch('/api/v1/streams').then(r => r.status)") == 401
 
 
 @pytest.mark.timeout(240)
@@ -296,3 +308,62 @@ def test_the_empty_page_gives_a_command_that_works(make_server, page, pattern_vi
         parser.parse_args(["ingest", "start", str(pattern_video)])
     page.wait_for_timeout(200)
     assert failures == []
+
+
+EVIL_PAGE = """<!doctype html><html><body><script>
+const target = "http://127.0.0.1:%(port)d/api/v1/streams/%(sid)s/ask";
+const body = JSON.stringify({question: "what is happening?"});
+window.results = [];
+// a read, to show the cookie goes along from this page (it answers 200, not 401; the page cannot read it)
+fetch("http://127.0.0.1:%(port)d/api/v1/streams", {mode: "no-cors", credentials: "include"});
+// a "simple" request (no preflight): the cookie goes along (SameSite=Strict does not separate ports)
+fetch(target, {method: "POST", mode: "no-cors", credentials: "include", headers: {"Content-Type": "text/plain"},
+               body}).then(() => results.push("plain sent"), () => results.push("plain failed"));
+// a JSON one needs a preflight the server does not grant
+fetch(target, {method: "POST", mode: "cors", credentials: "include", headers: {"Content-Type": "application/json"},
+               body}).then(r => results.push("json " + r.status), () => results.push("json blocked"));
+</script></body></html>"""
+
+
+def test_a_page_on_another_port_cannot_post_with_the_signed_in_cookie(served, page):
+    """A signed-in browser opens a page served from another port of 127.0.0.1; its cross-origin POSTs to /ask
+    carry the login cookie, and are refused (and a question never runs)."""
+    import http.server
+    import threading
+
+    srv, info = served
+    sign_in(page, srv.http_port)
+    page.wait_for_selector("#stream:not([hidden])")
+    html = (EVIL_PAGE % {"port": srv.http_port, "sid": info.stream_id}).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(html)))
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    asked = srv.rt.metrics.registry.get_sample_value
+    before = asked("vigil_question_seconds_count", {"outcome": "ok"}) or 0.0
+    seen: list[tuple[str, int, str]] = []
+    page.on("response", lambda r: seen.append((r.request.method, r.status, r.url.rsplit("/", 1)[-1]))
+            if "/api/" in r.url else None)
+    try:
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        page.wait_for_function("() => window.results && window.results.length === 2")
+        page.wait_for_timeout(200)  # the read's response event
+        results = sorted(page.evaluate("() => window.results"))
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    assert ("GET", 200, "streams") in seen, f"the cookie did not go along: nothing tested ({seen})"
+    posts = [status for method, status, _ in seen if method == "POST"]
+    assert posts and all(status in (403, 415) for status in posts), seen
+    assert results[0] == "json blocked", results  # its preflight is not granted: the POST is never sent
+    assert (asked("vigil_question_seconds_count", {"outcome": "ok"}) or 0.0) == before

@@ -136,7 +136,7 @@ def test_health_and_reflection(make_server):
 def test_auth_token_required_when_configured(make_server):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    _, addr = make_server(auth_token="s3cret")
+    _, addr = make_server(auth_token="s3cret-0123456789abcdef")
     with Client(addr) as anon:
         with pytest.raises(grpc.RpcError) as err:
             anon.list()
@@ -145,7 +145,7 @@ def test_auth_token_required_when_configured(make_server):
         with pytest.raises(grpc.RpcError) as err:
             bad.list()
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with Client(addr, token="s3cret") as ok:
+    with Client(addr, token="s3cret-0123456789abcdef") as ok:
         assert ok.list() == []
     with grpc.insecure_channel(addr) as ch:
         assert health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest()).status == 1
