@@ -250,6 +250,9 @@ class StreamWorker:
                     return
                 self._state(StreamState.STOPPED if self.controls.final else StreamState.FINISHED)
             except SourceError as exc:
+                if self.controls.final:  # StopStream before the source gave a frame (a push that sent nothing)
+                    self._state(StreamState.STOPPED)
+                    return
                 log.warning("stream %s failed: %s", sid, exc)
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short

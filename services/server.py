@@ -87,6 +87,7 @@ class VigilServer:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self.health: StoreHealth | None = None
+        self._ingest_api: IngestServicer | None = None
 
     async def start_async(self) -> int:
         s = self.settings
@@ -120,10 +121,12 @@ class VigilServer:
         interceptors = [TokenAuth(s.auth_token.get_secret_value())] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0)]  # else a second server on the same port silently shares it
+                ("grpc.so_reuseport", 0),  # else a second server on the same port silently shares it
+                *s.grpc.options()]  # handshake timeout, streams per connection, idle and keepalive limits
         server = grpc.aio.server(interceptors=interceptors, options=opts)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
+        self._ingest_api = IngestServicer(self.rt, self.ingest)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self._ingest_api, server)
         names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
         if s.role.answers:
             self.work = WorkQueue(s.question_workers, s.max_queued_questions)
@@ -170,6 +173,8 @@ class VigilServer:
             await asyncio.to_thread(self.rt.alerts.close)
         if self.health:
             await self.health.stop()
+        if self._ingest_api is not None:  # the watchers' poller threads end at their next wake-up
+            self._ingest_api.watchers.close()
         if self._server:
             await self._server.stop(grace_s)
         if self.work:  # after the server: its cancelled calls have dropped their queued questions
