@@ -1,6 +1,7 @@
 """Limits of the gRPC side (issue 21): 3,000 connections that sent half an HTTP/2 preface neither keep a legitimate
 call from answering nor fill the log, and the server closes them after its handshake timeout; a connection with
-no call is closed after the idle limit; the camera-host allow-list refuses a host before connecting."""
+no call is closed after the idle limit; calls past the streams-per-connection cap wait; the camera-host allow-list
+refuses a host before connecting."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,8 @@ from services.client import Client
 from services.config import GrpcLimits
 from services.wire import ingest_pb2
 from streamer.live import LiveOptions
+from tests.conftest import wait_for
+from tests.services.test_watchers import IdlePush, Watchers
 
 HALF_OPEN = 3000
 HANDSHAKE_S = 2.0
@@ -167,3 +170,23 @@ def _accepted(sock: socket.socket) -> bool:
     ready = sel.select(timeout=0)
     sel.close()
     return bool(ready)
+
+
+@pytest.mark.timeout(120)
+def test_calls_past_max_concurrent_streams_wait_for_a_free_stream_on_their_connection(make_server):
+    srv, addr = make_server(grpc=GrpcLimits(max_concurrent_streams=2))
+    hub = srv._ingest_api.watchers
+    with Client(addr) as c:
+        push = IdlePush(c)
+        w = Watchers(addr, push.stream_id, 3, channels=1)  # three calls on one connection
+        try:
+            wait_for(lambda: w.snapshots() == 2, 30, "two watchers open")
+            time.sleep(1.5)
+            assert w.snapshots() == 2 and hub.watchers(push.stream_id) == 2  # the third was never started
+            first = next(i for i, evs in enumerate(w.events) if evs)
+            w.calls[first].cancel()  # a stream of the connection is free again: the third starts
+            wait_for(lambda: w.snapshots() == 3, 30, "the third watcher started")
+        finally:
+            w.close()
+            c.stop(push.stream_id)
+            push.close()
