@@ -190,3 +190,23 @@ def test_calls_past_max_concurrent_streams_wait_for_a_free_stream_on_their_conne
             w.close()
             c.stop(push.stream_id)
             push.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_client_pinging_an_idle_connection_is_sent_away(make_server):
+    """Keepalive enforcement: pings on a connection with no call open are strikes (the server does not permit
+    keepalive without calls); after two the server closes the connection (GOAWAY too_many_pings), so a client
+    cannot keep an idle connection alive or busy with pings."""
+    srv, addr = make_server(grpc=GrpcLimits(min_ping_interval_s=1.0))
+    ch = grpc.insecure_channel(addr, options=[
+        ("grpc.use_local_subchannel_pool", 1), ("grpc.keepalive_time_ms", 200),
+        ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)])
+    states: list[grpc.ChannelConnectivity] = []
+    ch.subscribe(states.append, try_to_connect=False)
+    try:
+        health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert states[-1] == grpc.ChannelConnectivity.READY
+        wait_for(lambda: states[-1] != grpc.ChannelConnectivity.READY, 30,
+                 "the pinging client's connection closed by the server", period_s=0.05)
+    finally:
+        ch.close()
