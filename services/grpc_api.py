@@ -68,6 +68,30 @@ def alert_msg(a: alerts.Alert) -> ingest_pb2.Alert:
     return msg
 
 
+class LogOncePer:
+    """Once per `period_s` per cause: one store outage fails every open call at once (60 watchers: 60 errors),
+    and the log gets one line for them, with the count of those left out."""
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self._last: dict[tuple, tuple[float, int]] = {}  # cause -> (when last logged, left out since)
+
+    def due(self, cause: tuple) -> int | None:
+        """None: leave this one out; else log it, with the count of those left out since the last line."""
+        now = time.monotonic()
+        when, skipped = self._last.get(cause, (float("-inf"), 0))
+        if now - when < self.period_s:
+            self._last[cause] = (when, skipped + 1)
+            return None
+        if len(self._last) > 1000:  # causes are few (handler x exception class); never grow without bound
+            self._last.clear()
+        self._last[cause] = (now, 0)
+        return skipped
+
+
+_OUTAGE_LOG = LogOncePer()
+
+
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, metrics: Metrics | None = None):
     """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged).
     `metrics`: the server's, counting store outages (vigil_redis_errors_total{where="api"})."""
@@ -79,8 +103,9 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, me
         log.exception("%s failed", name)
         await context.abort(grpc.StatusCode.INTERNAL,
                             f"internal error: {exc.__class__.__name__}: {clipped(text, 200)}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        log.warning("%s: %s (%s)", name, exc.__class__.__name__, clipped(text, 200))
+    if code == grpc.StatusCode.UNAVAILABLE and (repeats := _OUTAGE_LOG.due((name, exc.__class__.__name__))) is not None:
+        log.warning("%s: %s (%s)%s", name, exc.__class__.__name__, clipped(text, 200),
+                    f" (and {repeats} more like it in the last {_OUTAGE_LOG.period_s:g} s)" if repeats else "")
     await context.abort(code, redact_text(public_message(exc)))
 
 

@@ -186,14 +186,14 @@ def _health(addr: str) -> int | None:
 
 
 @pytest.mark.timeout(180)
-def test_health_turns_not_serving_within_2s_of_a_redis_stall_with_watchers_open(make_server):
+def test_health_turns_not_serving_within_2s_of_a_redis_stall_with_watchers_open(make_server, caplog):
     from services.embedded_redis import EmbeddedRedis
 
     redis_srv = EmbeddedRedis().start()  # a private redis-server of this test: it alone is stopped
     pid = redis_srv.proc.pid
     watchers = push = None
     try:
-        srv, addr = make_server(redis_url=redis_srv.url)
+        srv, addr = make_server(redis_url=redis_srv.url, redis_timeout_s=2.0)
         with Client(addr) as c:
             push = IdlePush(c)
             watchers = Watchers(addr, push.stream_id, 60)
@@ -207,6 +207,13 @@ def test_health_turns_not_serving_within_2s_of_a_redis_stall_with_watchers_open(
                 seen = time.monotonic() - t0
                 print(f"health NOT_SERVING {seen:.2f} s after SIGSTOP")
                 assert seen < 2.0, f"health took {seen:.2f} s to see the stall"
+                # past the store's socket timeout the watchers' poller gives up: every watcher is told UNAVAILABLE
+                # (one read failed, fanned out), and the log says so once, not once per watcher
+                for t in watchers.threads:
+                    t.join(30)
+                assert watchers.errors == [grpc.StatusCode.UNAVAILABLE] * 60
+                lines = [r for r in caplog.records if r.name == "vigil.api" and r.getMessage().startswith("WatchStream")]
+                assert len(lines) == 1, [r.getMessage() for r in lines]
             finally:
                 os.kill(pid, signal.SIGCONT)
             wait_for(lambda: _health(addr) == SERVING, 10, "health SERVING again after SIGCONT")
