@@ -54,6 +54,9 @@ class GrpcLimits(BaseModel):
                                        "after it opened is closed")
     max_concurrent_streams: int = Field(100, ge=1, le=10_000, description="calls one connection may have open at "
                                         "once (HTTP/2 streams); more wait on the client's side")
+    max_connections: int = Field(4096, ge=1, le=1_000_000, description="open connections to the gRPC port (all "
+                                 "clients); one more is closed at once. Keep it well under the process's open-file "
+                                 "limit (`ulimit -n`) so that the HTTP side, Redis and files still get theirs")
     max_metadata_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="largest header block "
                                     "(metadata) of one call")
     max_connection_idle_s: float = Field(600.0, ge=0, le=30 * 24 * 3600, description="a connection with no call "
@@ -78,6 +81,7 @@ class GrpcLimits(BaseModel):
         return [
             ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
             ("grpc.max_metadata_size", self.max_metadata_bytes),
             ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s) if self.max_connection_idle_s else never),
             ("grpc.max_connection_age_ms", ms(self.max_connection_age_s) if self.max_connection_age_s else never),

@@ -56,6 +56,17 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+def _check_fd_limit(max_connections: int) -> None:
+    """Warn when the open-file limit is below what VIGIL_GRPC__MAX_CONNECTIONS needs (each connection is a file)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 256:
+        log.warning("the open-file limit (%d) is below VIGIL_GRPC__MAX_CONNECTIONS (%d) + room for the rest: raise "
+                    "it (ulimit -n) or lower the cap, or a connection flood can leave no file for anything else",
+                    soft, max_connections)
+
+
 def _https(s: Settings) -> dict:
     """uvicorn's TLS arguments: gRPC's certificate and key, and its client CA (mutual TLS) when set."""
     if not s.tls.enabled:
@@ -123,6 +134,7 @@ class VigilServer:
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),  # else a second server on the same port silently shares it
                 *s.grpc.options()]  # handshake timeout, streams per connection, idle and keepalive limits
+        _check_fd_limit(s.grpc.max_connections)
         server = grpc.aio.server(interceptors=interceptors, options=opts)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         self._ingest_api = IngestServicer(self.rt, self.ingest)

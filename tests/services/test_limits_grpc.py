@@ -113,6 +113,26 @@ def test_half_open_prefaces_are_closed_after_the_handshake_timeout_and_calls_sti
 
 
 @pytest.mark.timeout(120)
+def test_connections_past_the_cap_are_closed_at_once(make_server):
+    srv, addr = make_server(grpc=GrpcLimits(max_connections=20, handshake_timeout_s=60))
+    socks = _half_open(srv.port, 30)
+    try:
+        closed = _closed_by_server(socks, 10)  # the handshake timeout (60 s) closes none of them meanwhile
+        assert closed == 10, f"{closed} of 30 closed with a cap of 20"
+    finally:
+        for s in socks:
+            s.close()
+
+    def answers() -> bool:
+        try:
+            return _check(addr) < 2.0
+        except grpc.RpcError:  # still full: the server has not seen all of them go yet
+            return False
+
+    wait_for(answers, 30, "calls answering once the connections are gone")
+
+
+@pytest.mark.timeout(120)
 def test_a_connection_with_no_call_is_closed_after_the_idle_limit(make_server):
     srv, addr = make_server(grpc=GrpcLimits(max_connection_idle_s=1.0))
     ch = grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
