@@ -58,7 +58,8 @@ class Metrics:
             "vigil_memory_step_seconds", "Seconds of one working-memory step: scoring old memory and the new clip "
             "and pruning them to the budget (memory.working.step)", buckets=STEP_BUCKETS, registry=r)
         self.question_seconds = Histogram(
-            "vigil_question_seconds", "Seconds to answer one question, queue wait included; outcome ok, error or cancelled (the client went away)",
+            "vigil_question_seconds", "Seconds to answer one question, queue wait included; outcome ok, error or "
+            "cancelled (the client went away)",
             ["outcome"], buckets=QUESTION_BUCKETS, registry=r)
         self.redis_errors = Counter(
             "vigil_redis_errors", "Times the memory store (Redis) did not answer: where=ingest (a stream worker "

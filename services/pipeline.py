@@ -320,7 +320,7 @@ class StreamWorker:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
         period = 1.0 / self.rec.fps
         builder = ClipBuilder(self.rec.clip_frames, period, self.rt.settings.min_clip_frames, r.next_clip if r else 0)
-        back_wall: float | None = None  # the live source reconnected (wall time) and its "up" alert waits for media time
+        back_wall: float | None = None  # reconnected at (wall): its "up" alert waits for media time
         self.frames_total = r.frames_total if r else 0
         while True:
             if self.controls.released:
