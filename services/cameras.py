@@ -198,6 +198,63 @@ def check_cameras(value: Any) -> tuple[CameraConfig, ...]:
     return tuple(out)
 
 
+# ---- the allow-list of camera hosts (VIGIL_CAMERA_HOSTS) ---------------------------------------
+DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+
+
+def _split_host(text: str) -> tuple[str, str | None]:
+    """"host", "host:port", "[v6]", "[v6]:port" or a bare IPv6 address -> (host, port or None)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        return host, (rest[1:] if rest.startswith(":") else None) if rest else None
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, port
+    return text, None
+
+
+def host_pattern(pattern: str) -> str:
+    """One VIGIL_CAMERA_HOSTS entry, checked and lower-cased: an fnmatch pattern of a host name or address, with
+    an optional port (digits, or *)."""
+    p = str(pattern).strip().lower()
+    host, port = _split_host(p)
+    if not host or any(c.isspace() or c in "/@?#" for c in p) or len(p) > 300:
+        raise ValueError(f"camera host pattern {pattern!r}: give a host name or address, optionally with :port "
+                         "(fnmatch wildcards allowed)")
+    if port is not None and port != "*" and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"camera host pattern {pattern!r}: the port must be a number (1-65535) or *")
+    return p
+
+
+def check_camera_host(source: str, patterns: tuple[str, ...]) -> None:
+    """Refuse an rtsp:// or rtsps:// `source` whose host (and port) no pattern allows (no patterns: any host).
+    Runs before anything connects, and says the same whatever the host is, so the refusal tells nothing of what
+    listens there. Files and other sources pass: this list is about where the server connects to."""
+    from fnmatch import fnmatchcase
+    from urllib.parse import urlsplit
+
+    from services.errors import HostNotAllowed
+
+    if not patterns or "://" not in source:
+        return
+    scheme = source.split("://", 1)[0].lower()
+    if scheme not in DEFAULT_PORTS:
+        return
+    refused = HostNotAllowed("the camera's host is not in the allow-list of camera hosts (VIGIL_CAMERA_HOSTS)")
+    try:
+        url = urlsplit(source)
+        host, port = (url.hostname or "").lower(), url.port or DEFAULT_PORTS[scheme]
+    except ValueError:  # a port that is no number, a bracket left open
+        raise refused from None
+    if not host:
+        raise refused
+    for p in patterns:
+        phost, pport = _split_host(p)
+        if fnmatchcase(host, phost) and (pport is None or pport == "*" or int(pport) == port):
+            return
+    raise refused
+
+
 # ---- start-up --------------------------------------------------------------------------------
 def start_cameras(rt, manager, cameras: tuple[CameraConfig, ...]) -> dict[str, str]:
     """Start each camera whose stream is not already active or finished (see the module docstring). Returns

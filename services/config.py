@@ -44,6 +44,56 @@ class Reader(StrEnum):
     DECORD = "decord"
 
 
+class GrpcLimits(BaseModel):
+    """VIGIL_GRPC__*: what one gRPC connection may hold and for how long (services/server.py hands these to the
+    grpc.aio server as its channel arguments)."""
+    model_config = ConfigDict(frozen=True)
+
+    handshake_timeout_s: float = Field(10.0, gt=0, le=300, description="a connection that has not finished its "
+                                       "handshake (TLS, and the client's HTTP/2 preface and settings) this long "
+                                       "after it opened is closed")
+    max_concurrent_streams: int = Field(100, ge=1, le=10_000, description="calls one connection may have open at "
+                                        "once (HTTP/2 streams); more wait on the client's side")
+    max_connections: int = Field(4096, ge=1, le=1_000_000, description="open connections to the gRPC port (all "
+                                 "clients); one more is closed at once. Keep it well under the process's open-file "
+                                 "limit (`ulimit -n`) so that the HTTP side, Redis and files still get theirs")
+    max_metadata_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="largest header block "
+                                    "(metadata) of one call")
+    max_connection_idle_s: float = Field(600.0, ge=0, le=30 * 24 * 3600, description="a connection with no call "
+                                         "open this long is closed (GOAWAY; clients reconnect by themselves); 0: "
+                                         "never")
+    max_connection_age_s: float = Field(0.0, ge=0, le=365 * 24 * 3600, description="a connection older than this "
+                                        "is asked to go away (its open calls get `max_connection_age_grace_s` to "
+                                        "finish); 0: no limit (long WatchStream and PushStream calls are normal)")
+    max_connection_age_grace_s: float = Field(300.0, ge=0, le=30 * 24 * 3600, description="time the calls of a "
+                                              "connection past its age limit get to finish")
+    keepalive_time_s: float = Field(120.0, ge=1, le=24 * 3600, description="the server pings a connection that "
+                                    "has been quiet this long")
+    keepalive_timeout_s: float = Field(20.0, ge=1, le=3600, description="a ping not answered within this closes "
+                                       "the connection")
+    min_ping_interval_s: float = Field(30.0, ge=1, le=24 * 3600, description="clients that ping more often than "
+                                       "this (without data in between) are told to go away after two such pings")
+
+    def options(self) -> list[tuple[str, int]]:
+        """The channel arguments of the grpc.aio server (milliseconds where grpc counts them)."""
+        ms = lambda s: int(s * 1000)  # noqa: E731
+        never = 2**31 - 1  # grpc's INT_MAX: off
+        return [
+            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle_s) if self.max_connection_idle_s else never),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age_s) if self.max_connection_age_s else never),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace_s)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+            ("grpc.keepalive_permit_without_calls", 0),  # a client's pings on a connection with no call are strikes
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_ping_interval_s)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
+
 class DetectorSettings(BaseModel):
     """Keyframe / scene-cut detector; unset fields keep the detector's tuned defaults."""
     model_config = ConfigDict(frozen=True)
@@ -228,6 +278,16 @@ class Settings(BaseSettings):
                                               "rules; usually [[cameras]] tables in the VIGIL_CONFIG file")
     mqtt: MqttSettings = MqttSettings()
     alerts: AlertSettings = AlertSettings()
+    # limits of the gRPC side (issue 21): connections (VIGIL_GRPC__*), watchers, and where cameras may be
+    grpc: GrpcLimits = GrpcLimits()
+    max_watchers_per_stream: int = Field(256, ge=1, le=100_000, description="WatchStream calls open on one stream "
+                                         "at once; one more is refused with RESOURCE_EXHAUSTED")
+    max_watchers_per_client: int = Field(128, ge=1, le=100_000, description="WatchStream calls open from one client "
+                                         "address at once (all streams); one more is refused with RESOURCE_EXHAUSTED")
+    camera_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description='hosts rtsp:// sources (StartStream, [[cameras]]) may name: patterns such as '
+        '"cam-*.lan", "10.0.0.*:554" (fnmatch, case-insensitive; a pattern without a port allows any port), a JSON '
+        'list or joined with ","; empty: any host. Checked before any connection is made')
 
     # the HTTP side's limits and browser safety (services/http/limits.py, services/http/guard.py; docs/operations.md)
     http_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -290,6 +350,26 @@ class Settings(BaseSettings):
     @classmethod
     def _cameras(cls, v):  # one line per problem, naming the camera, the rule and the field
         return check_cameras(v)
+
+    @field_validator("camera_hosts", mode="before")
+    @classmethod
+    def _camera_hosts(cls, v):
+        if isinstance(v, str):
+            v = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
+        from services.cameras import host_pattern
+
+        return tuple(host_pattern(p) for p in v if str(p).strip())
+
+    @model_validator(mode="after")
+    def _cameras_allowed(self):  # a configured camera outside VIGIL_CAMERA_HOSTS is refused at start
+        from services.cameras import check_camera_host
+
+        for cam in self.cameras:
+            try:
+                check_camera_host(cam.source, self.camera_hosts)
+            except Exception as exc:
+                raise ValueError(f"camera {cam.name!r}: {exc}") from None
+        return self
 
     @field_validator("timezone")
     @classmethod

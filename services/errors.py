@@ -19,6 +19,10 @@ class PathNotAllowed(Exception):
     pass
 
 
+class HostNotAllowed(Exception):
+    """A camera URL names a host outside VIGIL_CAMERA_HOSTS (services/cameras.py check_camera_host)."""
+
+
 class LimitExceeded(Exception):
     pass
 
@@ -47,6 +51,7 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     StreamNotFound: grpc.StatusCode.NOT_FOUND,
     ConversationNotFound: grpc.StatusCode.NOT_FOUND,  # unknown, or expired after its TTL
     PathNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
+    HostNotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     IncompatibleBlob: grpc.StatusCode.FAILED_PRECONDITION,

@@ -18,6 +18,7 @@ from streamer.push import FeedClosed
 from streamer.redact import redact_source, redact_text
 from services.runtime import Runtime
 from services.streaming import worker_stream
+from services.watchers import WatchHub
 from services.work import WorkQueue
 from services.wire import common_pb2, ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 
@@ -44,6 +45,15 @@ def stream_id(rt: Runtime, given: str) -> str:
     return rt.store.stream_for_name(given) or given
 
 
+def peer_address(context: grpc.aio.ServicerContext) -> str:
+    """The client's address without its port ("ipv4:127.0.0.1", "ipv6:[::1]", "unix:..."): what per-client
+    limits count by."""
+    peer = context.peer() or ""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
+
+
 def gap_msg(g: Gap) -> common_pb2.Gap:
     return common_pb2.Gap(start_s=g.start_s, end_s=g.end_s, wall_start_unix=g.wall_start or 0.0,
                           wall_end_unix=g.wall_end or 0.0, reason=g.reason)
@@ -59,6 +69,30 @@ def alert_msg(a: alerts.Alert) -> ingest_pb2.Alert:
     return msg
 
 
+class LogOncePer:
+    """Once per `period_s` per cause: one store outage fails every open call at once (60 watchers: 60 errors),
+    and the log gets one line for them, with the count of those left out."""
+
+    def __init__(self, period_s: float = 10.0) -> None:
+        self.period_s = period_s
+        self._last: dict[tuple, tuple[float, int]] = {}  # cause -> (when last logged, left out since)
+
+    def due(self, cause: tuple) -> int | None:
+        """None: leave this one out; else log it, with the count of those left out since the last line."""
+        now = time.monotonic()
+        when, skipped = self._last.get(cause, (float("-inf"), 0))
+        if now - when < self.period_s:
+            self._last[cause] = (when, skipped + 1)
+            return None
+        if len(self._last) > 1000:  # causes are few (handler x exception class); never grow without bound
+            self._last.clear()
+        self._last[cause] = (now, 0)
+        return skipped
+
+
+_OUTAGE_LOG = LogOncePer()
+
+
 async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, metrics: Metrics | None = None):
     """The one place errors become statuses: domain errors by the table, anything else INTERNAL (logged).
     `metrics`: the server's, counting store outages (vigil_redis_errors_total{where="api"})."""
@@ -70,8 +104,9 @@ async def _fail(context: grpc.aio.ServicerContext, exc: Exception, name: str, me
         log.exception("%s failed", name)
         await context.abort(grpc.StatusCode.INTERNAL,
                             f"internal error: {exc.__class__.__name__}: {clipped(text, 200)}")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        log.warning("%s: %s (%s)", name, exc.__class__.__name__, clipped(text, 200))
+    if code == grpc.StatusCode.UNAVAILABLE and (repeats := _OUTAGE_LOG.due((name, exc.__class__.__name__))) is not None:
+        log.warning("%s: %s (%s)%s", name, exc.__class__.__name__, clipped(text, 200),
+                    f" (and {repeats} more like it in the last {_OUTAGE_LOG.period_s:g} s)" if repeats else "")
     await context.abort(code, redact_text(public_message(exc)))
 
 
@@ -118,6 +153,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(self, rt: Runtime, manager: IngestManager | None) -> None:
         self.rt = rt
         self.manager = manager
+        s = rt.settings
+        self.watchers = WatchHub(rt.store.read_events, self._rendered, self._ended, s.max_watchers_per_stream,
+                                 s.max_watchers_per_client)
 
     def _manager(self) -> IngestManager:
         if self.manager is None:
@@ -212,24 +250,29 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     @rpc_stream
     async def WatchStream(self, request, context):
-        store, sid = self.rt.store, await asyncio.to_thread(stream_id, self.rt, request.stream_id)
-        last_id = await asyncio.to_thread(store.last_event_id, sid)  # before the snapshot: nothing is missed
-        info = await asyncio.to_thread(self._info, sid)
-        yield ingest_pb2.StreamEvent(kind=ingest_pb2.StreamEvent.KIND_SNAPSHOT, info=info, time_unix=time.time())
-        done = STATE_NAMES.get(info.state, "") in TERMINAL
-        while not done:
-            events = await asyncio.to_thread(store.read_events, sid, last_id, 1000)
-            if not events and STATE_NAMES.get((await asyncio.to_thread(self._info, sid)).state, "") in TERMINAL:
-                # ended without a final event reaching us yet: send whatever is left, then stop
-                events, done = await asyncio.to_thread(store.read_events, sid, last_id, None), True
-            for eid, body in events:
-                last_id = eid
-                ev = await asyncio.to_thread(self._event, sid, body)
-                if ev is None:
-                    continue
-                if body.get("kind") == "state" and body.get("state") in TERMINAL:
-                    done = True
+        """A snapshot, then the stream's events as they happen, until it ends. Waiting costs no thread of the
+        shared pool: one poller per stream fans its events out to every watcher (services/watchers.py)."""
+        sid = await asyncio.to_thread(stream_id, self.rt, request.stream_id)
+        with self.watchers.join(sid, peer_address(context)) as sub:  # the caps, before any further work
+
+            def start() -> tuple[str, ingest_pb2.StreamInfo]:
+                # the newest event id before the snapshot: nothing is missed, nothing is sent twice
+                return self.rt.store.last_event_id(sid), self._info(sid)
+
+            last_id, info = await asyncio.to_thread(start)
+            yield ingest_pb2.StreamEvent(kind=ingest_pb2.StreamEvent.KIND_SNAPSHOT, info=info, time_unix=time.time())
+            if STATE_NAMES.get(info.state, "") in TERMINAL:
+                return
+            async for ev in self.watchers.events(sub, last_id):
                 yield ev
+
+    def _rendered(self, sid: str, body: dict[str, str]) -> tuple[ingest_pb2.StreamEvent | None, bool]:
+        """One stored event as watchers get it, and whether it ends the stream (on a poller's thread)."""
+        ends = body.get("kind") == "state" and body.get("state") in TERMINAL
+        return self._event(sid, body), ends
+
+    def _ended(self, sid: str) -> bool:
+        return self.rt.store.get_stream(sid).state in TERMINAL
 
     def _event(self, sid: str, body: dict[str, str]) -> ingest_pb2.StreamEvent | None:
         kind = EVENT_KINDS.get(body.get("kind"))

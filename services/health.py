@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from grpc_health.v1 import health, health_pb2
 
 log = logging.getLogger("vigil.health")
@@ -13,14 +17,19 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 
 class StoreHealth:
-    """Pings the store every `period_s` on its own short-timeout connection (so a stalled Redis is seen within
-    about `timeout_s`, not after the data connections' longer socket timeout) and sets the health status of
-    `names` ("" is the server as a whole) to match."""
+    """Pings the store every `period_s` on its own connection and its own thread, and sets the health status of
+    `names` ("" is the server as a whole) to match. The ping has a short socket timeout and no retries (redis-py
+    retries a timed-out command three times by default: 6.5 s before a stall was seen), and it runs on a thread of
+    its own, so neither busy control calls nor watchers on the shared pool can delay it: a stalled Redis turns
+    health NOT_SERVING within about `period_s + timeout_s`."""
 
     def __init__(self, servicer: health.aio.HealthServicer, names: list[str], redis_url: str,
-                 period_s: float = 1.0, timeout_s: float = 1.0) -> None:
-        self.servicer, self.names, self.period_s = servicer, names, period_s
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+                 period_s: float = 0.5, timeout_s: float = 0.75) -> None:
+        self.servicer, self.names, self.period_s, self.timeout_s = servicer, names, period_s, timeout_s
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                            retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="vigil-health")
+        self._pending: Future | None = None  # a ping still running (a stall longer than the socket timeout)
         self.serving: bool | None = None
         self._task: asyncio.Task | None = None
 
@@ -30,8 +39,17 @@ class StoreHealth:
         except redis.RedisError:  # unreachable, stalled, loading its data after a restart
             return False
 
+    async def _answers(self) -> bool:
+        """Whether the store answered a ping within the timeout (a ping still hanging counts as no)."""
+        if self._pending is None or self._pending.done():
+            self._pending = self._thread.submit(self._ping)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._pending)), self.timeout_s + 0.25)
+        except asyncio.TimeoutError:
+            return False
+
     async def check(self) -> bool:
-        ok = await asyncio.to_thread(self._ping)
+        ok = await self._answers()
         if ok != self.serving:
             if self.serving is not None:
                 (log.info if ok else log.warning)("the memory store (Redis) %s: health %s",
@@ -61,4 +79,5 @@ class StoreHealth:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self._thread.shutdown(wait=False, cancel_futures=True)
         self._client.close()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from memory.options import MemoryOptions
 from memory.store import SourceKind, StreamRecord, StreamState
+from services.cameras import check_camera_host
 from services.errors import InvalidRequest, LimitExceeded
 from services.paths import confine
 from services.pipeline import STORE_DOWN, Controls, Plan, StreamWorker, resume_point
@@ -89,6 +90,7 @@ class IngestManager:
         if is_live_url(source):
             if len(source) > 2048 or any(c.isspace() for c in source):
                 raise InvalidRequest("the URL is too long or contains whitespace")
+            check_camera_host(source, s.camera_hosts)  # before any connection: the refusal tells nothing
             probe_live(source, s.live)
             # the record (API, logs, events) shows the URL without its credentials; the worker's plan, and the
             # store's private key (create_stream's source_url, read back on adoption), keep the real one
@@ -146,8 +148,8 @@ class IngestManager:
             w = self._workers.get(sid)
         if w is not None:
             w.controls.stop()
-            if w.plan.feed is not None:
-                w.plan.feed.abort("the stream was stopped")
+            if w.plan.feed is not None:  # a clean end of input, not an error: the stream ends stopped
+                w.plan.feed.close()
             w.thread.join(timeout_s)
         else:
             rec = self.rt.store.get_stream(sid)

@@ -16,6 +16,7 @@ of them reports the same values (aggregate with `max by (stream)`, or scrape one
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import contextmanager
 
@@ -57,7 +58,8 @@ class Metrics:
             "vigil_memory_step_seconds", "Seconds of one working-memory step: scoring old memory and the new clip "
             "and pruning them to the budget (memory.working.step)", buckets=STEP_BUCKETS, registry=r)
         self.question_seconds = Histogram(
-            "vigil_question_seconds", "Seconds to answer one question, queue wait included; outcome ok or error",
+            "vigil_question_seconds", "Seconds to answer one question, queue wait included; outcome ok, error or "
+            "cancelled (the client went away)",
             ["outcome"], buckets=QUESTION_BUCKETS, registry=r)
         self.redis_errors = Counter(
             "vigil_redis_errors", "Times the memory store (Redis) did not answer: where=ingest (a stream worker "
@@ -65,7 +67,7 @@ class Metrics:
             ["where"], registry=r)
         for where in ("ingest", "api", "metrics"):
             self.redis_errors.labels(where)  # present at 0 from the start: rate() needs the first sample
-        for outcome in ("ok", "error"):
+        for outcome in ("ok", "error", "cancelled"):
             self.question_seconds.labels(outcome)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
         PlatformCollector(registry=r)
@@ -73,12 +75,16 @@ class Metrics:
 
     @contextmanager
     def question(self):
-        """Time one question: `with metrics.question(): ...` (an exception counts as outcome="error")."""
+        """Time one question: `with metrics.question(): ...` (an exception counts as outcome="error"; the client
+        going away mid-question, i.e. the handler cancelled or its stream closed, as outcome="cancelled")."""
         t0 = time.perf_counter()
         outcome = "error"
         try:
             yield
             outcome = "ok"
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
         finally:
             self.question_seconds.labels(outcome).observe(time.perf_counter() - t0)
 

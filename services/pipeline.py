@@ -261,6 +261,9 @@ class StreamWorker:
                     return
                 self._state(StreamState.STOPPED if self.controls.final else StreamState.FINISHED)
             except SourceError as exc:
+                if self.controls.final:  # StopStream before the source gave a frame (a push that sent nothing)
+                    self._state(StreamState.STOPPED)
+                    return
                 log.warning("stream %s failed: %s", sid, exc)
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short
@@ -331,6 +334,7 @@ class StreamWorker:
         r, store, sid = self.resume, self.rt.store, self.rec.stream_id
         period = 1.0 / self.rec.fps
         builder = ClipBuilder(self.rec.clip_frames, period, self.rt.settings.min_clip_frames, r.next_clip if r else 0)
+        back_wall: float | None = None  # reconnected at (wall): its "up" alert waits for media time
         self.frames_total = r.frames_total if r else 0
         while True:
             if self.controls.released:
@@ -342,15 +346,22 @@ class StreamWorker:
             except Empty:
                 continue
             if isinstance(item, SampledFrame):
+                if back_wall is not None:  # back with no gap to report (nothing came before the outage)
+                    self.alerts.on_feed(True, media_s=item.time_s, wall_s=back_wall)
+                    back_wall = None
                 if (clip := builder.push(item)) is not None:
                     self._store(clip, mem)
             elif isinstance(item, _End):
                 break
             elif isinstance(item, Connected):
-                if self._durable(store.get_stream, sid).state == StreamState.RECONNECTING:  # back after an outage
+                back = self._durable(store.get_stream, sid).state == StreamState.RECONNECTING  # after an outage
+                if back:
                     self.rec.reconnects += 1
                 self._state(StreamState.RUNNING, error="", reconnects=self.rec.reconnects)
-                self.alerts.on_feed(True, wall_s=item.wall_s)
+                if back:  # the "up" alert waits for the outage's gap: it carries the media time the feed resumed at
+                    back_wall = item.wall_s
+                else:
+                    self.alerts.on_feed(True, wall_s=item.wall_s)
             elif isinstance(item, Disconnected):
                 if (clip := builder.flush()) is not None:  # a chunk never spans an outage
                     self._store(clip, mem)
@@ -361,6 +372,9 @@ class StreamWorker:
                               message=f"attempt {item.attempt} in {item.delay_s:.1f}s: {item.reason}")
             elif isinstance(item, Gap):  # the live source's gap is what the store keeps (streamer.gap.Gap)
                 self._durable(store.add_gap, sid, item)
+                if back_wall is not None:  # the feed is up again at the outage's end
+                    self.alerts.on_feed(True, media_s=item.end_s, wall_s=back_wall)
+                    back_wall = None
             elif isinstance(item, BaseException):
                 if (clip := builder.flush()) is not None:  # what decoded cleanly is kept
                     self._store(clip, mem)

@@ -27,6 +27,17 @@ from services.wire import ingest_pb2, ingest_pb2_grpc, qa_pb2, qa_pb2_grpc
 log = logging.getLogger("vigil.server")
 
 
+def _check_fd_limit(max_connections: int) -> None:
+    """Warn when the open-file limit is below what VIGIL_GRPC__MAX_CONNECTIONS needs (each connection is a file)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + 256:
+        log.warning("the open-file limit (%d) is below VIGIL_GRPC__MAX_CONNECTIONS (%d) + room for the rest: raise "
+                    "it (ulimit -n) or lower the cap, or a connection flood can leave no file for anything else",
+                    soft, max_connections)
+
+
 def _https(s: Settings) -> dict:
     """uvicorn's TLS arguments: gRPC's certificate and key, and its client CA (mutual TLS) when set."""
     if not s.tls.enabled:
@@ -58,6 +69,7 @@ class VigilServer:
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Event | None = None
         self.health: StoreHealth | None = None
+        self._ingest_api: IngestServicer | None = None
 
     async def start_async(self) -> int:
         s = self.settings
@@ -92,10 +104,13 @@ class VigilServer:
         interceptors = [TokenAuth(s.auth_token.get_secret_value(), self.throttle)] if s.auth_token is not None else []
         opts = [("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
-                ("grpc.so_reuseport", 0)]  # else a second server on the same port silently shares it
+                ("grpc.so_reuseport", 0),  # else a second server on the same port silently shares it
+                *s.grpc.options()]  # handshake timeout, streams per connection, idle and keepalive limits
+        _check_fd_limit(s.grpc.max_connections)
         server = grpc.aio.server(interceptors=interceptors, options=opts)
         names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(self.rt, self.ingest), server)
+        self._ingest_api = IngestServicer(self.rt, self.ingest)
+        ingest_pb2_grpc.add_IngestServiceServicer_to_server(self._ingest_api, server)
         names.append(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name)
         if s.role.answers:
             self.work = WorkQueue(s.question_workers, s.max_queued_questions)
@@ -143,6 +158,8 @@ class VigilServer:
             await asyncio.to_thread(self.rt.alerts.close)
         if self.health:
             await self.health.stop()
+        if self._ingest_api is not None:  # the watchers' poller threads end at their next wake-up
+            self._ingest_api.watchers.close()
         if self._server:
             await self._server.stop(grace_s)
         if self.work:  # after the server: its cancelled calls have dropped their queued questions

@@ -35,6 +35,8 @@ class ByteFeed:
                 self._cond.wait(0.2)
             if self._reader_gone:
                 raise FeedClosed("the stream is no longer reading")
+            if self._eof:  # closed (the end message, or StopStream): nothing more is read
+                raise FeedClosed("the feed is closed")
             if data:
                 self._chunks.append(bytes(data))
                 self._size += len(data)

@@ -389,3 +389,6 @@ def test_a_killed_camera_fires_feed_down_then_up_once_each(make_server, subscrib
     assert lost[0]["wall_start"] < back[0]["wall_start"]
     assert info.reconnects == 1 and len(info.gaps) == 1
     assert info.gaps[0].start_s == pytest.approx(lost[0]["start_s"], abs=1.0)  # the last frame before the outage
+    # the feed-up alert carries the media time the feed resumed at: the outage's end, not its start (issue 21)
+    assert back[0]["start_s"] == back[0]["end_s"] == pytest.approx(info.gaps[0].end_s, abs=0.01)
+    assert back[0]["start_s"] > lost[0]["start_s"]

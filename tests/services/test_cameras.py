@@ -176,3 +176,20 @@ def wait_for_chunks(c: Client, stream: str, n: int, timeout_s: float = 120) -> N
     while c.describe(stream).chunks < n:
         assert time.monotonic() < deadline, f"{stream}: fewer than {n} chunks after {timeout_s}s"
         time.sleep(0.1)
+
+
+def test_configured_cameras_outside_the_camera_hosts_allow_list_fail_the_settings(monkeypatch):
+    """VIGIL_CAMERA_HOSTS (issue 21): a [[cameras]] URL whose host no pattern allows fails the settings at start,
+    naming the camera; listed hosts (and files) pass."""
+    ok = [{"name": "gate", "source": "rtsp://user:pw@cam-1.lan/stream1"},
+          {"name": "yard", "source": "rtsp://10.0.0.7:554/s"}, {"name": "clip", "source": "/srv/videos/gate.mp4"}]
+    monkeypatch.setenv("VIGIL_CAMERA_HOSTS", "cam-*.lan, 10.0.0.*:554")
+    s = Settings(cameras=ok)
+    assert s.camera_hosts == ("cam-*.lan", "10.0.0.*:554")
+    for bad in ("rtsp://evil.example/s", "rtsp://10.0.0.7:8554/s", "rtsps://cam-1.lan.evil.example/s"):
+        with pytest.raises(ValidationError) as err:
+            Settings(cameras=[*ok, {"name": "door", "source": bad}])
+        assert "camera 'door'" in str(err.value) and "VIGIL_CAMERA_HOSTS" in str(err.value)
+    monkeypatch.setenv("VIGIL_CAMERA_HOSTS", "cam 1.lan")
+    with pytest.raises(ValidationError, match="camera host pattern"):
+        Settings()

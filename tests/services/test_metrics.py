@@ -211,3 +211,38 @@ def test_with_tls_the_http_side_is_https_with_the_same_certificate(make_server, 
     assert resp.status == 200 and "vigil_store_up 1.0" in body
     with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):  # no plaintext
         urllib.request.urlopen(f"http://127.0.0.1:{srv.http_port}/metrics", timeout=30).read()
+
+
+def test_a_client_that_goes_away_mid_question_counts_as_cancelled(make_server, pattern_video):
+    """Ask and AskStream cancelled by their clients while the question waits for the model: outcome="cancelled",
+    not "error" (issue 21)."""
+    import time
+
+    from services.wire import qa_pb2
+    from tests.conftest import wait_for
+
+    srv, addr = make_server(http_port=-1)
+    port = srv.http_port
+    with Client(addr) as c:
+        sid = wait_done(c, c.start(str(pattern_video), fps=2).stream_id).stream_id
+        req = qa_pb2.AskRequest(stream_id=sid, question="what colour is the screen?", top_k=2)
+        assert srv.rt.model_lock.acquire(timeout=60)  # the real lock every question's model work waits on
+        try:
+            for n, rpc in enumerate((c.qa.Ask.future, c.qa.AskStream), 1):
+                call = rpc(req, timeout=60)
+                wait_for(lambda: srv.work.in_flight == 1, 30, "the question taken by a question worker")
+                time.sleep(0.2)
+                call.cancel()
+                wait_for(lambda: value(scrape(port), "vigil_question_seconds_count", outcome="cancelled") == n,
+                         30, f"{n} cancelled question(s) counted")
+                if n == 1:  # the started question waits for the model; let it end before the next
+                    srv.rt.model_lock.release()
+                    wait_for(lambda: srv.work.in_flight == 0, 30, "the first question done")
+                    assert srv.rt.model_lock.acquire(timeout=60)
+        finally:
+            if srv.rt.model_lock.locked():
+                srv.rt.model_lock.release()
+    after = scrape(port)
+    assert value(after, "vigil_question_seconds_count", outcome="cancelled") == 2
+    assert value(after, "vigil_question_seconds_count", outcome="error") == 0
+    assert value(after, "vigil_question_seconds_count", outcome="ok") == 0
