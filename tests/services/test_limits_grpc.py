@@ -140,7 +140,7 @@ def test_a_connection_with_no_call_is_closed_after_the_idle_limit(make_server):
     ch.subscribe(states.append, try_to_connect=False)
     try:
         health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        assert states[-1] == grpc.ChannelConnectivity.READY
+        assert grpc.ChannelConnectivity.READY in states  # (on a loaded machine the 1 s limit may have closed it already)
         deadline = time.monotonic() + 30
         while states[-1] == grpc.ChannelConnectivity.READY and time.monotonic() < deadline:
             time.sleep(0.1)
