@@ -8,6 +8,8 @@ import logging
 import redis
 from grpc_health.v1 import health, health_pb2
 
+from memory.store.client import connect
+
 log = logging.getLogger("vigil.health")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -18,9 +20,9 @@ class StoreHealth:
     `names` ("" is the server as a whole) to match."""
 
     def __init__(self, servicer: health.aio.HealthServicer, names: list[str], redis_url: str,
-                 period_s: float = 1.0, timeout_s: float = 1.0) -> None:
+                 period_s: float = 1.0, timeout_s: float = 1.0, cluster: bool = False) -> None:
         self.servicer, self.names, self.period_s = servicer, names, period_s
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._client = connect(redis_url, cluster=cluster, socket_timeout=timeout_s, connect_timeout=timeout_s)
         self.serving: bool | None = None
         self._task: asyncio.Task | None = None
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
-
 from memory.errors import StreamNotFound
 from memory.options import MemoryOptions
 from memory.retention import Retention
+from memory.store.client import connect
 from memory.store import Checkpoint, ChunkRecord, Gap, LeaseLost, MemoryStore, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
 from streamer.live import Gap as LiveGap
@@ -17,9 +16,11 @@ from tests.memory.test_long_stream import stream_frames
 
 
 @pytest.fixture
-def store(redis_url, namespace, tiny_adapter):
-    r = redis.Redis.from_url(redis_url)
-    return MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+def store(store_url, namespace, tiny_adapter):
+    """On one Redis and on a real local Redis Cluster (every test here runs on both: conftest.store_url)."""
+    r = connect(store_url)
+    yield MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+    r.close()
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,33 @@ def test_delete_removes_every_key_and_fences_the_old_owner(store, clips, namespa
     with pytest.raises(StreamNotFound):
         store.delete_stream("s1")
     assert json.loads(store.r.hget(store._k("keep", "meta"), "state")) == "starting"
+
+
+def test_registries_spanning_streams_are_supersets_reconciled_on_read(store, clips):
+    """The stream list and the active set live in their own keys (another cluster slot than any stream's): they
+    are written before a record and cleaned after it, so a writer that died between the two leaves an entry that
+    readers skip (and adoption prunes), never an active stream that adoption cannot find."""
+    prefix, cs = clips
+    tok = _new(store, "live")
+    # a writer died after adding "ghost" to the registries, before writing its record
+    store.r.zadd(store._streams, {"ghost": 1.0})
+    store.r.sadd(store._active, "ghost")
+    # another died after its state script made "done" finished, before removing it from the active set
+    _new(store, "done")
+    store.set_state("done", StreamState.FINISHED)
+    store.r.sadd(store._active, "done")
+    assert store.active_ids() == ["live"]  # only what the records say is active...
+    assert {m.decode() for m in store.r.smembers(store._active)} == {"live"}  # ...and the stale entries pruned
+    assert [r.stream_id for r in store.list_streams()] == ["live", "done"]  # the ghost has no record: skipped
+    # a record that says active is found even if the active set lost it (its next state change puts it back)
+    store.r.srem(store._active, "live")
+    store.set_state("live", StreamState.RUNNING, fence=tok)
+    assert store.active_ids() == ["live"]
+    # fencing is unchanged: a stale owner's state write is refused and changes no registry
+    new = _steal(store, "live")
+    with pytest.raises(LeaseLost):
+        store.set_state("live", StreamState.FAILED, fence=tok)
+    assert store.active_ids() == ["live"] and store.get_stream("live").state is StreamState.RUNNING
+    store.put_prefix("live", prefix)
+    _put(store, "live", cs[0], new)
+    assert store.chunk_ids("live") == [0]
