@@ -198,3 +198,42 @@ def test_registries_spanning_streams_are_supersets_reconciled_on_read(store, cli
     store.put_prefix("live", prefix)
     _put(store, "live", cs[0], new)
     assert store.chunk_ids("live") == [0]
+
+
+def test_retention_conversations_names_and_alert_events_on_both_stores(store, clips, store_url, namespace):
+    """What else the store keeps, on one Redis and on the cluster: retention's fenced rewrites (a WATCH on the
+    stream's lease, one slot), a conversation's turns (its own hash tag), camera names and their start-up lock (a
+    namespace key), and the stream's event log where alerts are kept."""
+    from encoders.base import Turn
+    from memory.conversations import ConversationStore
+
+    prefix, cs = clips
+    tok = _new(store)
+    store.put_prefix("s1", prefix)
+    for c in cs:
+        _put(store, "s1", c, tok)
+    size = max(r.bytes for r in store.chunk_records("s1"))
+    assert store.enforce_retention("s1", Retention(max_bytes=2 * size), fence=tok) >= 1
+    recs = store.chunk_records("s1")
+    assert recs[0].level == 1 and recs[0].chunk_id == 0 and len(recs) == 2 and store.epoch("s1") >= 1
+    assert len(store.chunk_payloads("s1", [r.chunk_id for r in recs])) == 2
+
+    convs = ConversationStore(store.r, namespace, ttl_s=60)
+    conv = convs.create("s1")
+    assert convs.append(conv.conversation_id, Turn("q1", "a1")) == 1
+    assert convs.append(conv.conversation_id, Turn("q2", "a2")) == 2
+    got = convs.get(conv.conversation_id)
+    assert got.stream_id == "s1" and [t.question for t in got.turns] == ["q1", "q2"]
+    convs.delete(conv.conversation_id)
+
+    store.set_name("gate", "s1")
+    assert store.stream_for_name("gate") == "s1" and store.name_of("s1") == "gate"
+    assert store.lock_name("gate", "srv-a", 5_000) and not store.lock_name("gate", "srv-b", 5_000)
+    store.unlock_name("gate", "srv-a")
+    assert store.lock_name("gate", "srv-b", 5_000)
+    assert store.forget_names("s1") == 1 and store.names() == {}
+
+    after = store.last_event_id("s1")
+    store.event("s1", "alert", alert='{"rule": "van"}', message="van at the gate")
+    (_, body), = store.read_events("s1", after, None)
+    assert body["kind"] == "alert" and body["message"] == "van at the gate"
