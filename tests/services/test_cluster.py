@@ -1,6 +1,7 @@
 """vigil on a real Redis Cluster (3 masters + 3 replicas on loopback, conftest.redis_cluster): the spine end to end
 on one Redis and on the cluster; the master of a stream's slot killed (SIGKILL) mid-ingest and its replica
-promoted, the stream ending with exactly the chunks of an uninterrupted run."""
+promoted, the stream ending with exactly the chunks of an uninterrupted run; a fleet (two ingest processes and a
+QA process) with one ingest process killed and its streams adopted."""
 from __future__ import annotations
 
 import json
@@ -147,3 +148,67 @@ def test_the_master_of_a_streams_slot_killed_mid_ingest_its_replica_takes_over(
             assert promoted_after < 30
         finally:
             redis_cluster.restart(master)  # it comes back as the new master's replica: the cluster is whole again
+
+
+@pytest.mark.slow  # three processes that each load the model; the default-suite variant of adoption on one
+@pytest.mark.timeout(400)  # store is test_redis_faults' stalled-owner test, and the cluster's fencing is test_store's
+def test_a_fleet_two_ingest_processes_and_a_qa_process_one_killed_its_streams_adopted(
+        redis_cluster, cache_dir, media_dir, namespace, tiny_adapter, pattern_video):
+    """Three real `vigil serve` processes on the cluster: two `--role ingest`, one `--role qa`. Two streams
+    started on the first ingest process, which is frozen (SIGSTOP) once they are under way and then killed
+    (SIGKILL): its leases lapse (1.5 s), the other adopts both streams and finishes them from their checkpoints
+    with exactly the chunks of an uninterrupted run; the QA process answers questions on both."""
+    import os
+    import signal
+
+    from tests.services.test_cli import _free_port
+    from tests.services.test_ingest_streams import _serve, _wait_serving
+
+    redis_cluster.wait_ok()
+    url = redis_cluster.url
+    ports = [_free_port() for _ in range(3)]
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    roles = ["ingest", "ingest", "qa"]
+    procs = [_serve(cache_dir, media_dir, url, namespace, p, VIGIL_ROLE=role) for p, role in zip(ports, roles)]
+    try:
+        for proc, addr in zip(procs, addrs):
+            _wait_serving(proc, addr)
+        doomed, survivor, qa = addrs
+        with Client(doomed) as c:
+            sids = [c.start(str(pattern_video), fps=2, clip_frames=4).stream_id for _ in range(2)]
+            _until(lambda: all(c.describe(s).chunks >= 1 for s in sids), 120, "both streams under way", 0.02)
+            os.kill(procs[0].pid, signal.SIGSTOP)  # frozen mid-ingest: the race window stays open
+        r = connect(url)
+        states = [json.loads(r.hget(f"{namespace}:s:{{{s}}}:meta", "state")) for s in sids]
+        assert states == ["running", "running"], "the kill should land mid-ingest"
+        owners = {r.get(f"{namespace}:s:{{{s}}}:lease").decode().rsplit(":", 1)[0] for s in sids}
+        procs[0].kill()
+        procs[0].wait(10)
+        with Client(survivor) as c:
+            done = [wait_done(c, s, timeout_s=240) for s in sids]
+            assert all(state_name(d.state) == "finished" for d in done), [d.error for d in done]
+            ref = wait_done(c, c.start(str(pattern_video), fps=2, clip_frames=4).stream_id, timeout_s=240)
+        for s in sids:  # adopted: a lease of another owner, and exactly the chunks of an uninterrupted run
+            assert_same_chunks(chunks_on(url, namespace, s), chunks_on(url, namespace, ref.stream_id),
+                               tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+            writers = {b[b"by"].decode().rsplit(":", 1)[0]
+                       for _, b in r.xrange(f"{namespace}:s:{{{s}}}:events") if b[b"kind"] == b"progress"}
+            assert len(writers) == 2 and owners <= writers, writers
+        with Client(qa) as c:
+            for s in sids:
+                resp = c.ask(s, "Which colours appear?", top_k=2, max_new_tokens=4)
+                assert len(resp.evidence) == 2
+        r.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(30)
+                except Exception:
+                    p.kill()
+        r2 = connect(url)
+        keys = list(r2.scan_iter(match=f"{namespace}:*", count=1000))
+        if keys:
+            r2.delete(*keys)
+        r2.close()
