@@ -128,7 +128,13 @@ def test_the_master_of_a_streams_slot_killed_mid_ingest_its_replica_takes_over(
         redis_cluster.kill(master)
         killed_at = time.monotonic()
         try:
-            push.release()  # the second half arrives while the slot has no master
+            try:  # while the slot has no master: answered (the client waited out the election) or UNAVAILABLE
+                during = c.ask(sid, "What is happening?", top_k=1, max_new_tokens=2, timeout=60)
+                assert len(during.evidence) == 1
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, (err.code(), err.details())
+                assert str(master.port) not in err.details()
+            push.release()  # the second half arrives while the slot has no master (or just got a new one)
             _until(lambda: master.port not in redis_cluster.master_ports() and
                    redis_cluster.master_of(f"{namespace}:s:{{{sid}}}:meta").port != master.port, 60,
                    "the replica promoted")
