@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector

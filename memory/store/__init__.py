@@ -41,9 +41,9 @@ and `d:*` fields.
 """
 from __future__ import annotations
 
-import redis
 
 from memory.layout import KVLayout
+from memory.store.client import Client
 from memory.store.chunks import Chunks
 from memory.store.events import Events
 from memory.store.keys import EVENTS_MAXLEN, STREAM_ID
@@ -61,7 +61,7 @@ __all__ = ["ACTIVE", "TERMINAL", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "Ch
 class MemoryStore(Streams, Chunks, Events, Leases):
     """The Redis store of every stream (see the module docstring for its keys)."""
 
-    def __init__(self, client: redis.Redis, namespace: str, layout: KVLayout, fingerprint: str, *,
+    def __init__(self, client: Client, namespace: str, layout: KVLayout, fingerprint: str, *,
                  wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         """`client`: memory.store.client.connect's (one Redis or a Redis Cluster). `wait_replicas` > 0: each
         chunk write returns once that many replicas have it (Redis WAIT, up to `wait_timeout_ms`)."""
