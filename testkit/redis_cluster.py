@@ -122,10 +122,17 @@ class LocalCluster:
             time.sleep(0.05)
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
-        """Until every live node says cluster_state:ok and every slot has a live master."""
+        """Until every live node says cluster_state:ok, every slot has a live master, and every live replica's
+        link to its master is up (a WAIT right after start would otherwise find no replica)."""
         def ok() -> bool:
             for n in self.nodes:
-                if n.alive and n.client(socket_timeout=1).cluster("info")["cluster_state"] != "ok":
+                if not n.alive:
+                    continue
+                c = n.client(socket_timeout=1)
+                if c.cluster("info")["cluster_state"] != "ok":
+                    return False
+                repl = c.info("replication")
+                if repl["role"] == "slave" and repl.get("master_link_status") != "up":
                     return False
             return len(self.master_ports()) >= self.masters
         self._wait(ok, timeout_s, "cluster_state:ok")
