@@ -1,7 +1,8 @@
 """vigil on a real Redis Cluster (3 masters + 3 replicas on loopback, conftest.redis_cluster): the spine end to end
 on one Redis and on the cluster; the master of a stream's slot killed (SIGKILL) mid-ingest and its replica
-promoted, the stream ending with exactly the chunks of an uninterrupted run; a fleet (two ingest processes and a
-QA process) with one ingest process killed and its streams adopted."""
+promoted, the stream ending with exactly the chunks of an uninterrupted run; orphaned streams spread over two
+ingest servers by their room; a fleet (two ingest processes and a QA process) with one ingest process killed and
+its streams adopted."""
 from __future__ import annotations
 
 import json
@@ -218,3 +219,37 @@ def test_a_fleet_two_ingest_processes_and_a_qa_process_one_killed_its_streams_ad
         if keys:
             r2.delete(*keys)
         r2.close()
+
+
+def test_orphans_on_the_cluster_are_spread_by_room_and_finished(make_server, redis_cluster, pattern_video,
+                                                               namespace, tiny_adapter):
+    """Two ingest servers on the cluster with room for one stream each, and two orphaned streams (active, no
+    lease: their worker died): each server claims only what it has room for, so one stream lands on each; both
+    finish with the same chunks (the same file)."""
+    from memory.store import StreamRecord
+
+    redis_cluster.wait_ok()
+    url = redis_cluster.url
+    first, _ = make_server(redis_url=url, max_streams=1, lease_ttl_s=600, role="ingest")  # no heartbeat adoption
+    store = first.rt.store
+    orphans = ("orphan-a", "orphan-b")
+    for sid in orphans:
+        store.create_stream(StreamRecord(stream_id=sid, source=str(pattern_video), state="running", fps=2,
+                                         clip_frames=4, model=first.rt.adapter.spec.name))
+    assert store.active_ids() == list(orphans) and store.holders(list(orphans)) == [False, False]
+    (taken,) = first.ingest.adopt_orphans()  # room for one
+    (left,) = set(orphans) - {taken}
+    assert store.holders([left]) == [False] and store.get_stream(left).state == "running"
+    _, addr = make_server(redis_url=url, max_streams=1, lease_ttl_s=600)  # adopts what it finds at start
+    with Client(addr) as c:
+        done = [wait_done(c, sid, timeout_s=120) for sid in orphans]
+    assert all(state_name(d.state) == "finished" for d in done), [d.error for d in done]
+    assert store.active_ids() == []
+    owners = []
+    for sid in orphans:
+        (by,) = {b[b"by"].decode().rsplit(":", 1)[0] for _, b in store.r.xrange(store._k(sid, "events"))
+                 if b[b"kind"] == b"progress"}
+        owners.append(by)
+    assert owners[0] != owners[1]  # one stream on each server
+    assert_same_chunks(chunks_on(url, namespace, "orphan-a"), chunks_on(url, namespace, "orphan-b"),
+                       tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
