@@ -237,3 +237,22 @@ def test_retention_conversations_names_and_alert_events_on_both_stores(store, cl
     store.event("s1", "alert", alert='{"rule": "van"}', message="van at the gate")
     (_, body), = store.read_events("s1", after, None)
     assert body["kind"] == "alert" and body["message"] == "van at the gate"
+
+
+def test_wait_for_a_replica_after_chunk_writes(store, clips, store_url):
+    """VIGIL_REDIS_WAIT_REPLICAS: each chunk write is followed by WAIT on the same connection (on the cluster, the
+    slot's master's). The cluster's masters each have a replica, which takes every chunk; the test's one Redis
+    has none, so each write waits out the timeout, stays stored on the master, and is counted, not refused."""
+    prefix, cs = clips
+    waiting = MemoryStore(store.r, store.ns, store.layout, store.fingerprint, wait_replicas=1, wait_timeout_ms=300)
+    tok = _new(waiting)
+    waiting.put_prefix("s1", prefix)
+    for c in cs:
+        _put(waiting, "s1", c, tok)
+    assert waiting.chunk_ids("s1") == [0, 1, 2]
+    _put(waiting, "s1", cs[2], tok)  # resent: stored once, and nothing new to wait for
+    assert waiting.chunk_ids("s1") == [0, 1, 2]
+    has_replica = store_url.startswith("redis+cluster") or int(store.r.info("replication")["connected_slaves"]) > 0
+    assert waiting.replica_lag_writes == (0 if has_replica else 3)
+    with pytest.raises(LeaseLost):  # fenced as without the wait
+        _put(waiting, "s1", cs[0], "w9:99")
