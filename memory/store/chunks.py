@@ -22,7 +22,7 @@ from memory.layout import FeatureSet, TokenSet
 from memory.multivec import merged_keys
 from memory.retention import Chunk, Retention, merge_features, merge_tokens, merge_vectors, plan
 from memory.store import scripts
-from memory.store.client import is_cluster
+from memory.store.client import SLOT_MOVING, is_cluster
 from memory.store.keys import EVENTS_MAXLEN, StoreBase
 from memory.store.leases import LeaseLost
 from memory.store.records import Checkpoint, ChunkEncoding, ChunkRecord, IndexRow, IngestProgress, WorkingLoad
@@ -160,9 +160,8 @@ class Chunks(StoreBase):
                     self.r.nodes_manager.initialize()
                 except Exception:  # the cluster is still electing: the caller waits and resends
                     pass
-                if isinstance(exc, redis.ResponseError) and str(exc).startswith(("MOVED", "ASK", "CLUSTERDOWN",
-                                                                                  "TRYAGAIN")):
-                    raise redis.ConnectionError(f"the stream's slot moved ({str(exc).split()[0]}); resend") from exc
+                if isinstance(exc, SLOT_MOVING):
+                    raise redis.ConnectionError(f"the stream's slot is moving ({type(exc).__name__}); resend") from exc
             raise
         if int(acked) < self.wait_replicas and int(got) == 1:
             self.replica_lag_writes += 1

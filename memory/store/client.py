@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import (ClusterDownError, ClusterError, RedisClusterUnreachableError, SlotNotCoveredError,
-                              TryAgainError)
+from redis.exceptions import (AskError, ClusterDownError, ClusterError, RedisClusterUnreachableError,
+                              SlotNotCoveredError, TryAgainError)
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -21,6 +21,10 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 # while a replica is promoted. Workers wait and resend; RPCs say UNAVAILABLE.
 STORE_DOWN = (redis.ConnectionError, redis.TimeoutError, ClusterError, ClusterDownError, TryAgainError,
               SlotNotCoveredError, RedisClusterUnreachableError)
+
+# A node's own reply while a slot changes hands (MOVED, ASK: a promoted replica, a migration; CLUSTERDOWN; TRYAGAIN):
+# what a command sent straight to one node (not through the cluster client, which follows these) gets
+SLOT_MOVING = (AskError, ClusterDownError, TryAgainError)
 
 Client = redis.Redis | RedisCluster
 

@@ -20,6 +20,7 @@ from tests.conftest import wait_for as _until
 from tests.services.test_ingest_streams import _chunks as ts_blocks
 from tests.services.test_ingest_streams import assert_same_chunks
 from tests.services.test_redis_faults import _health
+from tests.memory.test_store import clips  # noqa: F401  (the fixture: three encoded clips)
 from tests.services.test_spine_e2e import CLIP, FPS, reference_clips, reference_generate
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -253,3 +254,35 @@ def test_orphans_on_the_cluster_are_spread_by_room_and_finished(make_server, red
     assert owners[0] != owners[1]  # one stream on each server
     assert_same_chunks(chunks_on(url, namespace, "orphan-a"), chunks_on(url, namespace, "orphan-b"),
                        tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+
+
+def test_a_waited_chunk_write_after_a_failover_is_resent_to_the_new_master(redis_cluster, namespace, tiny_adapter,
+                                                                            clips):
+    """With VIGIL_REDIS_WAIT_REPLICAS the chunk script and its WAIT go to the slot's master's own connection (not
+    through the cluster client, which would follow MOVED by itself). After a failover (here an operator's CLUSTER
+    FAILOVER on the replica) the client's slot map is stale: the write meets the old master, now a replica, which
+    answers MOVED. It is refused as an outage (the worker's wait-and-resend), the slot map read again, and the
+    resent write lands on the new master, once."""
+    from memory.store import MemoryStore
+    from memory.store.client import STORE_DOWN
+    from tests.memory.test_store import _new, _put
+
+    redis_cluster.wait_ok()
+    store = MemoryStore(connect(redis_cluster.url), namespace, tiny_adapter.spec.layout,
+                        tiny_adapter.spec.fingerprint, wait_replicas=1, wait_timeout_ms=2000)
+    prefix, cs = clips
+    tok = _new(store)
+    store.put_prefix("s1", prefix)
+    _put(store, "s1", cs[0], tok)
+    old = redis_cluster.master_of(store._k("s1", "meta"))
+    replica = next(n for n in redis_cluster.nodes if n.alive and n.port != old.port
+                   and int(n.client().info("replication").get("master_port", -1)) == old.port)
+    replica.client().cluster("failover")  # a graceful hand-over: the replica becomes the slot's master
+    _until(lambda: redis_cluster.master_of(store._k("s1", "meta")).port == replica.port, 30, "the failover")
+    redis_cluster.wait_ok()
+    with pytest.raises(STORE_DOWN):
+        _put(store, "s1", cs[1], tok)  # to the old master, now a replica: MOVED
+    _put(store, "s1", cs[1], tok)  # resent: the new master
+    _put(store, "s1", cs[1], tok)  # and again (a lost reply): stored once
+    assert store.chunk_ids("s1") == [0, 1] and store.replica_lag_writes == 0
+    store.r.close()
