@@ -15,10 +15,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import redis
 
 from encoders.base import Turn
 from memory.errors import ConversationNotFound, clipped
+from memory.store.client import Client
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STORED = 64  # turns kept per conversation: more than any prompt bound at the default settings reads
@@ -57,7 +57,7 @@ def recent_turns(turns: Sequence[Turn], max_tokens: int, count_tokens: Callable[
 
 
 class ConversationStore:
-    def __init__(self, client: redis.Redis, namespace: str, ttl_s: float) -> None:
+    def __init__(self, client: Client, namespace: str, ttl_s: float) -> None:
         self.r = client
         self.ns = namespace
         self.ttl_ms = max(1, int(ttl_s * 1000))

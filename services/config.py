@@ -327,6 +327,17 @@ class Settings(BaseSettings):
             v = json.loads(v) if v.lstrip().startswith("[") else [h for h in v.split(",")]
         return tuple(str(h).strip().lower() for h in v if str(h).strip())
 
+    # past one machine (issue 22; docs/operations.md "Redis Cluster"): the store on a Redis Cluster with replicas
+    redis_cluster: bool = Field(False, description="VIGIL_REDIS_URL is a Redis Cluster (any one node's address); "
+                                "the same as giving the URL the redis+cluster:// (or rediss+cluster://) scheme")
+    redis_wait_replicas: int = Field(0, ge=0, le=16, description="after each chunk write, wait until this many "
+                                     "replicas have it (Redis WAIT) before the chunk counts as stored: a master "
+                                     "killed right after its reply then loses no acknowledged chunk to its "
+                                     "promoted replica (0: no wait; replication is asynchronous)")
+    redis_wait_timeout_ms: int = Field(1000, ge=1, le=60_000, description="longest wait for those replicas; a "
+                                       "chunk fewer replicas took in time stays stored on the master, and is "
+                                       "logged and counted (a replica is down or far behind)")
+
     @field_validator("auth_token")
     @classmethod
     def _token(cls, v):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import redis
 
+from memory.store.client import connect
+
 log = logging.getLogger("vigil.redis")
 
 
@@ -81,7 +83,7 @@ class EmbeddedRedis:
                 raise RuntimeError(f"embedded redis-server exited with {self.proc.returncode}: {err.strip()}")
             if self.socket.exists():
                 try:
-                    redis.Redis(unix_socket_path=str(self.socket)).ping()
+                    connect(self.url).ping()
                     return self
                 except redis.BusyLoadingError:  # up, reading its append-only file: clients wait for it
                     return self

@@ -7,6 +7,7 @@ import redis
 from encoders.loading import ModelUnavailable
 from memory.errors import ChunksGone, ConversationNotFound, IncompatibleBlob, InvalidMemoryOptions, StreamNotFound
 from memory.store import LeaseLost
+from memory.store.client import STORE_DOWN
 from streamer.errors import (CorruptVideo, NotAVideo, SourceNotFound, SourceTimeout, SourceUnavailable,
                              UnsupportedCodec)
 
@@ -63,6 +64,11 @@ STATUS: dict[type[Exception], grpc.StatusCode] = {
     # Redis unreachable, stalled past the socket timeout, or still loading its data after a restart
     redis.ConnectionError: grpc.StatusCode.UNAVAILABLE,
     redis.TimeoutError: grpc.StatusCode.UNAVAILABLE,
+    # a Redis Cluster slot whose master is being replaced by its replica (CLUSTERDOWN, TRYAGAIN, no node for it)
+    redis.exceptions.ClusterError: grpc.StatusCode.UNAVAILABLE,
+    redis.exceptions.TryAgainError: grpc.StatusCode.UNAVAILABLE,
+    redis.exceptions.SlotNotCoveredError: grpc.StatusCode.UNAVAILABLE,
+    redis.exceptions.RedisClusterUnreachableError: grpc.StatusCode.UNAVAILABLE,
     # Redis at its maxmemory with noeviction: nothing is evicted, writes are refused until room is made
     redis.exceptions.OutOfMemoryError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -77,7 +83,7 @@ STORE_FULL = ("the memory store (Redis) is full (its maxmemory, noeviction): not
 def public_message(exc: BaseException) -> str:
     """What the client is told: the domain error's own message; for a store outage a plain sentence (never the
     socket path or host of the store)."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, STORE_DOWN):
         return STORE_UNAVAILABLE
     if isinstance(exc, redis.exceptions.OutOfMemoryError):
         return STORE_FULL

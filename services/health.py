@@ -8,9 +8,9 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from grpc_health.v1 import health, health_pb2
+
+from memory.store.client import STORE_DOWN, connect, is_cluster
 
 log = logging.getLogger("vigil.health")
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -24,10 +24,11 @@ class StoreHealth:
     health NOT_SERVING within about `period_s + timeout_s`."""
 
     def __init__(self, servicer: health.aio.HealthServicer, names: list[str], redis_url: str,
-                 period_s: float = 0.5, timeout_s: float = 0.75) -> None:
+                 period_s: float = 0.5, timeout_s: float = 0.75, cluster: bool = False) -> None:
         self.servicer, self.names, self.period_s, self.timeout_s = servicer, names, period_s, timeout_s
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                            retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+        self._client = connect(redis_url, cluster=cluster, socket_timeout=timeout_s, connect_timeout=timeout_s,
+                               retries=0)
+        self._cluster = is_cluster(self._client)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="vigil-health")
         self._pending: Future | None = None  # a ping still running (a stall longer than the socket timeout)
         self.serving: bool | None = None
@@ -35,8 +36,10 @@ class StoreHealth:
 
     def _ping(self) -> bool:
         try:
+            if self._cluster:  # a ping reaches any live node; the cluster serves only while every slot has a master
+                return self._client.cluster_info().get("cluster_state") == "ok"
             return bool(self._client.ping())
-        except redis.RedisError:  # unreachable, stalled, loading its data after a restart
+        except (redis.RedisError, *STORE_DOWN):  # unreachable, stalled, loading its data after a restart, electing
             return False
 
     async def _answers(self) -> bool:

@@ -28,6 +28,7 @@ from memory.layout import TokenSet
 from memory.retention import Retention
 from memory.store import (Checkpoint, ChunkGap, ChunkRecord, ChunkWrite, IngestProgress, LeaseLost, SourceKind,
                           StreamRecord, StreamState)
+from memory.store.client import STORE_DOWN as STORE_UNAVAILABLE
 from memory.working import WorkingState, absorb, context, step
 from services import alerts
 from services.config import Reader
@@ -45,7 +46,7 @@ from streamer.sampling import Clip, ClipBuilder, DecodeState, SampledFrame, Samp
 from streamer.source import AvSource, DecodedFrame, FileSource
 
 log = logging.getLogger("vigil.ingest")
-STORE_DOWN = (redis.ConnectionError, redis.TimeoutError)  # Redis unreachable, stalled or loading: wait, then resend
+STORE_DOWN = STORE_UNAVAILABLE  # Redis unreachable, stalled, loading, or a cluster slot failing over: wait, then resend
 STORE_FULL = redis.exceptions.OutOfMemoryError  # Redis at maxmemory (noeviction): wait for room, then resend
 STORE_BACKOFF_CAP_S = 5.0
 # chunk writes kept for sending again: a Redis that acknowledged writes and then lost them (restarted from an

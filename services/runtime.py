@@ -3,13 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import redis
-
 from encoders.base import VideoLM
 from encoders.describe import FrameDescriber, load_describer
 from memory.index import IndexRegistry
 from memory.resident import ResidentMemory
 from memory.store import MemoryStore
+from memory.store.client import connect
 from services.alerts import AlertHub
 from services.config import Settings
 from services.metrics import Metrics
@@ -41,12 +40,12 @@ class Runtime:
                describer: FrameDescriber | None = None) -> "Runtime":
         """`describer`: an already loaded frame describer to share (None: load one from the settings)."""
         # a stall longer than the socket timeout is an outage (workers wait and resend; RPCs say UNAVAILABLE)
-        client = redis.Redis.from_url(redis_url, socket_timeout=settings.redis_timeout_s,
-                                      socket_connect_timeout=min(2.0, settings.redis_timeout_s),
-                                      health_check_interval=30)
+        client = connect(redis_url, cluster=settings.redis_cluster, socket_timeout=settings.redis_timeout_s,
+                         connect_timeout=min(2.0, settings.redis_timeout_s), health_check_interval=30)
         client.ping()
         spec = adapter.spec
-        store = MemoryStore(client, settings.namespace, spec.layout, spec.fingerprint)
+        store = MemoryStore(client, settings.namespace, spec.layout, spec.fingerprint,
+                            wait_replicas=settings.redis_wait_replicas, wait_timeout_ms=settings.redis_wait_timeout_ms)
         indexes = IndexRegistry(store, len(spec.retrieval_layers), settings.retrieval.exact_max_rows,
                                 settings.index_max_bytes)
         return cls(settings, adapter, store, indexes, ModelGate(),

@@ -118,7 +118,7 @@ class VigilServer:
             names.append(qa_pb2.DESCRIPTOR.services_by_name["QAService"].full_name)
         hs = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-        self.health = StoreHealth(hs, ["", *names[2:]], url)
+        self.health = StoreHealth(hs, ["", *names[2:]], url, cluster=s.redis_cluster)
         await self.health.start()
         reflection.enable_server_reflection(names, server)
         try:

@@ -615,3 +615,70 @@ def test_compose_config_reads_the_env_example_once_the_token_is_set(layout, tmp_
     for svc in _vigil_services(cfg).values():
         assert svc["environment"]["VIGIL_AUTH_TOKEN"] == TOKEN
         assert svc["environment"]["VIGIL_MODEL__MAX_PIXELS"] == "200704"
+
+
+# ---- docker-compose.cluster.yml: an override putting the memory on a Redis Cluster with replicas (issue 22) ----
+CLUSTER_FILE = REPO / "docker-compose.cluster.yml"
+
+
+def _merge(base, over):
+    """Compose's merge of an override, as far as these files use it: mappings merged key by key, anything else
+    (a command, a list of volumes) replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {k: _merge(base[k], over[k]) if k in base and k in over else over.get(k, base.get(k))
+                for k in {**base, **over}}
+    return over
+
+
+def _cluster_layout(**env: str) -> dict:
+    env.setdefault("VIGIL_AUTH_TOKEN", TOKEN)
+    return _merge(_load("split", **env), _interpolate(yaml.safe_load(CLUSTER_FILE.read_text()), env))
+
+
+def _check_cluster_layout(cfg: dict) -> None:
+    from memory.store.client import is_cluster_url
+
+    nodes = {n: s for n, s in cfg["services"].items() if s.get("image", "").startswith("redis:")
+             and "--cluster-enabled" in _command(s)}
+    assert sorted(nodes) == ["redis", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6"]
+    volumes = set()
+    for name, svc in nodes.items():
+        cmd = _command(svc)
+        assert _flag(svc, "--cluster-enabled") == "yes" and _flag(svc, "--appendonly") == "yes", name
+        assert _flag(svc, "--maxmemory-policy") == "noeviction" and _flag(svc, "--maxmemory") == "8gb", name
+        assert int(_flag(svc, "--cluster-node-timeout")) <= 15000 and "--cluster-config-file" in cmd, name
+        assert svc["healthcheck"]["test"][-2:] == ["redis-cli", "ping"] and not svc.get("ports"), name
+        (vol,) = svc["volumes"]
+        assert vol["type"] == "volume" and vol["target"] == "/data", name
+        volumes.add(vol["source"])
+    assert len(volumes) == 6 and volumes <= set(cfg["volumes"])  # every node its own data
+    init = cfg["services"]["redis-cluster-init"]
+    assert init["restart"] == "no" and set(init["depends_on"]) == set(nodes)
+    assert all(d["condition"] == "service_healthy" for d in init["depends_on"].values())
+    script = init["command"][-1].replace("$$", "$")
+    assert "--cluster-replicas 1" in script and "--cluster-yes" in script and "cluster_state:ok" in script
+    assert subprocess.run(["sh", "-n", "-c", script]).returncode == 0  # valid shell once compose unescapes $$
+    vigil = _vigil_services(cfg)
+    assert sorted(vigil) == ["ingest", "qa"]
+    for name, svc in vigil.items():
+        env = svc["environment"]
+        assert is_cluster_url(env["VIGIL_REDIS_URL"]) and env["VIGIL_REDIS_URL"].split("//")[1].startswith("redis:")
+        assert int(env["VIGIL_REDIS_WAIT_REPLICAS"]) == 1
+        assert svc["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully", name
+        assert env["VIGIL_AUTH_TOKEN"] == TOKEN and _flag(svc, "--role") == ROLES["split"][name]
+
+
+def test_cluster_override_runs_vigil_on_a_redis_cluster_with_replicas(monkeypatch):
+    cfg = _cluster_layout()
+    _check_cluster_layout(cfg)
+    for svc in _vigil_services(cfg).values():  # the settings vigil starts with
+        s = _settings_from({k: str(v) for k, v in svc["environment"].items() if k.startswith("VIGIL_")}, monkeypatch)
+        assert s.redis_url == "redis+cluster://redis:6379" and s.redis_wait_replicas == 1
+
+
+def test_compose_config_accepts_the_cluster_override():
+    theirs = _config_json("split", "-f", str(CLUSTER_FILE))
+    for svc in theirs["services"].values():  # as our reading has them: the same checks
+        svc["volumes"] = [{k: v for k, v in vol.items() if k in ("type", "source", "target")}
+                          for vol in svc.get("volumes", [])]
+    _check_cluster_layout(theirs)

@@ -22,8 +22,14 @@ Keys are hash-tagged by stream so Redis Cluster keeps a stream on one slot:
     {ns}:s:{<id>}:lease                string      the owning worker's fencing token "<owner>:<n>" (expires)
     {ns}:s:{<id>}:fence                counter     claims of the stream so far (the n of the newest token)
     {ns}:s:{<id>}:source               string      the source with its credentials, when the record shows it redacted
-    {ns}:active                        set         ids of streams in an active state (what adoption scans)
+    {ns}:active                        set         ids of streams in an active state (what adoption scans): a
+                                                   superset, read against each record's state (streams.py)
     {ns}:names                         hash        camera name -> stream id (services/cameras.py); :lock:<name>, start-up
+
+On a Redis Cluster (memory/store/client.py) each stream's keys share one slot, so every script and transaction
+stays on one node; the three namespace keys above are written with single-key commands only, never together
+with a stream's keys. Reads of many streams (paging, adoption scans) are pipelines the cluster client fans out
+per node.
 
 Split by concern: `records` (the types), `streams` (records, states, paging, deletion), `chunks` (memory,
 chunks, checkpoint, retention), `events` (the event log and gaps), `leases` (ownership and fencing), `scripts`
@@ -35,9 +41,9 @@ and `d:*` fields.
 """
 from __future__ import annotations
 
-import redis
 
 from memory.layout import KVLayout
+from memory.store.client import Client
 from memory.store.chunks import Chunks
 from memory.store.events import Events
 from memory.store.keys import EVENTS_MAXLEN, STREAM_ID
@@ -55,8 +61,12 @@ __all__ = ["ACTIVE", "TERMINAL", "EVENTS_MAXLEN", "STREAM_ID", "Checkpoint", "Ch
 class MemoryStore(Streams, Chunks, Events, Leases):
     """The Redis store of every stream (see the module docstring for its keys)."""
 
-    def __init__(self, client: redis.Redis, namespace: str, layout: KVLayout, fingerprint: str) -> None:
+    def __init__(self, client: Client, namespace: str, layout: KVLayout, fingerprint: str, *,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
+        """`client`: memory.store.client.connect's (one Redis or a Redis Cluster). `wait_replicas` > 0: each
+        chunk write returns once that many replicas have it (Redis WAIT, up to `wait_timeout_ms`)."""
         super().__init__(client, namespace, layout, fingerprint)
+        self.wait_replicas, self.wait_timeout_ms = wait_replicas, wait_timeout_ms
         self._init_streams()
         self._init_chunks()
         self._init_leases()

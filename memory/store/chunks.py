@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 
@@ -21,11 +22,13 @@ from memory.layout import FeatureSet, TokenSet
 from memory.multivec import merged_keys
 from memory.retention import Chunk, Retention, merge_features, merge_tokens, merge_vectors, plan
 from memory.store import scripts
+from memory.store.client import SLOT_MOVING, is_cluster
 from memory.store.keys import EVENTS_MAXLEN, StoreBase
 from memory.store.leases import LeaseLost
 from memory.store.records import Checkpoint, ChunkEncoding, ChunkRecord, IndexRow, IngestProgress, WorkingLoad
 from memory.working import WorkingState
 
+log = logging.getLogger("vigil.store")
 
 def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
@@ -70,6 +73,7 @@ class Chunks(StoreBase):
         self._put_chunk = self.r.register_script(scripts.PUT_CHUNK)
         self._put_working = self.r.register_script(scripts.PUT_WORKING)
         self.working_bytes_read = 0  # working-memory and prefix bytes this client has read (metrics, tests)
+        self.replica_lag_writes = 0  # chunk writes fewer replicas than wait_replicas had in time (WAIT)
 
     # ---- memory --------------------------------------------------------------------------
     def put_prefix(self, sid: str, seg: EncodedSegment) -> None:
@@ -167,7 +171,7 @@ class Chunks(StoreBase):
     def send_chunk(self, w: ChunkWrite) -> int:
         """Send a prepared chunk write (again, after a lost reply or a store that lost it: idempotent). Returns
         the chunk's bytes. LeaseLost: another worker owns the stream; ChunkGap: the id is not the next one."""
-        got = self._put_chunk(keys=w.keys, args=w.args)
+        got = self._write_chunk(w.keys, w.args)
         if got == -1:
             raise LeaseLost(f"stream {w.stream_id}: the lease is no longer this worker's; chunk {w.chunk_id} not "
                             "stored")
@@ -177,6 +181,36 @@ class Chunks(StoreBase):
             raise ChunkGap(f"stream {w.stream_id}: the working-memory delta of chunk {w.chunk_id} does not follow "
                            "the stored memory; not stored")
         return w.size
+
+    def _write_chunk(self, keys: list[str], args: list) -> int:
+        """Run the chunk script; with `wait_replicas`, then WAIT on the same connection (WAIT counts the
+        replicas that have this connection's writes), in one round trip: a pipeline on the node that holds the
+        stream's slot. Fewer replicas than asked within the timeout: the chunk stays stored (the master has
+        it) and `replica_lag_writes` counts it (a replica is down or far behind: it is logged)."""
+        if not self.wait_replicas:
+            return self._put_chunk(keys=keys, args=args)
+        node_client = self.r
+        if is_cluster(self.r):  # the slot's master's own client: WAIT must follow the write on its connection
+            node_client = self.r.get_redis_connection(self.r.get_node_from_key(keys[0]))
+        pipe = node_client.pipeline(transaction=False)
+        self._put_chunk(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+        try:
+            got, acked = pipe.execute()
+        except (redis.ConnectionError, redis.ResponseError) as exc:
+            if is_cluster(self.r):  # MOVED (a replica was promoted) or a dead master: read the slot map again
+                try:
+                    self.r.nodes_manager.initialize()
+                except Exception:  # the cluster is still electing: the caller waits and resends
+                    pass
+                if isinstance(exc, SLOT_MOVING):
+                    raise redis.ConnectionError(f"the stream's slot is moving ({type(exc).__name__}); resend") from exc
+            raise
+        if int(acked) < self.wait_replicas and int(got) == 1:
+            self.replica_lag_writes += 1
+            log.warning("a chunk was acknowledged by %d of %d replicas within %d ms (stored on the master only)",
+                        int(acked), self.wait_replicas, self.wait_timeout_ms)
+        return int(got)
 
     def _working_blob(self, working: WorkingState, chunk_id: int) -> bytes:
         """A snapshot (its chunk id lives in the stream's meta, so equal memories make equal blobs)."""

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import re
 
-import redis
-
 from memory.layout import KVLayout
+from memory.store.client import Client
 
 STREAM_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 EVENTS_MAXLEN = 1000
@@ -15,7 +14,7 @@ STREAM_KEYS = ("meta", "prefix", "chunks", "wm", "wmlog", "ckpt", "gaps", "gapz"
 
 
 class StoreBase:
-    def __init__(self, client: redis.Redis, namespace: str, layout: KVLayout, fingerprint: str) -> None:
+    def __init__(self, client: Client, namespace: str, layout: KVLayout, fingerprint: str) -> None:
         self.r = client
         self.ns = namespace
         self.layout = layout

@@ -33,23 +33,22 @@ return 0
 
 RELEASE = ALLOW_OOM + "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
-# Change a stream's state (and other meta fields), keep the active set in step, and publish the change.
-# KEYS: 1 meta, 2 events, 3 active set, 4 lease. ARGV: 1 token ("" = unfenced: an operator's stop, an
-# owner-less stream), 2 stream id, 3 new state (JSON string), 4 "1" if the new state is active, 5 events
-# maxlen, 6 now (JSON), 7 message, 8 n, then n field/value pairs.
+# Change a stream's state (and other meta fields) and publish the change. The active set is another slot's key
+# on a Redis Cluster: Streams.set_state keeps it in step around this script (see memory/store/streams.py).
+# KEYS: 1 meta, 2 events, 3 lease. ARGV: 1 token ("" = unfenced: an operator's stop, an owner-less stream),
+# 2 new state (JSON string), 3 events maxlen, 4 now (JSON), 5 message, 6 n, then n field/value pairs.
 # -1: the lease is not the writer's; -2: the stream is gone (deleted); else 1.
 SET_STATE = ALLOW_OOM + """
-if ARGV[1] ~= '' and redis.call('get', KEYS[4]) ~= ARGV[1] then return -1 end
+if ARGV[1] ~= '' and redis.call('get', KEYS[3]) ~= ARGV[1] then return -1 end
 if redis.call('exists', KEYS[1]) == 0 then return -2 end
 local prev = redis.call('hget', KEYS[1], 'state') or '""'
-local n = tonumber(ARGV[8])
-local kv = {'state', ARGV[3], 'updated', ARGV[6]}
-for i = 1, 2 * n do kv[#kv + 1] = ARGV[8 + i] end
+local n = tonumber(ARGV[6])
+local kv = {'state', ARGV[2], 'updated', ARGV[4]}
+for i = 1, 2 * n do kv[#kv + 1] = ARGV[6 + i] end
 redis.call('hset', KEYS[1], unpack(kv))
-if ARGV[4] == '1' then redis.call('sadd', KEYS[3], ARGV[2]) else redis.call('srem', KEYS[3], ARGV[2]) end
-if prev ~= ARGV[3] then
-  redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'kind', 'state', 'time', ARGV[6],
-             'previous', string.sub(prev, 2, -2), 'state', string.sub(ARGV[3], 2, -2), 'message', ARGV[7])
+if prev ~= ARGV[2] then
+  redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'state', 'time', ARGV[4],
+             'previous', string.sub(prev, 2, -2), 'state', string.sub(ARGV[2], 2, -2), 'message', ARGV[5])
 end
 return 1
 """

@@ -1,4 +1,13 @@
-"""Stream records: create, read, page through, change state (fenced), delete; the set of active streams."""
+"""Stream records: create, read, page through, change state (fenced), delete; the set of active streams.
+
+What spans streams (`{ns}:streams`, `{ns}:active`, `{ns}:names`) lives in keys of its own slot, never in a
+script or transaction with a stream's keys (one Redis Cluster slot per stream): it is updated with single-key
+commands next to the stream's own atomic write, in an order that keeps each registry a superset of the truth
+(a stream is added before its record is written and removed after it is deleted or left an active state), and
+it is reconciled on read against the records (`active_ids` keeps only streams whose record says active, and
+prunes the rest). So a process that dies between the two writes leaves at worst a stale entry that readers
+skip, never a stream that adoption cannot find; the fencing (the lease checked in the state script) is
+unchanged."""
 from __future__ import annotations
 
 import json
@@ -27,11 +36,13 @@ class Streams(StoreBase):
         redacted form of it; kept in its own key, never returned by the API."""
         if not STREAM_ID.match(rec.stream_id):
             raise ValueError(f"invalid stream id {errors.clipped(rec.stream_id)}")
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._k(rec.stream_id, "meta"), mapping=rec.to_hash())
-        pipe.zadd(self._streams, {rec.stream_id: rec.created})
+        reg = self.r.pipeline(transaction=False)  # the registries first (other slots): supersets of the records
+        reg.zadd(self._streams, {rec.stream_id: rec.created})
         if rec.state.active:
-            pipe.sadd(self._active, rec.stream_id)
+            reg.sadd(self._active, rec.stream_id)
+        reg.execute()
+        pipe = self.r.pipeline(transaction=True)  # the stream's own keys (one slot), at once
+        pipe.hset(self._k(rec.stream_id, "meta"), mapping=rec.to_hash())
         if source_url is not None and source_url != rec.source:
             pipe.set(self._k(rec.stream_id, "source"), source_url)
         pipe.execute()
@@ -54,14 +65,38 @@ class Streams(StoreBase):
         if error is not None:
             changes["error"] = error
         pairs = [x for k, v in changes.items() for x in (k, json.dumps(v))]
+        if state.active:  # in the active set before the record says so (a superset: adoption never misses it)
+            self.r.sadd(self._active, sid)
         got = self._set_state(
-            keys=[self._k(sid, "meta"), self._k(sid, "events"), self._active, self._k(sid, "lease")],
-            args=[fence or "", sid, json.dumps(state.value), "1" if state.active else "0", EVENTS_MAXLEN,
-                  json.dumps(time.time()), error or "", len(changes), *pairs])
+            keys=[self._k(sid, "meta"), self._k(sid, "events"), self._k(sid, "lease")],
+            args=[fence or "", json.dumps(state.value), EVENTS_MAXLEN, json.dumps(time.time()), error or "",
+                  len(changes), *pairs])
         if got == -1:
             raise LeaseLost(f"stream {sid}: the lease is no longer this worker's")
         if got == -2:
             raise _not_found(sid)
+        if state.active:
+            self.r.sadd(self._active, sid)  # again: a racing change to an inactive state may have removed it
+        else:
+            self._prune_active([sid])
+
+    def _states(self, ids: list[str]) -> list[StreamState | None]:
+        """Each stream's state from its record (None: no record), read in one round trip (fanned out per node)."""
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hget(self._k(sid, "meta"), "state")
+        return [StreamState(json.loads(v)) if v is not None else None for v in pipe.execute()]
+
+    def _prune_active(self, ids: list[str]) -> None:
+        """Remove streams that are not active from the active set, then read their records again and put back any
+        that a racing change made active meanwhile (that change adds it too, but may have done so before our
+        removal)."""
+        if not ids:
+            return
+        self.r.srem(self._active, *ids)
+        back = [sid for sid, st in zip(ids, self._states(ids)) if st is not None and st.active]
+        if back:
+            self.r.sadd(self._active, *back)
 
     def get_stream(self, sid: str) -> StreamRecord:
         h = self.r.hgetall(self._k(sid, "meta")) if STREAM_ID.match(sid or "") else {}
@@ -99,7 +134,10 @@ class Streams(StoreBase):
 
     def active_ids(self) -> list[str]:
         """Streams in an active state (what an ingest worker owns or should adopt), from the active set."""
-        return sorted(i.decode() for i in self.r.smembers(self._active))
+        ids = sorted(i.decode() for i in self.r.smembers(self._active))
+        states = self._states(ids)
+        self._prune_active([sid for sid, st in zip(ids, states) if st is None or not st.active])
+        return [sid for sid, st in zip(ids, states) if st is not None and st.active]
 
     def index_active(self) -> int:
         """Build the active set once for streams stored before it existed (idempotent; cheap when built)."""
@@ -107,7 +145,7 @@ class Streams(StoreBase):
         if self.r.exists(marker):
             return 0
         recs = self.list_streams()
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=False)  # keys of the namespace's own (single-key commands)
         for rec in recs:
             if rec.state.active:
                 pipe.sadd(self._active, rec.stream_id)
@@ -122,9 +160,11 @@ class Streams(StoreBase):
             raise _not_found(sid)
         pipe = self.r.pipeline(transaction=True)  # first the record and lease: no fenced write lands after this
         pipe.delete(self._k(sid, "meta"), self._k(sid, "lease"))
-        pipe.zrem(self._streams, sid)
-        pipe.srem(self._active, sid)
         removed = int(pipe.execute()[0])
+        reg = self.r.pipeline(transaction=False)  # then the registries (other slots)
+        reg.zrem(self._streams, sid)
+        reg.srem(self._active, sid)
+        reg.execute()
         chunk_keys = [self._chunk_key(sid, int(c)) for c in self.r.zrange(self._k(sid, "chunks"), 0, -1)]
         keys = chunk_keys + [self._k(sid, s) for s in STREAM_KEYS]
         for i in range(0, len(keys), DELETE_BATCH):

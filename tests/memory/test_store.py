@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
-
 from memory.errors import StreamNotFound
 from memory.options import MemoryOptions
 from memory.retention import Retention
+from memory.store.client import connect
 from memory.store import Checkpoint, ChunkRecord, Gap, LeaseLost, MemoryStore, StreamRecord, StreamState
 from memory.working import WorkingState, context, step
 from streamer.live import Gap as LiveGap
@@ -17,9 +16,11 @@ from tests.memory.test_long_stream import stream_frames
 
 
 @pytest.fixture
-def store(redis_url, namespace, tiny_adapter):
-    r = redis.Redis.from_url(redis_url)
-    return MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+def store(store_url, namespace, tiny_adapter):
+    """On one Redis and on a real local Redis Cluster (every test here runs on both: conftest.store_url)."""
+    r = connect(store_url)
+    yield MemoryStore(r, namespace, tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
+    r.close()
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +168,91 @@ def test_delete_removes_every_key_and_fences_the_old_owner(store, clips, namespa
     with pytest.raises(StreamNotFound):
         store.delete_stream("s1")
     assert json.loads(store.r.hget(store._k("keep", "meta"), "state")) == "starting"
+
+
+def test_registries_spanning_streams_are_supersets_reconciled_on_read(store, clips):
+    """The stream list and the active set live in their own keys (another cluster slot than any stream's): they
+    are written before a record and cleaned after it, so a writer that died between the two leaves an entry that
+    readers skip (and adoption prunes), never an active stream that adoption cannot find."""
+    prefix, cs = clips
+    tok = _new(store, "live")
+    # a writer died after adding "ghost" to the registries, before writing its record
+    store.r.zadd(store._streams, {"ghost": 1.0})
+    store.r.sadd(store._active, "ghost")
+    # another died after its state script made "done" finished, before removing it from the active set
+    _new(store, "done")
+    store.set_state("done", StreamState.FINISHED)
+    store.r.sadd(store._active, "done")
+    assert store.active_ids() == ["live"]  # only what the records say is active...
+    assert {m.decode() for m in store.r.smembers(store._active)} == {"live"}  # ...and the stale entries pruned
+    assert [r.stream_id for r in store.list_streams()] == ["live", "done"]  # the ghost has no record: skipped
+    # a record that says active is found even if the active set lost it (its next state change puts it back)
+    store.r.srem(store._active, "live")
+    store.set_state("live", StreamState.RUNNING, fence=tok)
+    assert store.active_ids() == ["live"]
+    # fencing is unchanged: a stale owner's state write is refused and changes no registry
+    new = _steal(store, "live")
+    with pytest.raises(LeaseLost):
+        store.set_state("live", StreamState.FAILED, fence=tok)
+    assert store.active_ids() == ["live"] and store.get_stream("live").state is StreamState.RUNNING
+    store.put_prefix("live", prefix)
+    _put(store, "live", cs[0], new)
+    assert store.chunk_ids("live") == [0]
+
+
+def test_retention_conversations_names_and_alert_events_on_both_stores(store, clips, store_url, namespace):
+    """What else the store keeps, on one Redis and on the cluster: retention's fenced rewrites (a WATCH on the
+    stream's lease, one slot), a conversation's turns (its own hash tag), camera names and their start-up lock (a
+    namespace key), and the stream's event log where alerts are kept."""
+    from encoders.base import Turn
+    from memory.conversations import ConversationStore
+
+    prefix, cs = clips
+    tok = _new(store)
+    store.put_prefix("s1", prefix)
+    for c in cs:
+        _put(store, "s1", c, tok)
+    size = max(r.bytes for r in store.chunk_records("s1"))
+    assert store.enforce_retention("s1", Retention(max_bytes=2 * size), fence=tok) >= 1
+    recs = store.chunk_records("s1")
+    assert recs[0].level == 1 and recs[0].chunk_id == 0 and len(recs) == 2 and store.epoch("s1") >= 1
+    assert len(store.chunk_payloads("s1", [r.chunk_id for r in recs])) == 2
+
+    convs = ConversationStore(store.r, namespace, ttl_s=60)
+    conv = convs.create("s1")
+    assert convs.append(conv.conversation_id, Turn("q1", "a1")) == 1
+    assert convs.append(conv.conversation_id, Turn("q2", "a2")) == 2
+    got = convs.get(conv.conversation_id)
+    assert got.stream_id == "s1" and [t.question for t in got.turns] == ["q1", "q2"]
+    convs.delete(conv.conversation_id)
+
+    store.set_name("gate", "s1")
+    assert store.stream_for_name("gate") == "s1" and store.name_of("s1") == "gate"
+    assert store.lock_name("gate", "srv-a", 5_000) and not store.lock_name("gate", "srv-b", 5_000)
+    store.unlock_name("gate", "srv-a")
+    assert store.lock_name("gate", "srv-b", 5_000)
+    assert store.forget_names("s1") == 1 and store.names() == {}
+
+    after = store.last_event_id("s1")
+    store.event("s1", "alert", alert='{"rule": "van"}', message="van at the gate")
+    (_, body), = store.read_events("s1", after, None)
+    assert body["kind"] == "alert" and body["message"] == "van at the gate"
+
+
+def test_wait_for_a_replica_after_chunk_writes(store, clips, store_url):
+    """VIGIL_REDIS_WAIT_REPLICAS: each chunk write is followed by WAIT on the same connection (on the cluster, the
+    slot's master's). The cluster's masters each have a replica, which takes every chunk; the test's one Redis
+    has none, so each write waits out the timeout, stays stored on the master, and is counted, not refused."""
+    prefix, cs = clips
+    waiting = MemoryStore(store.r, store.ns, store.layout, store.fingerprint, wait_replicas=1, wait_timeout_ms=300)
+    tok = _new(waiting)
+    waiting.put_prefix("s1", prefix)
+    for c in cs:
+        _put(waiting, "s1", c, tok)
+    assert waiting.chunk_ids("s1") == [0, 1, 2]
+    _put(waiting, "s1", cs[2], tok)  # resent: stored once, and nothing new to wait for
+    assert waiting.chunk_ids("s1") == [0, 1, 2]
+    has_replica = store_url.startswith("redis+cluster") or int(store.r.info("replication")["connected_slaves"]) > 0
+    assert waiting.replica_lag_writes == (0 if has_replica else 3)
+    with pytest.raises(LeaseLost):  # fenced as without the wait
+        _put(waiting, "s1", cs[0], "w9:99")
