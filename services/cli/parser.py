@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("stream_id", help=STREAM_ID_HELP)
     client_flags(sp)
 
+    sp = sub.add_parser("mcp", help="an MCP server on stdin/stdout for agents, using the vigil server --server names",
+                        description="Serve the Model Context Protocol on stdin/stdout (for an agent's MCP client "
+                        "configuration): tools to list streams, ask a camera, summarize a window and show a "
+                        "keyframe, each calling the vigil server --server names (token: VIGIL_AUTH_TOKEN). "
+                        "`vigil serve` also serves it over streamable HTTP at /mcp on its HTTP port.")
+    client_flags(sp)
+
     sp = sub.add_parser("demo", help="one process: start a server, ingest a video, ask, print answer and evidence")
     sp.add_argument("--video", help="a video file (default: a generated test pattern)")
     sp.add_argument("--question", help=f"default for the generated video: {DEMO_QUESTION!r}")

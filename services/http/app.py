@@ -100,10 +100,11 @@ class BearerAuth:
 
 
 def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = False, rt=None,
-              work=None) -> Starlette:
+              work=None, mcp=None) -> Starlette:
     """The HTTP app of one server. `token`: required on every request (None: no auth); `metrics_open`: /metrics
     without it; `rt` (services.runtime.Runtime) and `work` (its question queue): the timeline page and the JSON
-    API (None: /metrics only)."""
+    API (None: /metrics only); `mcp`: the ASGI app of /mcp, the MCP endpoint for agents (services/mcp_server.py
+    HttpEndpoint; None: none), behind the token like the rest."""
 
     def metrics_page(request: Request) -> Response:  # sync: Starlette runs it in a worker thread (it reads Redis)
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))  # text or OpenMetrics
@@ -139,6 +140,8 @@ def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = F
     if rt is not None:
         from services.http.api import Api  # the API needs the runtime; /metrics alone does not
         routes[1:1] = Api(rt, work).routes()
+    if mcp is not None:  # streamable HTTP (MCP) at /mcp: an ASGI app, every method
+        routes.append(Route("/mcp", mcp))
     middleware = []
     if token is not None:
         middleware.append(Middleware(BearerAuth, token=token, open_paths=("/login", *(("/metrics",) if metrics_open
