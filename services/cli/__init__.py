@@ -14,13 +14,14 @@ import warnings
 
 import grpc
 
-from services.cli import demo, errors, mcp, questions, serve, streams
+from services.cli import across, demo, errors, mcp, questions, serve, streams
 from services.cli.parser import build_parser
 
 COMMANDS = {
     "serve": serve.cmd_serve, "ingest": streams.cmd_ingest, "push": streams.cmd_push, "watch": streams.cmd_watch,
     "streams": streams.cmd_streams, "stop": streams.cmd_stop, "delete": streams.cmd_delete,
-    "ask": questions.cmd_ask, "chat": questions.cmd_chat, "summarize": questions.cmd_summarize, "demo": demo.cmd_demo,
+    "ask": across.cmd_ask, "chat": questions.cmd_chat, "summarize": questions.cmd_summarize, "demo": demo.cmd_demo,
+    "search": across.cmd_search, "report": across.cmd_report,  # across cameras (across.py)
     "mcp": mcp.cmd_mcp,
 }
 

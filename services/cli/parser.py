@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("stream_id", help=STREAM_ID_HELP)
     client_flags(sp)
 
-    sp = sub.add_parser("ask", help="ask a question about a stream")
-    sp.add_argument("stream_id", help=STREAM_ID_HELP)
+    sp = sub.add_parser("ask", help="ask a question about a stream, or across cameras (a,b / all / @group)")
+    sp.add_argument("stream_id", help=STREAM_ID_HELP + "; several cameras: names separated by commas, \"all\" or "
+                    "@GROUP (the answer names each camera)")
     sp.add_argument("question", help="the question; time words in it "
                     "(\"in the first minute\", \"at 1:30\") narrow the search")
     add(sp, "--top-k", "--since", "--until", "--max-new-tokens", "--keyframes-dir")
@@ -231,4 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     add(sp, "--fps", default=2.0, help="frames sampled per second")
     add(sp, "--model", "--keyframes-dir")
     add(sp, "--json", help="machine-readable output (one JSON object)")
+
+    from services.cli import across  # search, report: across cameras
+
+    across.add_commands(sub)
     return p
