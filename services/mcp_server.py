@@ -35,7 +35,9 @@ INSTRUCTIONS = (
     "vigil watches video streams (cameras, files) and keeps a bounded memory of each. `list_streams` names them "
     "(a stream id, or a camera's name from the server's config, is what the other tools take as `camera`). "
     "`ask` answers a question about one camera's past footage with evidence (media-time ranges in seconds from "
-    "the stream's start); `summarize` describes a window; `keyframe` shows the frame stored nearest a moment.")
+    "the stream's start); `summarize` describes a window; `keyframe` shows the frame stored at a moment. Across "
+    "cameras: `search` finds moments ranked over all of them, `ask_cameras` answers over the best ones, `report` "
+    "tells what happened in a time range.")
 MAX_WATCH_S = 60.0
 KEYFRAME_QUESTION = "What is shown here?"
 
@@ -44,6 +46,14 @@ Camera = Annotated[str, Field(min_length=1, max_length=128,
 StartS = Annotated[float | None, Field(None, ge=0, description="window start, media seconds from the stream's "
                                                                 "start (unset: from the beginning)")]
 EndS = Annotated[float | None, Field(None, gt=0, description="window end, media seconds (unset: to the end)")]
+Cameras = Annotated[tuple[Annotated[str, Field(min_length=1, max_length=128)], ...], Field(
+    (), max_length=256, description="camera names or stream ids (none: every camera, or the group's)")]
+Group = Annotated[str, Field("", max_length=128, description="a camera group of the server's config file")]
+SinceUnix = Annotated[float | None, Field(None, ge=0, description=(
+    "wall-clock window start, Unix seconds (live cameras only have wall-clock times)"))]
+UntilUnix = Annotated[float | None, Field(None, ge=0, description="wall-clock window end, Unix seconds (unset: now)")]
+When = Annotated[str, Field("", max_length=200, description=(
+    'the window in words, read in the server\'s timezone: "since 22:00", "last night", "between 18:00 and 06:00"'))]
 
 
 # ---- what the tools return ---------------------------------------------------------------------------------------
@@ -136,6 +146,81 @@ class Keyframe(BaseModel):
     mime_type: Literal["image/jpeg"] = "image/jpeg"
 
 
+class Moment(BaseModel):
+    """A found moment: one stored chunk of one camera."""
+    camera: str = Field(description="the camera's name (\"\" for a stream with none)")
+    stream_id: str
+    chunk_id: int
+    start_s: float = Field(description="media time, seconds from the stream's start")
+    end_s: float
+    wall_start_unix: float | None = Field(description="wall-clock time (live sources; null for files)")
+    wall_end_unix: float | None
+    score: float = Field(description="fused score across cameras (higher is better)")
+    rank: int = Field(description="1-based rank across all cameras")
+    signals: list[SignalHit]
+    on_screen_text: str
+    labels: str
+    keyframe_s: float = Field(description="media time of its keyframe (the `keyframe` tool shows it)")
+
+
+class SearchedStream(BaseModel):
+    camera: str
+    stream_id: str
+    chunks: int = Field(description="its chunks inside the window")
+    searched_window: Window
+    skipped: str = Field(description="why it was not searched (\"\" when it was)")
+
+
+class SearchResult(BaseModel):
+    question: str
+    moments: list[Moment] = Field(description="best first")
+    streams: list[SearchedStream]
+    window_phrase: str = Field(description="the time words that set the window, if any")
+
+
+class CameraAnswer(BaseModel):
+    camera: str
+    stream_id: str
+    answer: str = Field(description="what the model said on this camera's memory")
+
+
+class AskCamerasResult(BaseModel):
+    question: str
+    answer: str = Field(description="the combined answer, each camera's part prefixed with its name")
+    cameras: list[CameraAnswer]
+    evidence: list[Moment] = Field(description="the moments the answer was generated on, best first")
+    conversation_id: str = Field("", description="pass it back to continue the conversation")
+    model: str
+    random_weights: bool
+
+
+class ReportSegment(BaseModel):
+    start_s: float
+    end_s: float
+    wall_start_unix: float | None
+    wall_end_unix: float | None
+    summary: str
+    activity: list[str] = Field(description="why it was kept: scene cuts, alerts, novelty, text")
+    on_screen_text: list[str]
+
+
+class CameraReport(BaseModel):
+    camera: str
+    stream_id: str
+    summary: str
+    chunks: int = Field(description="its stored chunks in the window (0: nothing to report)")
+    window: Window | None
+    segments: list[ReportSegment] = Field(description="in time order")
+
+
+class ReportResult(BaseModel):
+    overview: str
+    cameras: list[CameraReport] = Field(description="in the selector's order")
+    window_phrase: str
+    model: str
+    random_weights: bool
+
+
 class AlertItem(BaseModel):
     camera: str
     rule: str
@@ -174,6 +259,23 @@ def evidence_item(e) -> EvidenceItem:
 def window_model(w) -> Window:
     j = as_json(w)
     return Window(start_s=j["start_s"], end_s=j["end_s"])
+
+
+def moment(m) -> Moment:
+    j = as_json(m)
+    return Moment(camera=m.camera, stream_id=m.stream_id, chunk_id=m.chunk_id, start_s=m.start_s, end_s=m.end_s,
+                  wall_start_unix=j["wall_start_unix"], wall_end_unix=j["wall_end_unix"], score=j["score"],
+                  rank=m.rank, signals=[SignalHit(**x) for x in j["signals"]], on_screen_text=m.on_screen_text,
+                  labels=m.labels, keyframe_s=m.keyframe_s)
+
+
+def searched_stream(s) -> SearchedStream:
+    return SearchedStream(camera=s.camera, stream_id=s.stream_id, chunks=s.chunks,
+                          searched_window=window_model(s.searched_window), skipped=s.skipped)
+
+
+def _wall(v: float) -> float | None:
+    return v or None
 
 
 def _window(start_s: float | None, end_s: float | None) -> tuple[float, float] | None:
@@ -270,6 +372,80 @@ def build_server(client: Client) -> MCPServer:
             content=[ImageContent(type="image", data=base64.b64encode(e.keyframe_jpeg).decode(), mime_type="image/jpeg"),
                      TextContent(type="text", text=info.model_dump_json())],
             structured_content=info.model_dump(mode="json"))
+
+    # ---- across cameras (QAService.Search, AskAcross, Report) -------------------------------------------------
+
+    def across(cameras, group, start_s, end_s, since_unix, until_unix, when) -> dict:
+        given = [w for w, v in (("start_s/end_s", _window(start_s, end_s)), ("when", when),
+                                ("since_unix/until_unix", since_unix is not None or until_unix is not None)) if v]
+        if len(given) > 1:
+            raise ToolError(f"give at most one window: {' or '.join(given)}")
+        return dict(streams=list(cameras), group=group, window=_window(start_s, end_s), since=since_unix,
+                    until=until_unix, when=when)
+
+    @mcp.tool(title="Search across cameras")
+    def search(question: Annotated[str, Field(min_length=1, max_length=2000, description="what to find")],
+               cameras: Cameras = (), group: Group = "", start_s: StartS = None, end_s: EndS = None,
+               since_unix: SinceUnix = None, until_unix: UntilUnix = None, when: When = "",
+               top_k: Annotated[int, Field(0, ge=0, le=100, description=(
+                   "moments to return across all cameras (0: the server's default)"))] = 0) -> SearchResult:
+        """Find moments across cameras, ranked together (scores compare across cameras): each with its camera,
+        media and wall-clock time range, score, the signals that found it and the text read on screen."""
+        r = call(client.search, question, top_k=top_k,
+                 **across(cameras, group, start_s, end_s, since_unix, until_unix, when))
+        return SearchResult(question=question, moments=[moment(m) for m in r.moments],
+                            streams=[searched_stream(x) for x in r.streams], window_phrase=r.window_phrase)
+
+    @mcp.tool(title="Ask several cameras")
+    def ask_cameras(question: Annotated[str, Field(min_length=1, max_length=2000, description="the question")],
+                    cameras: Cameras = (), group: Group = "", start_s: StartS = None, end_s: EndS = None,
+                    since_unix: SinceUnix = None, until_unix: UntilUnix = None, when: When = "",
+                    max_cameras: Annotated[int, Field(0, ge=0, le=16, description=(
+                        "cameras the answer is generated on, best first (0: the server's default)"))] = 0,
+                    conversation_id: Annotated[str, Field("", max_length=128, description=(
+                        "continue this conversation (from an earlier answer)"))] = "",
+                    new_conversation: Annotated[bool, Field(False, description=(
+                        "start a conversation; its id comes back in the answer"))] = False) -> AskCamerasResult:
+        """Ask a question over several cameras (all by default): the cameras whose footage fits it best are found
+        first, then the answer is generated on their memories; each evidence moment names its camera."""
+        r = call(client.ask_across, question, max_cameras=max_cameras, conversation_id=conversation_id,
+                 new_conversation=new_conversation,
+                 **across(cameras, group, start_s, end_s, since_unix, until_unix, when))
+        return AskCamerasResult(question=question, answer=r.answer, evidence=[moment(m) for m in r.evidence],
+                                cameras=[CameraAnswer(camera=c.camera, stream_id=c.stream_id, answer=c.answer)
+                                         for c in r.cameras],
+                                conversation_id=r.conversation_id, model=r.model, random_weights=r.random_weights)
+
+    @mcp.tool(title="Report across cameras")
+    def report(cameras: Cameras = (), group: Group = "", start_s: StartS = None, end_s: EndS = None,
+               since_unix: SinceUnix = None, until_unix: UntilUnix = None, when: When = "",
+               detail: Annotated[int, Field(0, ge=0, le=64, description=(
+                   "segments per camera to aim for (0: the server's default)"))] = 0) -> ReportResult:
+        """What happened in a time range ("between 18:00 and 06:00", "last night") across cameras: per camera its
+        segments with activity (scene cuts, alerts, novelty, text) summarised, then one overview."""
+        reports, segments, done, model, random_weights = [], {}, None, "", False
+        msgs = call(lambda: list(client.report(detail=detail, **across(cameras, group, start_s, end_s, since_unix,
+                                                                         until_unix, when))))
+        for m in msgs:
+            model, random_weights = m.model or model, m.random_weights or random_weights
+            kind = m.WhichOneof("msg")
+            if kind == "segment":
+                g = m.segment
+                segments.setdefault(g.stream_id, []).append(ReportSegment(
+                    start_s=g.segment.start_s, end_s=g.segment.end_s, wall_start_unix=_wall(g.wall_start_unix),
+                    wall_end_unix=_wall(g.wall_end_unix), summary=g.segment.summary, activity=list(g.activity),
+                    on_screen_text=list(g.segment.on_screen_text)))
+            elif kind == "camera":
+                c = m.camera
+                reports.append(CameraReport(camera=c.camera, stream_id=c.stream_id, summary=c.summary,
+                                            chunks=c.chunks, window=window_model(c.window) if c.chunks else None,
+                                            segments=segments.pop(c.stream_id, [])))
+            elif kind == "done":
+                done = m.done
+        if done is None:
+            raise ToolError("the report ended before its overview (the server stopped?)")
+        return ReportResult(overview=done.overview, cameras=reports, window_phrase=done.window_phrase, model=model,
+                            random_weights=random_weights)
 
     return mcp
 

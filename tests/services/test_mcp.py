@@ -1,6 +1,7 @@
 """The MCP server (services/mcp_server.py) driven by the official SDK's own client: over stdio (`python -m
 services.cli mcp --server ...` in a subprocess, as an agent's configuration runs it) and over streamable HTTP at
-/mcp on a real server's HTTP port, behind its token. One server for the module, two named cameras on a real clip."""
+/mcp on a real server's HTTP port, behind its token. One server for the module: two named cameras from a config file,
+each a real clip with text burnt in at known times, ingested with the real frame index (so search finds the text)."""
 from __future__ import annotations
 
 import asyncio
@@ -19,28 +20,39 @@ from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
 from services.client import Client, state_name
+from testkit import media
 from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "mcp-test-token-" + uuid.uuid4().hex[:8]
-TOOLS = {"list_streams", "ask", "summarize", "keyframe"}
+TOOLS = {"list_streams", "ask", "summarize", "keyframe", "search", "ask_cameras", "report"}
+FPS, CLIP = 1.0, 4  # 4 s chunks
+# camera -> (seconds of footage, (start_s, end_s, text burnt in))
+CLIPS = {"gate": (16, (4.0, 10.0, "GATE 7 CLOSED")), "dock": (24, (12.0, 18.0, "TRUCK 22 ARRIVED"))}
+TRUCK = "At what time did truck 22 arrive?"
 
 
 @pytest.fixture(scope="module")
-def vigil(module_server, pattern_video):
-    """A server with HTTP (-1: any free port) and a token, two named cameras on the 12 s test pattern (3 scenes),
-    both watched to their end: (server, gRPC address, {camera name: its StreamInfo})."""
+def vigil(module_server, tmp_path_factory):
+    """A server with HTTP (any free port), a token and the frame index; two named cameras from a config file, each
+    a real clip (bikes.mp4) with text at known times, watched to their end: (server, gRPC address, {camera:
+    (its name, its StreamInfo)})."""
     tag = uuid.uuid4().hex[:6]
-    yard, dock = f"yard-{tag}", f"dock-{tag}"
-    cams = [{"name": yard, "source": str(pattern_video), "fps": 2}, {"name": dock, "source": str(pattern_video),
-                                                                     "fps": 2, "clip_frames": 4}]
-    srv, addr = module_server(http_port=-1, auth_token=TOKEN, cameras=cams)
+    names = {cam: f"{cam}-{tag}" for cam in CLIPS}
+    files = {cam: media.captioned_footage("bikes.mp4", [cap], seconds=secs, fps=5, size=(480, 204))
+             for cam, (secs, cap) in CLIPS.items()}
+    cfg = tmp_path_factory.mktemp("cfg") / "vigil.toml"
+    cfg.write_text("".join(f'[[cameras]]\nname = "{names[c]}"\nsource = "{files[c]}"\nfps = {FPS}\n'
+                           f"clip_frames = {CLIP}\n\n" for c in CLIPS))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VIGIL_CONFIG", str(cfg))
+        srv, addr = module_server(frame_index=True, http_port=-1, auth_token=TOKEN)
     with Client(addr, token=TOKEN) as c:
         def done():
-            infos = {n: c.describe(n) for n in (yard, dock)}
+            infos = {cam: c.describe(names[cam]) for cam in CLIPS}
             return infos if all(state_name(i.state) == "finished" for i in infos.values()) else None
-        infos = wait_for(done, 180, "both cameras watched to their end")
-    return srv, addr, infos
+        infos = wait_for(done, 240, "both cameras watched to their end")
+    return srv, addr, {cam: (names[cam], infos[cam]) for cam in CLIPS}
 
 
 def run(coro):
@@ -59,52 +71,69 @@ def http_transport(srv, token: str | None = TOKEN):
                                   http_client=httpx2.AsyncClient(headers=headers, timeout=120))
 
 
-async def exercise(server, infos) -> dict:
-    """What an agent does: list the tools and streams, ask one camera about a window, get a keyframe; and one
-    refused call. Returns what came back, for the test to check."""
-    yard, dock = sorted(infos, key=lambda n: not n.startswith("yard"))
+async def exercise(server, cams, report: bool = False) -> dict:
+    """What an agent does: list the tools and streams, search across cameras, ask one camera about a window and
+    several cameras about the gate, get a keyframe; two refused calls; a report (`report`). What came back, for
+    the test to check."""
+    gate, dock = cams["gate"][0], cams["dock"][0]
+    got = {}
     async with McpClient(server, read_timeout_seconds=120) as mcp:
-        tools = await mcp.list_tools()
-        streams = await mcp.call_tool("list_streams", {})
-        ask = await mcp.call_tool("ask", {"camera": dock, "question": "what colour is the screen?",
-                                          "start_s": 4, "end_s": 8, "top_k": 2})
-        frame = await mcp.call_tool("keyframe", {"camera": yard, "time_s": 9.0})
-        missing = await mcp.call_tool("ask", {"camera": f"nosuch-{uuid.uuid4().hex[:6]}", "question": "anything?"})
-        empty = await mcp.call_tool("ask", {"camera": dock, "question": "what?", "start_s": 500, "end_s": 600})
-    return dict(tools=tools, streams=streams, ask=ask, frame=frame, missing=missing, empty=empty, yard=yard,
-                dock=dock)
+        got["tools"] = await mcp.list_tools()
+        got["streams"] = await mcp.call_tool("list_streams", {})
+        got["search"] = await mcp.call_tool("search", {"question": TRUCK, "top_k": 3})
+        got["ask"] = await mcp.call_tool("ask", {"camera": dock, "question": TRUCK, "start_s": 12, "end_s": 18,
+                                                 "top_k": 2})
+        got["ask_cameras"] = await mcp.call_tool("ask_cameras", {
+            "question": "When did the sign say that gate seven was closed?", "cameras": [dock, gate]})
+        got["frame"] = await mcp.call_tool("keyframe", {"camera": gate, "time_s": 5.0})
+        got["missing"] = await mcp.call_tool("ask", {"camera": f"nosuch-{uuid.uuid4().hex[:6]}", "question": "?"})
+        got["empty"] = await mcp.call_tool("ask", {"camera": dock, "question": "what?", "start_s": 500, "end_s": 600})
+        if report:
+            got["report"] = await mcp.call_tool("report", {"cameras": [gate, dock], "detail": 2})
+    return got
 
 
-def check(got: dict, infos) -> None:
+def ok(result):
+    assert not result.is_error, result.content
+    return result.structured_content
+
+
+def check(got: dict, cams) -> None:
+    (gate, gate_info), (dock, dock_info) = cams["gate"], cams["dock"]
     tools = {t.name: t for t in got["tools"].tools}
     assert TOOLS <= set(tools)
     for name in TOOLS:  # typed inputs, structured outputs
         assert tools[name].input_schema["type"] == "object" and tools[name].output_schema is not None, name
     assert tools["ask"].input_schema["required"] == ["camera", "question"]
 
-    streams = got["streams"].structured_content["streams"]
-    by_id = {s["stream_id"]: s for s in streams}
-    for name, info in infos.items():
+    by_id = {s["stream_id"]: s for s in ok(got["streams"])["streams"]}
+    for _, info in cams.values():
         s = by_id[info.stream_id]
         assert s["state"] == "finished" and s["chunks"] == info.chunks and s["kind"] == "file"
         assert abs(s["duration_s"] - info.duration_s) < 1e-6
 
-    ask = got["ask"]
-    assert not ask.is_error, ask.content
-    a = ask.structured_content
-    assert a["camera"] == got["dock"] and a["searched_window"] == {"start_s": 4.0, "end_s": 8.0}
+    moments = ok(got["search"])["moments"]  # the dock's text, found across both cameras
+    top = moments[0]
+    assert top["camera"] == dock and top["stream_id"] == dock_info.stream_id and top["rank"] == 1, moments
+    assert top["start_s"] < 18.0 and top["end_s"] > 12.0 and "TRUCK22" in top["on_screen_text"].replace(" ", "")
+    assert "ocr" in {x["signal"] for x in top["signals"]} and top["wall_start_unix"] is None  # a file
+
+    a = ok(got["ask"])
+    assert a["camera"] == dock and a["searched_window"] == {"start_s": 12.0, "end_s": 18.0}
     assert a["window_source"] == "request" and a["random_weights"] is True
     assert a["evidence"] and len(a["evidence"]) <= 2
-    for e in a["evidence"]:  # chunks of the asked window only: 4-frame clips at 2 fps are 2 s each
-        assert e["start_s"] < 8.0 and e["end_s"] > 4.0 and e["end_s"] - e["start_s"] <= 2.0 + 1e-6, e
+    for e in a["evidence"]:  # chunks of the asked window only
+        assert e["start_s"] < 18.0 and e["end_s"] > 12.0 and e["end_s"] - e["start_s"] <= CLIP / FPS + 1e-6, e
         assert e["signals"] and e["rank"] >= 1
 
-    frame = got["frame"]
-    assert not frame.is_error, frame.content
-    k = frame.structured_content
-    yard_info = infos[got["yard"]]
-    assert k["camera"] == got["yard"] and k["start_s"] <= 9.0 < k["end_s"] <= yard_info.duration_s + 1e-6
-    (image,) = [c for c in frame.content if c.type == "image"]
+    across = ok(got["ask_cameras"])  # every evidence moment names its camera; the gate's text is found
+    assert across["evidence"] and {m["camera"] for m in across["evidence"]} <= {gate, dock}
+    assert {c["camera"] for c in across["cameras"]} <= {gate, dock} and across["answer"]
+    assert any(m["camera"] == gate and m["start_s"] < 10.0 and m["end_s"] > 4.0 for m in across["evidence"])
+
+    k = ok(got["frame"])
+    assert k["camera"] == gate and k["start_s"] <= 5.0 < k["end_s"] <= gate_info.duration_s + 1e-6
+    (image,) = [c for c in got["frame"].content if c.type == "image"]
     assert image.mime_type == "image/jpeg"
     jpeg = base64.b64decode(image.data)
     assert jpeg[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(jpeg)).format == "JPEG"
@@ -115,8 +144,8 @@ def check(got: dict, infos) -> None:
 
 @pytest.mark.timeout(300)
 def test_stdio_the_cli_command_serves_the_tools(vigil):
-    _, addr, infos = vigil
-    check(run(exercise(stdio_params(addr), infos)), infos)
+    _, addr, cams = vigil
+    check(run(exercise(stdio_params(addr), cams)), cams)
 
 
 @pytest.mark.timeout(300)
@@ -134,8 +163,15 @@ def test_stdio_a_wrong_token_is_a_tool_error(vigil):
 
 @pytest.mark.timeout(300)
 def test_http_mcp_endpoint_serves_the_tools_behind_the_token(vigil):
-    srv, _, infos = vigil
-    check(run(exercise(http_transport(srv), infos)), infos)
+    srv, _, cams = vigil
+    got = run(exercise(http_transport(srv), cams, report=True))
+    check(got, cams)
+    r = ok(got["report"])  # every camera, in the order asked, its segments in time order
+    assert [c["camera"] for c in r["cameras"]] == [cams["gate"][0], cams["dock"][0]] and r["overview"]
+    for c in r["cameras"]:
+        assert c["chunks"] > 0 and c["segments"]
+        starts = [g["start_s"] for g in c["segments"]]
+        assert starts == sorted(starts) and all(g["end_s"] > g["start_s"] for g in c["segments"])
 
 
 def test_http_mcp_endpoint_refuses_a_missing_or_wrong_token(vigil):
