@@ -38,8 +38,8 @@ INSTRUCTIONS = (
     "the stream's start); `summarize` describes a window; `keyframe` shows the frame stored at a moment. Across "
     "cameras: `search` finds moments ranked over all of them, `ask_cameras` answers over the best ones, `report` "
     "tells what happened in a time range.")
-MAX_WATCH_S = 60.0
 KEYFRAME_QUESTION = "What is shown here?"
+MAX_REQUEST_BYTES = 1024 * 1024  # one JSON-RPC message to /mcp: the tools' arguments are a few short strings
 
 Camera = Annotated[str, Field(min_length=1, max_length=128,
                               description="a stream id or a camera's name (list_streams names them)")]
@@ -221,22 +221,6 @@ class ReportResult(BaseModel):
     random_weights: bool
 
 
-class AlertItem(BaseModel):
-    camera: str
-    rule: str
-    kind: str = Field(description="on_screen_text, query, cuts or feed")
-    start_s: float
-    end_s: float
-    wall_start_unix: float | None
-    matched_text: str
-    score: float
-    chunk_id: int | None
-
-
-class AlertList(BaseModel):
-    watched: list[str] = Field(description="the stream ids watched")
-    alerts: list[AlertItem]
-
 
 # ---- messages -> models ------------------------------------------------------------------------------------------
 
@@ -368,9 +352,9 @@ def build_server(client: Client) -> MCPServer:
         e = min(found, key=lambda e: (not (e.start_s <= time_s < e.end_s), e.start_s))
         info = Keyframe(camera=camera, chunk_id=e.chunk_id, start_s=e.start_s, end_s=e.end_s,
                         keyframe_s=e.keyframe_s, on_screen_text=e.on_screen_text)
+        image = ImageContent(type="image", data=base64.b64encode(e.keyframe_jpeg).decode(), mime_type="image/jpeg")
         return CallToolResult(
-            content=[ImageContent(type="image", data=base64.b64encode(e.keyframe_jpeg).decode(), mime_type="image/jpeg"),
-                     TextContent(type="text", text=info.model_dump_json())],
+            content=[image, TextContent(type="text", text=info.model_dump_json())],
             structured_content=info.model_dump(mode="json"))
 
     # ---- across cameras (QAService.Search, AskAcross, Report) -------------------------------------------------
@@ -468,7 +452,8 @@ class HttpEndpoint:
         self.client = Client(target, token=token)
         self._mcp = build_server(self.client)
         # DNS-rebinding protection (Host and Origin checked) when the HTTP side listens on loopback only
-        self._app = self._mcp.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, host=host)
+        self._app = self._mcp.streamable_http_app(streamable_http_path="/mcp", stateless_http=True, host=host,
+                                                  max_request_body_size=MAX_REQUEST_BYTES)
         self._cleanup = cleanup
         self._ready: asyncio.Event | None = None
         self._stop: asyncio.Event | None = None
