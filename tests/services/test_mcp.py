@@ -88,8 +88,11 @@ async def exercise(server, cams, report: bool = False) -> dict:
         got["frame"] = await mcp.call_tool("keyframe", {"camera": gate, "time_s": 5.0})
         got["missing"] = await mcp.call_tool("ask", {"camera": f"nosuch-{uuid.uuid4().hex[:6]}", "question": "?"})
         got["empty"] = await mcp.call_tool("ask", {"camera": dock, "question": "what?", "start_s": 500, "end_s": 600})
+        got["two_windows"] = await mcp.call_tool("search", {"question": TRUCK, "start_s": 0, "when": "last night"})
         if report:
             got["report"] = await mcp.call_tool("report", {"cameras": [gate, dock], "detail": 2})
+            got["summary"] = await mcp.call_tool("summarize", {"camera": gate, "start_s": 0, "end_s": 8,
+                                                               "detail": 2})
     return got
 
 
@@ -140,6 +143,7 @@ def check(got: dict, cams) -> None:
 
     assert got["missing"].is_error and "NOT_FOUND" in got["missing"].content[0].text
     assert got["empty"].is_error and "INVALID_ARGUMENT" in got["empty"].content[0].text
+    assert got["two_windows"].is_error and "at most one window" in got["two_windows"].content[0].text
 
 
 @pytest.mark.timeout(300)
@@ -172,6 +176,12 @@ def test_http_mcp_endpoint_serves_the_tools_behind_the_token(vigil):
         assert c["chunks"] > 0 and c["segments"]
         starts = [g["start_s"] for g in c["segments"]]
         assert starts == sorted(starts) and all(g["end_s"] > g["start_s"] for g in c["segments"])
+    summary = ok(got["summary"])  # one camera's window: segments in order inside it
+    assert summary["camera"] == cams["gate"][0] and summary["overview"] and summary["segments"]
+    assert summary["window"]["start_s"] == 0.0 and summary["window"]["end_s"] <= 8.0 + 1e-6
+    segs = summary["segments"]
+    assert [g["index"] for g in segs] == list(range(1, len(segs) + 1)) and segs[-1]["end_s"] <= 8.0 + 1e-6
+    assert all(a["end_s"] <= b["start_s"] + 1e-6 for a, b in zip(segs, segs[1:]))
 
 
 def test_http_mcp_endpoint_refuses_a_missing_or_wrong_token(vigil):
