@@ -266,8 +266,13 @@ def _window(start_s: float | None, end_s: float | None) -> tuple[float, float] |
     return None if start_s is None and end_s is None else (start_s or 0.0, end_s or 0.0)
 
 
-def _refused(exc: grpc.RpcError) -> ToolError:
-    return ToolError(f"{exc.code().name}: {exc.details() or 'no details'}")
+def _refused(exc: grpc.RpcError, address: str = "") -> ToolError:
+    """A failed call as the tool's error: its status and the server's message (which says what to change)."""
+    details = exc.details() or "no details"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+        return ToolError(f"UNAVAILABLE: no vigil server answered at {address}: is `vigil serve` running there? "
+                         f"({details.rsplit(': ', 1)[-1][:160]})")
+    return ToolError(f"{exc.code().name}: {details}")
 
 
 # ---- the server --------------------------------------------------------------------------------------------------
@@ -280,7 +285,7 @@ def build_server(client: Client) -> MCPServer:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            raise _refused(exc) from None
+            raise _refused(exc, client.address) from None
 
     @mcp.tool(title="List streams")
     def list_streams() -> StreamList:
@@ -344,7 +349,7 @@ def build_server(client: Client) -> MCPServer:
             r = client.ask(camera, KEYFRAME_QUESTION, top_k=1, window=(time_s, time_s + 1e-3), **kw)
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                raise _refused(exc) from None
+                raise _refused(exc, client.address) from None
             r = call(client.ask, camera, KEYFRAME_QUESTION, window=(time_s, 0.0), **kw)
         found = [e for e in r.evidence if e.keyframe_jpeg]
         if not found:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import os
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -202,3 +202,16 @@ def test_http_mcp_endpoint_refuses_a_missing_or_wrong_token(vigil):
     with pytest.raises(BaseExceptionGroup) as err:  # the SDK's client cannot even initialize (the 401 above)
         run(go())
     assert err.group_contains(MCPError, match="error response")
+
+
+def test_stdio_with_no_server_there_the_tools_say_so():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+
+    async def go():
+        async with McpClient(stdio_params(addr), read_timeout_seconds=60) as mcp:
+            return await mcp.list_tools(), await mcp.call_tool("list_streams", {})
+    tools, got = run(go())
+    assert TOOLS <= {t.name for t in tools.tools}  # the server starts without a vigil server to talk to
+    assert got.is_error and f"no vigil server answered at {addr}" in got.content[0].text
