@@ -10,6 +10,10 @@ Every tool has typed arguments and returns a pydantic model (the SDK publishes i
 outputSchema and sends it as structuredContent); `keyframe` returns the JPEG as image content next to its
 structured description. A refused call (unknown camera, empty window, no token) is a tool error naming the gRPC
 status and the server's message.
+
+Where the gRPC API has no call of its own, a tool uses what it has: `keyframe` reads the chunk at a moment through
+Ask (a one-instant window, one answer token); `watch_alerts` follows WatchStream, so it sees the alerts that fire
+while it waits, not earlier ones (past alerts are in the HTTP API and MQTT only).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -29,6 +35,7 @@ from mcp.types import CallToolResult, ImageContent, TextContent
 from pydantic import BaseModel, Field
 
 from services.client import Client, as_json, state_name
+from services.wire import ingest_pb2
 
 NAME = "vigil"
 INSTRUCTIONS = (
@@ -37,8 +44,11 @@ INSTRUCTIONS = (
     "`ask` answers a question about one camera's past footage with evidence (media-time ranges in seconds from "
     "the stream's start); `summarize` describes a window; `keyframe` shows the frame stored at a moment. Across "
     "cameras: `search` finds moments ranked over all of them, `ask_cameras` answers over the best ones, `report` "
-    "tells what happened in a time range.")
+    "tells what happened in a time range. `watch_alerts` waits for the cameras' alert rules to fire.")
 KEYFRAME_QUESTION = "What is shown here?"
+MAX_WATCH_S = 120.0  # watch_alerts: the longest wait
+MAX_WATCHED = 64  # watch_alerts: streams followed at once (a thread and a WatchStream call each)
+LIVE_STATES = ("starting", "running", "reconnecting")
 MAX_REQUEST_BYTES = 1024 * 1024  # one JSON-RPC message to /mcp: the tools' arguments are a few short strings
 
 Camera = Annotated[str, Field(min_length=1, max_length=128,
@@ -222,6 +232,29 @@ class ReportResult(BaseModel):
 
 
 
+class AlertItem(BaseModel):
+    """A camera's alert rule fired (the config file's [[cameras.alerts]]; also published on MQTT)."""
+    camera: str
+    stream_id: str
+    rule: str
+    kind: str = Field(description="on_screen_text, query, cuts or feed")
+    start_s: float = Field(description="media time range of the chunk that fired it")
+    end_s: float
+    wall_start_unix: float | None = Field(description="wall-clock time (live sources; null for files)")
+    matched_text: str = Field(description="the text read, what the query met, the cut count, or down/up")
+    score: float
+    chunk_id: int | None = Field(description="the chunk whose keyframe shows it (null for feed alerts)")
+    keyframe_s: float
+    time_unix: float = Field(description="when the server recorded it")
+
+
+class AlertWatch(BaseModel):
+    watched: list[str] = Field(description="the stream ids watched")
+    waited_s: float
+    ended: bool = Field(description="every watched stream ended (finished, stopped or failed) before the time was up")
+    alerts: list[AlertItem] = Field(description="in the order they fired")
+
+
 # ---- messages -> models ------------------------------------------------------------------------------------------
 
 def stream_summary(info) -> StreamSummary:
@@ -256,6 +289,13 @@ def moment(m) -> Moment:
 def searched_stream(s) -> SearchedStream:
     return SearchedStream(camera=s.camera, stream_id=s.stream_id, chunks=s.chunks,
                           searched_window=window_model(s.searched_window), skipped=s.skipped)
+
+
+def alert_item(ev) -> AlertItem:
+    a, j = ev.alert, as_json(ev.alert)
+    return AlertItem(camera=a.camera, stream_id=ev.info.stream_id, rule=a.rule, kind=a.kind, start_s=a.start_s,
+                     end_s=a.end_s, wall_start_unix=j["wall_start_unix"], matched_text=a.matched_text,
+                     score=a.score, chunk_id=j["chunk_id"], keyframe_s=a.keyframe_s, time_unix=ev.time_unix)
 
 
 def _wall(v: float) -> float | None:
@@ -361,6 +401,43 @@ def build_server(client: Client) -> MCPServer:
         return CallToolResult(
             content=[image, TextContent(type="text", text=info.model_dump_json())],
             structured_content=info.model_dump(mode="json"))
+
+    @mcp.tool(title="Watch for alerts")
+    def watch_alerts(cameras: Cameras = (),
+                     seconds: Annotated[float, Field(30.0, gt=0, le=MAX_WATCH_S, description=(
+                         f"how long to wait (at most {MAX_WATCH_S:g} s)"))] = 30.0) -> AlertWatch:
+        """Wait for the cameras' alert rules to fire: every alert that fires on the given cameras (none: every
+        running stream) within `seconds`, in order; it returns early once every watched stream has ended."""
+        if cameras:
+            ids = [call(client.describe, cam).stream_id for cam in cameras]
+        else:
+            ids = [i.stream_id for i in call(client.list) if state_name(i.state) in LIVE_STATES]
+        ids = list(dict.fromkeys(ids))[:MAX_WATCHED]
+        found: list[tuple[float, int, AlertItem]] = []
+        failed: list[grpc.RpcError] = []
+        lock = threading.Lock()
+
+        def follow(sid: str) -> None:  # WatchStream until the stream ends or the deadline cuts the call
+            try:
+                for ev in client.watch(sid, timeout=seconds):
+                    if ev.kind == ingest_pb2.StreamEvent.KIND_ALERT:
+                        with lock:
+                            found.append((ev.time_unix, len(found), alert_item(ev)))
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    failed.append(exc)
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=follow, args=(sid,), daemon=True, name="vigil-mcp-watch") for sid in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds + 10)
+        if failed:
+            raise _refused(failed[0], client.address)
+        waited = time.monotonic() - t0
+        return AlertWatch(watched=ids, waited_s=round(waited, 3), ended=waited < seconds,
+                          alerts=[a for *_, a in sorted(found, key=lambda x: x[:2])])
 
     # ---- across cameras (QAService.Search, AskAcross, Report) -------------------------------------------------
 

@@ -25,7 +25,7 @@ from tests.conftest import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "mcp-test-token-" + uuid.uuid4().hex[:8]
-TOOLS = {"list_streams", "ask", "summarize", "keyframe", "search", "ask_cameras", "report"}
+TOOLS = {"list_streams", "ask", "summarize", "keyframe", "search", "ask_cameras", "report", "watch_alerts"}
 FPS, CLIP = 1.0, 4  # 4 s chunks
 # camera -> (seconds of footage, (start_s, end_s, text burnt in))
 CLIPS = {"gate": (16, (4.0, 10.0, "GATE 7 CLOSED")), "dock": (24, (12.0, 18.0, "TRUCK 22 ARRIVED"))}
@@ -215,3 +215,27 @@ def test_stdio_with_no_server_there_the_tools_say_so():
     tools, got = run(go())
     assert TOOLS <= {t.name for t in tools.tools}  # the server starts without a vigil server to talk to
     assert got.is_error and f"no vigil server answered at {addr}" in got.content[0].text
+
+
+@pytest.mark.timeout(300)
+def test_watch_alerts_returns_what_a_cameras_rule_fires_while_it_waits(make_server):
+    """A camera whose text rule matches 52 s into its clip, watched over HTTP from the server's start: the one
+    firing comes back with its rule, camera and chunk, and the watch returns when the stream ends."""
+    name = f"quay-{uuid.uuid4().hex[:6]}"
+    footage = media.captioned_footage("bikes.mp4", [(52.0, 58.0, "TRUCK 22 ARRIVED")], seconds=60, fps=5,
+                                      size=(480, 204))
+    cameras = [{"name": name, "source": str(footage), "fps": FPS, "clip_frames": CLIP,
+                "alerts": [{"name": "truck", "on_screen_text": "TRUCK 22 ARRIVED"}]}]
+    srv, addr = make_server(frame_index=True, http_port=-1, auth_token=TOKEN, cameras=cameras)
+
+    async def go():
+        async with McpClient(http_transport(srv), read_timeout_seconds=200) as mcp:
+            return await mcp.call_tool("watch_alerts", {"cameras": [name], "seconds": 120})
+    got = ok(run(go()))
+    with Client(addr, token=TOKEN) as c:
+        info = c.describe(name)
+    assert got["watched"] == [info.stream_id] and got["ended"] is True and state_name(info.state) == "finished"
+    (alert,) = got["alerts"]
+    assert alert["rule"] == "truck" and alert["kind"] == "on_screen_text" and alert["camera"] == name
+    assert alert["stream_id"] == info.stream_id and alert["start_s"] < 58.0 and alert["end_s"] > 52.0
+    assert alert["chunk_id"] is not None and "TRUCK22" in alert["matched_text"].replace(" ", "").upper()
