@@ -86,6 +86,7 @@ async def exercise(server, cams, report: bool = False) -> dict:
         got["ask_cameras"] = await mcp.call_tool("ask_cameras", {
             "question": "When did the sign say that gate seven was closed?", "cameras": [dock, gate]})
         got["frame"] = await mcp.call_tool("keyframe", {"camera": gate, "time_s": 5.0})
+        got["no_frame"] = await mcp.call_tool("keyframe", {"camera": gate, "time_s": 500.0})
         got["missing"] = await mcp.call_tool("ask", {"camera": f"nosuch-{uuid.uuid4().hex[:6]}", "question": "?"})
         got["empty"] = await mcp.call_tool("ask", {"camera": dock, "question": "what?", "start_s": 500, "end_s": 600})
         got["two_windows"] = await mcp.call_tool("search", {"question": TRUCK, "start_s": 0, "when": "last night"})
@@ -141,6 +142,7 @@ def check(got: dict, cams) -> None:
     jpeg = base64.b64decode(image.data)
     assert jpeg[:3] == b"\xff\xd8\xff" and Image.open(io.BytesIO(jpeg)).format == "JPEG"
 
+    assert got["no_frame"].is_error and "INVALID_ARGUMENT" in got["no_frame"].content[0].text  # past its footage
     assert got["missing"].is_error and "NOT_FOUND" in got["missing"].content[0].text
     assert got["empty"].is_error and "INVALID_ARGUMENT" in got["empty"].content[0].text
     assert got["two_windows"].is_error and "at most one window" in got["two_windows"].content[0].text
