@@ -189,8 +189,9 @@ def _one(rt: Runtime, target: Target, query: Query, spec: WindowSpec, question: 
 
 def search(rt: Runtime, question: str, targets_: list[Target], spec: WindowSpec, *, top_k: int = 0,
            example_image: bytes = b"", signals: list[str] | None = None, include_keyframes: bool = False,
-           now: float | None = None) -> Searched:
-    """The top_k moments of all `targets_` for `question` (or `example_image`), best first."""
+           now: float | None = None, query: Query | None = None) -> Searched:
+    """The top_k moments of all `targets_` for `question` (or `example_image`), best first. `query`: the
+    question's Query when it is made already (`query_for`)."""
     t0 = time.perf_counter()
     s = rt.settings
     if question.strip() or not example_image:
@@ -199,7 +200,8 @@ def search(rt: Runtime, question: str, targets_: list[Target], spec: WindowSpec,
     if top_k > s.max_top_k:
         raise InvalidRequest(f"top_k {top_k} is over the limit of {s.max_top_k}")
     opts = qa.search_options(rt, list(signals or []))
-    query = query_for(rt, question or "this", example_image)
+    if query is None:
+        query = query_for(rt, question or "this", example_image)
     if example_image:  # the example decides the frame-index vectors; the words (if any) nothing more
         query = Query(query.keys, {k: v for k, v in query.dense.items() if k in FRAME_INDEX})
     workers = max(1, min(s.search_workers, len(targets_)))
