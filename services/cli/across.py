@@ -5,7 +5,6 @@ Their window: --since/--until wall-clock words read by the server in its timezon
 or --when for any time words ("last night", "in the last hour"), or --media-since/--media-until in media time."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -13,22 +12,8 @@ from pathlib import Path
 
 from services.cli import questions, render
 from services.cli.connect import client
-from services.cli.parser import add, client_flags, comma_list, image_file, media_time
+from services.cli.parser import comma_list
 from services.client import as_json
-
-SELECT_HELP = ("cameras: names or stream ids separated by commas, \"all\" (default) or @GROUP (a camera group of "
-               "the server's config file)")
-
-
-def across_flags(sp: argparse.ArgumentParser) -> None:
-    """The selector and window flags of search / report / ask across cameras."""
-    g = sp.add_argument_group("window (at most one kind; default: the question's own time words, else everything)")
-    g.add_argument("--since", help="wall-clock start, read by the server (\"18:00\", \"yesterday 22:00\"); live "
-                   "cameras only")
-    g.add_argument("--until", help="wall-clock end (with --since)")
-    g.add_argument("--when", default="", help="time words: \"last night\", \"in the last hour\", \"since 22:00\"")
-    g.add_argument("--media-since", type=media_time, help="media time window start: seconds, mm:ss or hh:mm:ss")
-    g.add_argument("--media-until", type=media_time, help="media time window end")
 
 
 def selector(text: str) -> tuple[list[str], str]:
@@ -166,27 +151,3 @@ def cmd_report(args) -> int:
     elif random_weights:
         print(render.RANDOM_NOTE)
     return 0
-
-
-def add_commands(sub) -> None:
-    """`vigil search` and `vigil report` (the parser's subparsers)."""
-    sp = sub.add_parser("search", help="find moments across cameras: ranked by how well they match the question",
-                        description="Search every camera (or those named) at once; each moment names its camera, "
-                        "media and wall-clock time, score and the signals that found it.")
-    sp.add_argument("question", help="what to find (text on screen, an object, an event)")
-    sp.add_argument("--cameras", default="all", help=SELECT_HELP)
-    add(sp, "--top-k", help="moments to return across all cameras (default: the server's VIGIL_TOP_K)")
-    add(sp, "--keyframes-dir")
-    sp.add_argument("--example", type=image_file, help="search by example: a JPEG/PNG still")
-    sp.add_argument("--signals", type=comma_list, default=[], help="retrieval signals, comma-separated")
-    across_flags(sp)
-    client_flags(sp)
-
-    sp = sub.add_parser("report", help="what happened in a time range across cameras: per camera segments, then "
-                        "an overview", description="`vigil report --since 18:00`: each camera's segments with "
-                        "activity summarised, each camera's summary, then one overview.")
-    sp.add_argument("--cameras", default="all", help=SELECT_HELP)
-    sp.add_argument("--detail", type=int, default=0, help="segments per camera to aim for (default: the server's)")
-    add(sp, "--max-new-tokens", help="per segment summary and for the overviews")
-    across_flags(sp)
-    client_flags(sp)
