@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("mcp", help="an MCP server on stdin/stdout for agents, using the vigil server --server names",
                         description="Serve the Model Context Protocol on stdin/stdout (for an agent's MCP client "
                         "configuration): tools to list streams, ask a camera, summarize a window, show a "
-                        "keyframe, search and ask across cameras, report a time range and wait for alerts, each calling the vigil "
-                        "server --server names (token: VIGIL_AUTH_TOKEN). "
+                        "keyframe, search and ask across cameras, report a time range and wait for alerts, each "
+                        "calling the vigil server --server names (token: VIGIL_AUTH_TOKEN). "
                         "`vigil serve` also serves it over streamable HTTP at /mcp on its HTTP port.")
     client_flags(sp)
 
