@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -205,13 +206,14 @@ def run_size(url: str, fx: Fixtures, n_streams: int, chunks: int, n_queries: int
         r5 += (sid, cid) in hits
         if (sid, cid) not in hits:
             log(f"miss: {q!r} -> {sid}/{cid}; found {[(m.target.sid, m.chunk.chunk_id, m.chunk.text) for m in found.moments[:3]]}")
+    load = os.getloadavg()[0]  # the machine's 1-minute load while the questions ran (shared machines)
     spread = score_spread(rt, targets, fx)
     info = redis.Redis.from_url(url).info("memory")
     out = {"streams": n_streams, "chunks_per_stream": chunks, "queries": len(order), "workers": workers,
            "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "encode_p50_ms": pct(enc, 50),
            "encode_p95_ms": pct(enc, 95), "total_p95_ms": pct([a + b for a, b in zip(lat, enc)], 95), "recall1": r1 / len(order), "recall5": r5 / len(order),
            "index_mb": rt.indexes.nbytes / 1e6, "redis_mb": info["used_memory"] / 1e6, "index_build_s": build_s,
-           "write_s": write_s, "spread": spread}
+           "write_s": write_s, "spread": spread, "load": load, "cores": os.cpu_count()}
     log(f"{n_streams} streams: p50 {out['p50_ms']:.0f} ms, p95 {out['p95_ms']:.0f} ms, recall@1 {out['recall1']:.2f}, "
         f"@5 {out['recall5']:.2f}, index {out['index_mb']:.0f} MB")
     redis.Redis.from_url(url).flushall()
@@ -270,12 +272,13 @@ def report(rep: dict) -> str:
     rows = [[str(r["streams"]), f"{r['streams'] * r['chunks_per_stream'] * CLIP_S / 3600:.1f}", str(r["queries"]),
              f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}", f"{r['encode_p50_ms']:.0f}", f"{r['total_p95_ms']:.0f}",
              f"{100 * r['recall1']:.0f} %", f"{100 * r['recall5']:.0f} %",
-             f"{r['index_mb']:.1f}", f"{r['redis_mb']:.0f}", f"{r['index_build_s']:.1f}"] for r in rep["sizes"]]
+             f"{r['index_mb']:.1f}", f"{r['redis_mb']:.0f}", f"{r['index_build_s']:.1f}",
+             f"{r.get('load', 0):.1f} on {r.get('cores', '?')}"] for r in rep["sizes"]]
     lines = ["Search across cameras (services.search.search, tiny model, real frame index; "
              f"{rep['threads']} torch threads, search_workers {rep['sizes'][0]['workers'] if rep['sizes'] else '-'}):",
              "", md_table(["streams", "camera-hours", "questions", "search p50 ms", "search p95 ms",
                            "question encoding p50 ms", "total p95 ms", "recall@1", "recall@5",
-                           "index MB", "Redis MB", "first search (index build) s"], rows), ""]
+                           "index MB", "Redis MB", "first search (index build) s", "load avg"], rows), ""]
     if rep["sizes"]:
         sp = rep["sizes"][-1]["spread"]
         lines += [f"Best score per stream for no-match questions, across {rep['sizes'][-1]['streams']} streams:", "",

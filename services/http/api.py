@@ -443,7 +443,7 @@ class Api:
                                           latency_ms=found.latency_ms))
         for m in d["moments"]:
             m["keyframe_url"] = keyframe_url(m["stream_id"], m["chunk_id"])
-            m["timeline_url"] = f"/?stream={m['camera'] or m['stream_id']}&t={m['start_s']:g}"
+            m["timeline_url"] = f"/#stream={m['stream_id']}&t={m['start_s']:g}"  # the page opens it there
         return JSONResponse(d)
 
     async def report(self, request: Request) -> Response:

@@ -68,3 +68,24 @@ def test_the_search_box_finds_the_camera_and_opens_its_timeline_there(cameras, p
     assert start <= t < start + 4.0
     hit = page.eval_on_selector_all(".thumb.hit", "bs => bs.map(b => Number(b.dataset.start))")
     assert hit and all(h <= t for h in hit)
+
+
+def test_a_moments_timeline_url_opens_that_camera_there(cameras, page):
+    import json
+
+    from tests.http.test_api import call
+
+    srv, names, ids = cameras
+    status, _, raw = call(srv.http_port, "/api/v1/search", token=TOKEN,
+                          body={"question": "When did the sign say that gate seven was closed?", "top_k": 3})
+    assert status == 200, raw
+    top = json.loads(raw)["moments"][0]
+    assert top["camera"] == names["gate"] and top["timeline_url"].startswith(f"/#stream={ids['gate']}&t=")
+    sign_in(page, srv.http_port, TOKEN)
+    page.wait_for_selector("#stream-state.finished")
+    page.goto("about:blank")  # a fresh load (a change of the hash alone reloads nothing)
+    page.goto(f"http://127.0.0.1:{srv.http_port}{top['timeline_url']}")
+    page.wait_for_function("name => document.getElementById('stream-title').textContent.startsWith(name)",
+                           arg=names["gate"])
+    page.wait_for_function("() => !document.getElementById('cursor').hidden")
+    assert float(page.get_attribute("#cursor", "data-t")) == pytest.approx(top["start_s"])

@@ -181,6 +181,10 @@ def test_the_report_covers_every_camera_in_time_order(cams, cache_dir):
     assert out.returncode == 0, out.stderr
     heads = [ln for ln in out.stdout.splitlines() if ln.startswith("== ")]
     assert [h.split(":")[0][3:] for h in heads] == order[:2] and "Overview (2 cameras" in out.stdout
+    # `vigil report --since 22:00`: wall-clock words; file cameras have no wall clock and are listed with why
+    out = run(["report", "--cameras", names["gate"], "--server", addr, "--since", "22:00"], env)
+    assert out.returncode == 0, out.stderr
+    assert f"== {names['gate']}: 0 chunks" in out.stdout and "wall-clock" in out.stdout
     # a window in wall-clock words covers no file camera: each is listed with why
     with Client(addr, token=TOKEN) as c:
         msgs = list(c.report([names["gate"]], when="since 22:00", max_new_tokens=2))
@@ -234,3 +238,20 @@ def test_kv_calibration_does_not_favour_the_stream_with_more_chunks():
                         SearchOptions(), 3)
     assert (found[0].stream, found[0].chunk_id) == (1, 5)
     assert all(s.name != Signal.OCR or s.score >= 0.6 for f in found for s in f.signals)  # the floors hold
+
+
+def test_camera_groups_in_the_config_file_are_checked(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from services.config import Settings
+
+    cfg = tmp_path / "vigil.toml"
+    cfg.write_text('[camera_groups]\nyard = ["dock", "lot"]\n')
+    monkeypatch.setenv("VIGIL_CONFIG", str(cfg))
+    assert Settings().camera_groups == {"yard": ("dock", "lot")}
+    cfg.write_text('[camera_groups]\nyard = []\n')
+    with pytest.raises(ValidationError, match="yard"):
+        Settings()
+    cfg.write_text('[camera_groups]\n"a/b" = ["dock"]\n')
+    with pytest.raises(ValidationError, match="a/b"):
+        Settings()

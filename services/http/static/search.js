@@ -46,5 +46,20 @@
     node("span", { class: "moment-text", text: m.on_screen_text || "" }))));
   }
 
-  document.addEventListener("DOMContentLoaded", () => $("search-form").addEventListener("submit", search));
+  // a link to a moment (#stream=ID&t=SECONDS, a result's timeline_url): once that stream's timeline is loaded
+  function openLinkedMoment() {
+    const h = new URLSearchParams(location.hash.slice(1));
+    const t = parseFloat(h.get("t")), sid = h.get("stream");
+    if (!sid || !isFinite(t)) return;
+    const started = Date.now();
+    const wait = setInterval(() => {
+      if (state.sid === sid && state.chunks.size) { clearInterval(wait); scrollToTime(t); }
+      else if (Date.now() - started > 30000) clearInterval(wait);
+    }, 200);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("search-form").addEventListener("submit", search);
+    openLinkedMoment();
+  });
 })();
