@@ -331,3 +331,59 @@ class Client:
         if window is not None:
             req.window.start_s, req.window.end_s = window
         return req
+
+    # ---- across streams (cameras): Search, AskAcross, Report ----------------------------------------------------
+
+    @staticmethod
+    def _across(req, streams, group, window, wall_window, when) -> None:
+        """Fill a cross-stream request's selector and window (at most one of window, wall_window, when)."""
+        if isinstance(streams, str):
+            streams = [streams]
+        req.streams.streams.extend(streams or ())
+        req.streams.group = group
+        if window is not None:
+            req.window.start_s, req.window.end_s = window
+        if wall_window is not None:
+            req.wall_window.start_unix, req.wall_window.end_unix = wall_window
+        req.when = when
+
+    def search(self, question: str = "", streams: list[str] | tuple[str, ...] | str = (), group: str = "", *,
+               window: tuple[float, float] | None = None, since: float | None = None, until: float | None = None,
+               when: str = "", top_k: int = 0, example_image: bytes = b"", signals: list[str] | tuple[str, ...] = (),
+               include_keyframes: bool = False, timeout: float | None = None) -> qa_pb2.SearchResponse:
+        """Moments ranked across cameras: `streams` (camera names or stream ids), a camera `group` of the server's
+        config file, or neither (every stream). The window, at most one of: `window` (start_s, end_s) media seconds
+        of each stream; `since`/`until` wall-clock Unix seconds (until None: now); `when` time words read by the
+        server ("since 22:00", "last night"). Returns a SearchResponse: `moments` best first, each with its camera,
+        stream, media and wall-clock range, fused score, signals, on-screen text and keyframe reference."""
+        req = qa_pb2.SearchRequest(question=question, example_image=example_image, top_k=top_k,
+                                   signals=list(signals), include_keyframes=include_keyframes)
+        wall = None if since is None and until is None else (since or 0.0, until or 0.0)
+        self._across(req, streams, group, window, wall, when)
+        return self.qa.Search(req, metadata=self.metadata, timeout=timeout)
+
+    def ask_across(self, question: str, streams: list[str] | tuple[str, ...] | str = (), group: str = "", *,
+                   window: tuple[float, float] | None = None, since: float | None = None,
+                   until: float | None = None, when: str = "", top_k: int = 0, max_cameras: int = 0,
+                   max_new_tokens: int = 0, include_keyframes: bool = False, conversation_id: str = "",
+                   new_conversation: bool = False, timeout: float | None = None) -> qa_pb2.AskAcrossResponse:
+        """A question over several cameras (selector and window as `search`): the answer is generated on the
+        memories of the best `max_cameras` cameras found (0: the server default); every evidence Moment names its
+        camera, `cameras` holds each camera's part. `conversation_id` / `new_conversation`: multi-turn, as `ask`."""
+        req = qa_pb2.AskAcrossRequest(question=question, top_k=top_k, max_cameras=max_cameras,
+                                      max_new_tokens=max_new_tokens, include_keyframes=include_keyframes,
+                                      conversation_id=conversation_id, new_conversation=new_conversation)
+        wall = None if since is None and until is None else (since or 0.0, until or 0.0)
+        self._across(req, streams, group, window, wall, when)
+        return self.qa.AskAcross(req, metadata=self.metadata, timeout=timeout)
+
+    def report(self, streams: list[str] | tuple[str, ...] | str = (), group: str = "", *,
+               window: tuple[float, float] | None = None, since: float | None = None, until: float | None = None,
+               when: str = "", detail: int = 0, max_new_tokens: int = 0, include_keyframes: bool = False,
+               timeout: float | None = None) -> Iterator[qa_pb2.ReportResponse]:
+        """Report's messages as they arrive (selector and window as `search`): per camera `progress`, its
+        `segment`s and its `camera` summary, then the overview's `progress` and `done`."""
+        req = qa_pb2.ReportRequest(detail=detail, max_new_tokens=max_new_tokens, include_keyframes=include_keyframes)
+        wall = None if since is None and until is None else (since or 0.0, until or 0.0)
+        self._across(req, streams, group, window, wall, when)
+        yield from self._streamed(self.qa.Report(req, metadata=self.metadata, timeout=timeout))

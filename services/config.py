@@ -338,6 +338,18 @@ class Settings(BaseSettings):
                                        "chunk fewer replicas took in time stays stored on the master, and is "
                                        "logged and counted (a replica is down or far behind)")
 
+    # questions across cameras (services/search.py, services/report.py): camera groups ([camera_groups] in the
+    # VIGIL_CONFIG file: group = ["camera", ...]) and the fan-out's bounds
+    camera_groups: dict[str, tuple[str, ...]] = Field({}, description="named groups of cameras a search, answer or "
+                                                      "report can cover: [camera_groups] gate_side = [\"gate\", "
+                                                      "\"yard\"] in the VIGIL_CONFIG file")
+    search_workers: int = Field(4, ge=1, le=64, description="streams one search across cameras reads at once")
+    max_search_streams: int = Field(256, ge=1, le=10_000, description="most streams one search across cameras covers")
+    across_cameras: int = Field(2, ge=1, le=16, description="cameras an answer across cameras is generated on (the "
+                                "best found first), unless the request says")
+    max_across_cameras: int = Field(4, ge=1, le=64, description="most cameras one answer across cameras reads")
+    max_report_cameras: int = Field(64, ge=1, le=10_000, description="most cameras one report covers")
+
     @field_validator("auth_token")
     @classmethod
     def _token(cls, v):
@@ -381,6 +393,20 @@ class Settings(BaseSettings):
             except Exception as exc:
                 raise ValueError(f"camera {cam.name!r}: {exc}") from None
         return self
+
+    @field_validator("camera_groups")
+    @classmethod
+    def _groups(cls, v):
+        import re
+
+        from services.cameras import NAME_PATTERN
+
+        for group, members in v.items():
+            if not re.match(NAME_PATTERN, group):
+                raise ValueError(f"camera group {group!r}: a name is 1-64 letters, digits, '_', '-' or '.'")
+            if not members:
+                raise ValueError(f"camera group {group!r} names no camera")
+        return v
 
     @field_validator("timezone")
     @classmethod

@@ -10,7 +10,7 @@ import grpc
 
 from memory.errors import StreamNotFound, clipped
 from memory.store import Gap, SourceKind, StreamRecord, StreamState
-from services import alerts, memory_wire, qa, summarize
+from services import alerts, memory_wire, qa, report, search, summarize
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
 from services.metrics import STORE_DOWN, Metrics
@@ -413,3 +413,107 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
                     overview=item.overview, window=qa_pb2.TimeWindow(start_s=item.start_s, end_s=item.end_s),
                     segments=item.segments, latency_ms=item.latency_ms, gaps=[gap_msg(g) for g in item.gaps]),
                     **mark)
+
+    # ---- across streams (services/search.py, services/report.py) ----------------------------------------------
+
+    @staticmethod
+    def _spec(request) -> search.WindowSpec:
+        """The request's window (at most one of window, wall_window, when), checked before a queue slot is taken."""
+        media = QAServicer._window(request)
+        wall = None
+        if request.HasField("wall_window"):
+            w = request.wall_window
+            wall = (w.start_unix, w.end_unix if w.end_unix > 0 else float("inf"))
+        return search.WindowSpec(media, wall, request.when.strip())
+
+    def _targets(self, request) -> list[search.Target]:
+        return search.targets(self.rt, list(request.streams.streams), request.streams.group)
+
+    @staticmethod
+    def _moment(m: search.Moment) -> qa_pb2.Moment:
+        c = m.chunk
+        return qa_pb2.Moment(
+            camera=m.target.camera, stream_id=m.target.sid, chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s,
+            wall_start_unix=c.wall_start or 0.0, wall_end_unix=c.wall_end or 0.0, score=m.score,
+            signals=[qa_pb2.SignalScore(signal=x.name, rank=x.rank, score=x.score) for x in m.signals],
+            on_screen_text=c.text, labels=c.labels, keyframe_s=c.keyframe_s, keyframe_jpeg=m.keyframe, rank=m.rank)
+
+    @staticmethod
+    def _parts(parts: list[search.StreamPart]) -> list[qa_pb2.SearchedStream]:
+        out = []
+        for p in parts:
+            lo, hi = p.bounds if p.bounds is not None else (0.0, 0.0)
+            out.append(qa_pb2.SearchedStream(
+                camera=p.target.camera, stream_id=p.target.sid, chunks=p.chunks, skipped=p.skipped,
+                searched_window=qa_pb2.TimeWindow(start_s=lo, end_s=hi if hi < float("inf") else 0.0)))
+        return out
+
+    @rpc
+    async def Search(self, request, context):
+        spec = self._spec(request)
+        targets = await asyncio.to_thread(self._targets, request)
+        found = await self.work.run(search.search, self.rt, request.question, targets, spec, top_k=request.top_k,
+                                    example_image=request.example_image, signals=list(request.signals),
+                                    include_keyframes=request.include_keyframes, timeout_s=self._left(context))
+        return qa_pb2.SearchResponse(moments=[self._moment(m) for m in found.moments], streams=self._parts(found.parts),
+                                     window_phrase=found.phrase, latency_ms=found.latency_ms)
+
+    @rpc
+    async def AskAcross(self, request, context):
+        spec = self._spec(request)
+        targets = await asyncio.to_thread(self._targets, request)
+        with self.rt.metrics.question():
+            ans = await self.work.run(
+                search.ask_across, self.rt, request.question, targets, spec, top_k=request.top_k,
+                max_cameras=request.max_cameras, max_new_tokens=request.max_new_tokens,
+                include_keyframes=request.include_keyframes, conversation_id=request.conversation_id,
+                new_conversation=request.new_conversation, timeout_s=self._left(context))
+        spec_ = self.rt.adapter.spec
+        return qa_pb2.AskAcrossResponse(
+            answer=ans.text, evidence=[self._moment(m) for m in ans.evidence],
+            cameras=[qa_pb2.CameraAnswer(camera=c.target.camera, stream_id=c.target.sid, answer=c.text,
+                                         memory_tokens=c.memory_tokens) for c in ans.cameras],
+            model=spec_.name, random_weights=spec_.random_weights, latency_ms=ans.latency_ms,
+            conversation_id=ans.conversation_id, history_turns=ans.history_turns,
+            streams=self._parts(ans.searched.parts))
+
+    @rpc_stream
+    async def Report(self, request, context):
+        """Per camera: progress, its segments, its summary; then the overview."""
+        spec = self._spec(request)
+        targets = await asyncio.to_thread(self._targets, request)
+        model = self.rt.adapter.spec
+        mark = dict(model=model.name, random_weights=model.random_weights)
+        async for item in worker_stream(self.work, report.report, self.rt, targets, spec, request.detail,
+                                        request.max_new_tokens, request.include_keyframes,
+                                        timeout_s=self._left(context)):
+            yield report_msg(item, mark)
+
+
+def report_msg(item, mark: dict) -> qa_pb2.ReportResponse:
+    """One item of services/report.py as Report's message (gRPC and the HTTP API alike)."""
+    if isinstance(item, report.ReportProgress):
+        t = item.target
+        return qa_pb2.ReportResponse(progress=qa_pb2.ReportProgress(
+            stage=item.stage, camera_index=item.camera_index, cameras=item.cameras, camera=t.camera if t else "",
+            stream_id=t.sid if t else "", segment=item.segment, segments=item.segments), **mark)
+    if isinstance(item, report.ReportSegment):
+        seg = item.segment
+        return qa_pb2.ReportResponse(segment=qa_pb2.ReportSegment(
+            camera=item.target.camera, stream_id=item.target.sid, activity=list(item.activity),
+            wall_start_unix=item.wall_start or 0.0, wall_end_unix=item.wall_end or 0.0,
+            segment=qa_pb2.SummarySegment(
+                index=seg.index, segments=seg.segments, start_s=seg.start_s, end_s=seg.end_s, summary=seg.text,
+                on_screen_text=list(seg.on_screen), chunks=seg.chunks,
+                evidence=[qa_pb2.Evidence(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s,
+                                          keyframe_s=c.keyframe_s, keyframe_jpeg=jpg, on_screen_text=c.text,
+                                          labels=c.labels)
+                          for c, jpg in zip(seg.read, seg.keyframes)])), **mark)
+    if isinstance(item, report.CameraReport):
+        lo, hi = item.bounds
+        return qa_pb2.ReportResponse(camera=qa_pb2.CameraReport(
+            camera=item.target.camera, stream_id=item.target.sid, summary=item.summary or item.skipped,
+            segments=item.segments, chunks=item.chunks, window=qa_pb2.TimeWindow(start_s=lo, end_s=hi),
+            gaps=[gap_msg(g) for g in item.gaps]), **mark)
+    return qa_pb2.ReportResponse(done=qa_pb2.ReportDone(
+        overview=item.overview, cameras=item.cameras, latency_ms=item.latency_ms, window_phrase=item.phrase), **mark)

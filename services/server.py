@@ -64,6 +64,7 @@ class VigilServer:
         self.port: int | None = None
         self.http: HttpSide | None = None  # the HTTP side (/metrics; services/http/), None when VIGIL_HTTP_PORT=0
         self.http_port: int | None = None  # the port it bound (VIGIL_HTTP_PORT=-1: any free one)
+        self.mcp = None  # /mcp on the HTTP side (services/mcp_server.py)
         self._server: grpc.aio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -81,6 +82,8 @@ class VigilServer:
         except BaseException:
             if self.http is not None:
                 self.http.close()
+            if self.mcp is not None:
+                self.mcp.discard()
             raise
 
     async def _start(self) -> int:
@@ -131,12 +134,17 @@ class VigilServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind the gRPC port {s.host}:{s.port} (in use by another `vigil serve`?): "
                                "pick another with --port P (VIGIL_PORT)")
+        if self.http is not None:  # /mcp's tools reach this gRPC server through a private unix socket
+            from services.mcp_server import HttpEndpoint
+
+            self.mcp = HttpEndpoint.attach(server, s.auth_token.get_secret_value() if s.auth_token else None, s.host)
         await server.start()
         self._server = server
         if self.http is not None:  # same token as gRPC; HTTPS with gRPC's certificate when TLS is on
             await self.http.start(build_app(self.rt.metrics, s.auth_token.get_secret_value() if s.auth_token else None,
                                             s.metrics_open, rt=self.rt, work=self.work, settings=s,
-                                            throttle=self.throttle), limits=HttpLimits.from_settings(s), **_https(s))
+                                            throttle=self.throttle, mcp=self.mcp),
+                                  limits=HttpLimits.from_settings(s), **_https(s))
         self._stopped = asyncio.Event()
         log.info("serving on %s:%d (role %s, model %s)", s.host, self.port, s.role, adapter.spec.name)
         if self.ingest is not None:  # streams a killed or stopped server left behind continue here
@@ -150,6 +158,8 @@ class VigilServer:
     async def stop_async(self, grace_s: float = 2.0) -> None:
         if self.http:
             await self.http.stop()
+        if self.mcp is not None:
+            await self.mcp.aclose()
         if self.ingest:
             await asyncio.to_thread(self.ingest.shutdown)
         if self.rt is not None:  # after the workers: none of them waits for a clip any more

@@ -1,7 +1,7 @@
-"""The `vigil` command line: serve, ingest, push, watch, ask, chat, summarize, streams, stop, delete, demo.
+"""The `vigil` command line: serve, ingest, push, watch, ask, chat, summarize, streams, stop, delete, demo, mcp.
 
 `main` is the console script (pyproject.toml): it parses the command line (parser.py), runs the command
-(serve.py; streams.py: ingest, push, watch, streams, stop, delete; questions.py: ask, chat, summarize; demo.py)
+(serve.py; streams.py: ingest, push, watch, streams, stop, delete; questions.py: ask, chat, summarize; demo.py; mcp.py)
 and turns what went wrong into one `error: ...` line (errors.py) and the exit status: 0 done, 1 the stream failed,
 2 an error, 130 interrupted. What the commands print is in render.py; their `--json` is each message as
 `services.client.as_json` renders it, as the HTTP API serves it."""
@@ -14,13 +14,15 @@ import warnings
 
 import grpc
 
-from services.cli import demo, errors, questions, serve, streams
+from services.cli import across, demo, errors, mcp, questions, serve, streams
 from services.cli.parser import build_parser
 
 COMMANDS = {
     "serve": serve.cmd_serve, "ingest": streams.cmd_ingest, "push": streams.cmd_push, "watch": streams.cmd_watch,
     "streams": streams.cmd_streams, "stop": streams.cmd_stop, "delete": streams.cmd_delete,
-    "ask": questions.cmd_ask, "chat": questions.cmd_chat, "summarize": questions.cmd_summarize, "demo": demo.cmd_demo,
+    "ask": across.cmd_ask, "chat": questions.cmd_chat, "summarize": questions.cmd_summarize, "demo": demo.cmd_demo,
+    "search": across.cmd_search, "report": across.cmd_report,  # across cameras (across.py)
+    "mcp": mcp.cmd_mcp,
 }
 
 __all__ = ["build_parser", "main"]

@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("stream_id", help=STREAM_ID_HELP)
     client_flags(sp)
 
-    sp = sub.add_parser("ask", help="ask a question about a stream")
-    sp.add_argument("stream_id", help=STREAM_ID_HELP)
+    sp = sub.add_parser("ask", help="ask a question about a stream, or across cameras (a,b / all / @group)")
+    sp.add_argument("stream_id", help=STREAM_ID_HELP + "; several cameras: names separated by commas, \"all\" or "
+                    "@GROUP (the answer names each camera)")
     sp.add_argument("question", help="the question; time words in it "
                     "(\"in the first minute\", \"at 1:30\") narrow the search")
     add(sp, "--top-k", "--since", "--until", "--max-new-tokens", "--keyframes-dir")
@@ -218,10 +219,60 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("stream_id", help=STREAM_ID_HELP)
     client_flags(sp)
 
+    sp = sub.add_parser("mcp", help="an MCP server on stdin/stdout for agents, using the vigil server --server names",
+                        description="Serve the Model Context Protocol on stdin/stdout (for an agent's MCP client "
+                        "configuration): tools to list streams, ask a camera, summarize a window, show a "
+                        "keyframe, search and ask across cameras, report a time range and wait for alerts, each "
+                        "calling the vigil server --server names (token: VIGIL_AUTH_TOKEN). "
+                        "`vigil serve` also serves it over streamable HTTP at /mcp on its HTTP port.")
+    client_flags(sp)
+
     sp = sub.add_parser("demo", help="one process: start a server, ingest a video, ask, print answer and evidence")
     sp.add_argument("--video", help="a video file (default: a generated test pattern)")
     sp.add_argument("--question", help=f"default for the generated video: {DEMO_QUESTION!r}")
     add(sp, "--fps", default=2.0, help="frames sampled per second")
     add(sp, "--model", "--keyframes-dir")
     add(sp, "--json", help="machine-readable output (one JSON object)")
+    across_commands(sub)
     return p
+
+
+# ---- across cameras: `vigil search`, `vigil report` (services/cli/across.py runs them) -----------------------
+
+SELECT_HELP = ("cameras: names or stream ids separated by commas, \"all\" (default) or @GROUP (a camera group of "
+               "the server's config file)")
+
+
+def across_flags(sp: argparse.ArgumentParser) -> None:
+    """The selector and window flags of search / report / ask across cameras."""
+    g = sp.add_argument_group("window (at most one kind; default: the question's own time words, else everything)")
+    g.add_argument("--since", help="wall-clock start, read by the server (\"18:00\", \"yesterday 22:00\"); live "
+                   "cameras only")
+    g.add_argument("--until", help="wall-clock end (with --since)")
+    g.add_argument("--when", default="", help="time words: \"last night\", \"in the last hour\", \"since 22:00\"")
+    g.add_argument("--media-since", type=media_time, help="media time window start: seconds, mm:ss or hh:mm:ss")
+    g.add_argument("--media-until", type=media_time, help="media time window end")
+
+
+def across_commands(sub) -> None:
+    """`vigil search` and `vigil report` (the parser's subparsers)."""
+    sp = sub.add_parser("search", help="find moments across cameras: ranked by how well they match the question",
+                        description="Search every camera (or those named) at once; each moment names its camera, "
+                        "media and wall-clock time, score and the signals that found it.")
+    sp.add_argument("question", help="what to find (text on screen, an object, an event)")
+    sp.add_argument("--cameras", default="all", help=SELECT_HELP)
+    add(sp, "--top-k", help="moments to return across all cameras (default: the server's VIGIL_TOP_K)")
+    add(sp, "--keyframes-dir")
+    sp.add_argument("--example", type=image_file, help="search by example: a JPEG/PNG still")
+    sp.add_argument("--signals", type=comma_list, default=[], help="retrieval signals, comma-separated")
+    across_flags(sp)
+    client_flags(sp)
+
+    sp = sub.add_parser("report", help="what happened in a time range across cameras: per camera segments, then "
+                        "an overview", description="`vigil report --since 18:00`: each camera's segments with "
+                        "activity summarised, each camera's summary, then one overview.")
+    sp.add_argument("--cameras", default="all", help=SELECT_HELP)
+    sp.add_argument("--detail", type=int, default=0, help="segments per camera to aim for (default: the server's)")
+    add(sp, "--max-new-tokens", help="per segment summary and for the overviews")
+    across_flags(sp)
+    client_flags(sp)

@@ -204,6 +204,7 @@ class Api:
             Route(f"{p}/streams/{{sid}}/chunks/{{cid:int}}/keyframe.jpg", self.keyframe),
             Route(f"{p}/streams/{{sid}}/ask", self.ask, methods=["POST"]),
             Route(f"{p}/streams/{{sid}}/summarize", self.summarize, methods=["POST"]),
+            *self.across_routes(),
         ]
 
     async def _call(self, fn, *args):
@@ -418,4 +419,69 @@ class Api:
             return sse("done", {**as_json(summary_done_msg(item)), **mark})
 
         items = worker_stream(work, summarize.summarize, self.rt, sid, window, detail, max_new, False)
+        return await self._sse(items, encode, metered=False)
+
+    # ---- across cameras: POST /api/v1/search, /api/v1/report (services/search.py, services/report.py) ----------
+    # The body is the gRPC request message as JSON (SearchRequest, ReportRequest: the same field names), e.g.
+    # {"question": "...", "streams": {"streams": ["gate"], "group": ""}, "when": "since 22:00", "top_k": 8}.
+
+    def across_routes(self) -> list[Route]:
+        return [Route(f"{PREFIX}/search", self.search, methods=["POST"]),
+                Route(f"{PREFIX}/report", self.report, methods=["POST"])]
+
+    @staticmethod
+    def _message(body: dict, cls):
+        from google.protobuf import json_format
+
+        try:
+            return json_format.ParseDict(body, cls())
+        except json_format.ParseError as exc:
+            raise InvalidRequest(f"the request body is not a {cls.DESCRIPTOR.name}: {clipped(str(exc), 200)}") from None
+
+    async def search(self, request: Request) -> Response:
+        """Body: a SearchRequest as JSON. Answer: the SearchResponse as JSON, each moment with its keyframe's URL
+        and the URL of its camera's timeline at that moment."""
+        from services import search as across
+
+        try:
+            req = self._message(await _body(request), qa_pb2.SearchRequest)
+            spec = QAServicer._spec(req)
+            work = self._queue()
+            targets = await self._call(across.targets, self.rt, list(req.streams.streams), req.streams.group)
+            found = await work.run(across.search, self.rt, req.question, targets, spec, top_k=req.top_k,
+                                   example_image=req.example_image, signals=list(req.signals),
+                                   include_keyframes=req.include_keyframes)
+        except Exception as exc:
+            return error_response(exc)
+        d = as_json(qa_pb2.SearchResponse(moments=[QAServicer._moment(m) for m in found.moments],
+                                          streams=QAServicer._parts(found.parts), window_phrase=found.phrase,
+                                          latency_ms=found.latency_ms))
+        for m in d["moments"]:
+            m["keyframe_url"] = keyframe_url(m["stream_id"], m["chunk_id"])
+            m["timeline_url"] = f"/#stream={m['stream_id']}&t={m['start_s']:g}"  # the page opens it there
+        return JSONResponse(d)
+
+    async def report(self, request: Request) -> Response:
+        """Body: a ReportRequest as JSON. Events: `progress`, `segment`, `camera`, `done` (Report's messages as
+        JSON), or `error`."""
+        from services import report as reports
+        from services import search as across
+        from services.grpc_api import report_msg
+
+        try:
+            req = self._message(await _body(request), qa_pb2.ReportRequest)
+            spec = QAServicer._spec(req)
+            work = self._queue()
+            targets = await self._call(across.targets, self.rt, list(req.streams.streams), req.streams.group)
+        except Exception as exc:
+            return error_response(exc)
+        model = self.rt.adapter.spec
+        mark = dict(model=model.name, random_weights=model.random_weights)
+
+        def encode(item) -> bytes:
+            msg = report_msg(item, mark)
+            kind = msg.WhichOneof("msg")
+            return sse(kind, {**as_json(getattr(msg, kind)), **mark})
+
+        items = worker_stream(work, reports.report, self.rt, targets, spec, req.detail, req.max_new_tokens, False)
         return await self._sse(items, encode, metered=False)

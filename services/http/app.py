@@ -133,12 +133,14 @@ class BearerAuth:
 
 
 def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = False, rt=None,
-              work=None, settings=None, throttle: AuthThrottle | None = None, limits: HttpLimits | None = None):
+              work=None, settings=None, throttle: AuthThrottle | None = None, limits: HttpLimits | None = None,
+              mcp=None):
     """The HTTP app of one server, behind its edge (guard.Edge). `token`: required on every request (None: no
     auth); `metrics_open`: /metrics without it; `rt` (services.runtime.Runtime) and `work` (its question queue):
     the timeline page and the JSON API (None: /metrics only); `settings` (services.config.Settings): the Host
     allow-list, session lifetime and limits (None: their defaults); `throttle`: the server's failed-attempt
-    throttle (shared with gRPC)."""
+    throttle (shared with gRPC); `mcp`: the ASGI app of /mcp, the MCP endpoint for agents
+    (services/mcp_server.py HttpEndpoint; None: none), behind the token like the rest."""
     limits = limits or (HttpLimits.from_settings(settings) if settings is not None else HttpLimits())
     throttle = throttle or (AuthThrottle.from_settings(settings) if settings is not None else AuthThrottle())
     ttl_s = settings.session_ttl_s if settings is not None else 12 * 3600.0
@@ -197,6 +199,8 @@ def build_app(metrics: Metrics, token: str | None = None, metrics_open: bool = F
     if rt is not None:
         from services.http.api import Api  # the API needs the runtime; /metrics alone does not
         routes[1:1] = Api(rt, work).routes()
+    if mcp is not None:  # streamable HTTP (MCP) at /mcp: an ASGI app, every method
+        routes.append(Route("/mcp", mcp))
     middleware = []
     if token is not None:
         middleware.append(Middleware(BearerAuth, token=token, sessions=sessions, throttle=throttle,
