@@ -97,7 +97,7 @@ def rpc_stream(fn):
     return wrapper
 
 
-def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInfo:
+def stream_info(rec: StreamRecord, gaps: list[Gap] = (), name: str | None = None) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=redact_source(rec.source), state=STATES.get(rec.state, 0),  # records stored
@@ -109,7 +109,7 @@ def stream_info(rec: StreamRecord, gaps: list[Gap] = ()) -> ingest_pb2.StreamInf
         kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
         gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_wire.to_proto(rec.memory),
         chunk_bytes=rec.chunk_bytes, working_memory_bytes=rec.working_bytes, working_memory_tokens=rec.working_used,
-        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted,
+        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted, name=name or "",
     )
 
 
@@ -125,7 +125,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     def _info(self, sid: str) -> ingest_pb2.StreamInfo:
         rec = self.rt.store.get_stream(sid)
-        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN))
+        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN), self.rt.store.name_of(sid))
 
     @rpc
     async def StartStream(self, request, context):
@@ -201,7 +201,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidRequest(f"page_token {clipped(request.page_token)} names no stream (deleted since? "
                                  "start again from the first page)") from None
         total = await asyncio.to_thread(self.rt.store.count_streams)
-        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r) for r in recs], next_page_token=after,
+        names = {sid: n for n, sid in (await asyncio.to_thread(self.rt.store.names)).items()}
+        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r, name=names.get(r.stream_id)) for r in recs],
+                                              next_page_token=after,
                                               total=total)
 
     @rpc_stream

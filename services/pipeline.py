@@ -136,6 +136,8 @@ class StreamWorker:
         self._describer: ThreadPoolExecutor | None = None  # the frame index's thread (started on first use)
         self._decoding = False  # once the decode thread runs, it closes plan.file
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
+        self._last_state: StreamState | None = rec.state if resume is not None else None  # for the log lines
+        self._who: str | None = None  # "stream <id> (camera 'gate')", once known
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -228,7 +230,32 @@ class StreamWorker:
         return self._describer
 
     def _state(self, state: StreamState, error: str | None = None, **changes) -> None:
+        before = self._last_state
         self._durable(self.rt.store.set_state, self.rec.stream_id, state, error, fence=self.fence, **changes)
+        self._last_state = state
+        self._log_state(before, state, error)
+
+    def _log_state(self, before: StreamState | None, state: StreamState, error: str | None) -> None:
+        """One INFO line per lifecycle step of the stream (a camera's: connected, outage, reconnected, stopped)."""
+        if self._who is None:
+            try:
+                name = self.rt.store.name_of(self.rec.stream_id)
+            except Exception:  # a label only: never a reason to fail
+                name = None
+            what = "camera" if self.plan.kind == SourceKind.LIVE else "push" if self.plan.kind == SourceKind.PUSH \
+                else "stream"
+            self._who = f"stream {self.rec.stream_id}" + (f" ({what} {name!r})" if name else "")
+        why = f": {redact_text(error)[:300]}" if error else ""
+        if state == StreamState.RUNNING and self.plan.kind == SourceKind.LIVE:
+            step = (f"reconnected (reconnect {self.rec.reconnects})" if before == StreamState.RECONNECTING
+                    else "connected")
+        elif state == StreamState.RECONNECTING:
+            step = f"outage, reconnecting{why}"
+        elif state == StreamState.RUNNING:
+            step = "running"
+        else:
+            step = f"{state}{why}"
+        log.info("%s: %s", self._who, step)
 
     # ---- encode side (the worker's thread) --------------------------------------------------
     def run(self) -> None:
