@@ -327,9 +327,12 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
         m = _TOML_POS.match(str(exc))
         msg, line, col = (m["msg"], int(m["line"]), int(m["col"])) if m else (str(exc), None, None)
         plain = next((v for k, v in _TOML_PLAIN.items() if msg.startswith(k)), None)
-        if msg.startswith(("Cannot overwrite", "Cannot declare")) and line:  # tomllib points past the value
-            text_line = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+        text_line = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+        if msg.startswith(("Cannot overwrite", "Cannot declare")) and line:  # tomllib points past the value: the key
             col = len(text_line) - len(text_line.lstrip()) + 1
+        elif msg.startswith("Illegal character '\\n'") and line:  # the line's end: where the string opens
+            m = re.search(r"""=\s*(["'])""", text_line)
+            col = m.start(1) + 1 if m else col
         raise ConfigFileError(path, f"invalid TOML: {plain or msg}", line, col) from None
     if problem := unknown_key(data, Settings):
         dotted, suggestion = problem

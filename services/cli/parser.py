@@ -188,9 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", help="the video file to send")
     sp.add_argument("--format", choices=["auto", "mpegts", "mp4"], default="auto",
                     help="auto: detect, remuxing when needed; mpegts / mp4 (fragmented): send as it is")
-    sp.add_argument("--name", help="shown as the stream's source, push:NAME (default: the file's name)")
+    sp.add_argument("--name", help="shown as the stream's source, push:NAME (default: the file's name); a name a "
+                    "camera could have (letters, digits, _ - .) also names the stream in ask, watch, stop, delete "
+                    "(the newest push of that name), as a camera's name does")
     add(sp, "--fps", "--clip-frames")
     sp.add_argument("--live", action="store_true", help="drop frames when behind instead of pacing the push")
+    sp.add_argument("--realtime", action="store_true", help="send the file at its own frame rate, as a camera "
+                    "would (it takes as long as the video runs; with --live: a camera's feed)")
     memory_flags(sp)
     client_flags(sp)
 
