@@ -62,7 +62,7 @@ import math
 import re
 import time
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
 __all__ = ["TimeWindow", "window_from_question", "without_spans", "edge_span_s", "wall_to_media",
@@ -84,7 +84,8 @@ class TimeWindow:
     end_s: float  # may be math.inf ("to the end")
     phrase: str  # the words of the question that set it, e.g. "in the first minute"
     clock: str  # "media" or "wall" (what the words referred to)
-    spans: tuple[tuple[int, int], ...] = ()  # where in the question its time words are: [start, end) each
+    # where in the question its time words are: [start, end) each (not part of what the window is)
+    spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
 
     def without_time_words(self, question: str) -> str:
         """`question` with the time words that set this window taken out (`without_spans`)."""

@@ -335,10 +335,11 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
             col = m.start(1) + 1 if m else col
         raise ConfigFileError(path, f"invalid TOML: {plain or msg}", line, col) from None
     if problem := unknown_key(data, Settings):
-        dotted, suggestion = problem
+        dotted, suggestion, owners = problem
         line, col = _key_position(text, dotted[-1])
         hint = f": did you mean {suggestion}?" if suggestion else ""
-        raise ConfigFileError(path, f"unknown setting {'.'.join(dotted)!r}{hint}", line, col)
+        of = f" of {', '.join(owners)}" if owners else ""
+        raise ConfigFileError(path, f"unknown setting {'.'.join(dotted)!r}{of}{hint}", line, col)
     return data
 
 
@@ -380,9 +381,14 @@ def _nested_dicts():  # dict-typed fields whose keys are another record's fields
     return {(CameraConfig, "memory"): MemoryOptions}
 
 
-def unknown_key(data: Any, tp, where: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str | None] | None:
-    """The first key of `data` (a TOML table) that `tp` does not have, as (dotted path, nearest known key or None),
-    or None when every key is known; nested tables and arrays of tables are checked against their types."""
+_OWNER = {"cameras": "camera", "alerts": "alert rule"}  # an array of named tables -> what one is called
+
+
+def unknown_key(data: Any, tp, where: tuple[str, ...] = (), owners: tuple[str, ...] = ()
+                ) -> tuple[tuple[str, ...], str | None, tuple[str, ...]] | None:
+    """The first key of `data` (a TOML table) that `tp` does not have, as (dotted path, nearest known key or None,
+    the named tables it is in: "camera 'gate'", "alert rule 'truck'"), or None when every key is known; nested
+    tables and arrays of tables are checked against their types."""
     import difflib
 
     fields = _fields_of(tp)
@@ -391,12 +397,14 @@ def unknown_key(data: Any, tp, where: tuple[str, ...] = ()) -> tuple[tuple[str, 
     for key, value in data.items():
         if key not in fields:
             near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            return (*where, key), (near[0] if near else None)
+            return (*where, key), (near[0] if near else None), owners
         sub, seq = _inner(fields[key])
         sub = _nested_dicts().get((tp, key), sub)
         items = value if seq and isinstance(value, list) else [value]
         for i, item in enumerate(items):
-            if found := unknown_key(item, sub, (*where, f"{key}[{i}]" if seq else key)):
+            name = item.get("name") if seq and isinstance(item, dict) else None
+            owner = (f"{_OWNER.get(key, key)} {name!r}",) if isinstance(name, str) else ()
+            if found := unknown_key(item, sub, (*where, f"{key}[{i}]" if seq else key), (*owners, *owner)):
                 return found
     return None
 

@@ -236,7 +236,8 @@ class StreamWorker:
         self._log_state(before, state, error)
 
     def _log_state(self, before: StreamState | None, state: StreamState, error: str | None) -> None:
-        """One INFO line per lifecycle step of the stream (a camera's: connected, outage, reconnected, stopped)."""
+        """One log line per lifecycle step of the stream (a camera's: connected, outage, reconnected, stopped; a
+        failure at WARNING, with its reason)."""
         if self._who is None:
             try:
                 name = self.rt.store.name_of(self.rec.stream_id)
@@ -255,7 +256,7 @@ class StreamWorker:
             step = "running"
         else:
             step = f"{state}{why}"
-        log.info("%s: %s", self._who, step)
+        (log.warning if state == StreamState.FAILED else log.info)("%s: %s", self._who, step)
 
     # ---- encode side (the worker's thread) --------------------------------------------------
     def run(self) -> None:
@@ -276,8 +277,7 @@ class StreamWorker:
                     self._state(StreamState.FAILED, error=self.plan.feed.error)  # a push that stopped short
                     return
                 self._state(StreamState.STOPPED if self.controls.final else StreamState.FINISHED)
-            except SourceError as exc:
-                log.warning("stream %s failed: %s", sid, exc)
+            except SourceError as exc:  # the FAILED state's log line says why (_log_state)
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short
             except (LeaseLost, Released):
