@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -238,13 +239,14 @@ def test_serve_names_its_config_cameras_and_broker_and_says_when_a_camera_did_no
                       f'[[cameras]]\nname = "gone"\nsource = "{media_dir}/no-such-file.mp4"\n')
     env = env_for(cache_dir, VIGIL_CONFIG=str(config))
     env.pop("VIGIL_REDIS_URL", None)  # a private redis-server: Ctrl-C must not reach it before the server stops
+    # its own process group, as a shell gives a foreground command: Ctrl-C is SIGINT to the whole group
     proc = subprocess.Popen([VIGIL, "serve", "--port", str(_free_port()), "--http-port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=False)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     out, err = Lines(proc.stdout), Lines(proc.stderr)
     try:
         banner = out.until("ready", 240)
     finally:
-        proc.send_signal(__import__("signal").SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C at the terminal
         proc.wait(60)
     text = "\n".join(banner)
     log = "\n".join(err.rest())
@@ -259,3 +261,13 @@ def test_serve_names_its_config_cameras_and_broker_and_says_when_a_camera_did_no
     assert "('dock') started:" in log and "alerts: connected to the MQTT broker mqtt://127.0.0.1:1883" in log
     assert "NOT_SERVING" not in log and "does not answer" not in log and "redis-server exited" not in log, log
     assert proc.returncode == 0, log
+
+
+def test_a_long_ingest_says_where_it_is_in_one_line():
+    from services.cli.streams import progress_line
+    from services.wire import ingest_pb2
+
+    info = ingest_pb2.StreamInfo(stream_id="abc", duration_s=90.0, source_duration_s=360.0, frames=180, chunks=22)
+    assert progress_line(info) == "ingest abc: 1:30 of 6:00 (25%), 180 frames, 22 chunks"
+    live = ingest_pb2.StreamInfo(stream_id="cam", duration_s=61.0, frames=61, chunks=8)
+    assert progress_line(live) == "ingest cam: 1:01, 61 frames, 8 chunks"
