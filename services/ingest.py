@@ -219,6 +219,7 @@ class IngestManager:
                          redact_url(rec.source), rec.kind)
             controls = Controls()
             worker = StreamWorker(self.rt, rec, plan, controls, fence, resume)
+            worker.name = name
             t = threading.Thread(target=self._run, args=(worker,), name=f"ingest-{rec.stream_id}", daemon=True)
             self._workers[rec.stream_id] = _Running(t, controls, plan, fence)
             t.start()
@@ -321,7 +322,7 @@ class IngestManager:
                  redact_url(rec.source), resume.after_s if resume else 0.0)
         try:
             store.event(sid, "resumed", message=f"resumed by worker {self.owner}")
-            self._launch(rec, plan, resume=resume, create=False, fence=fence)
+            self._launch(rec, plan, resume=resume, create=False, fence=fence, name=store.name_of(sid))
         except BaseException:  # no worker took the file
             if plan.file is not None:
                 plan.file.close()

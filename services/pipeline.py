@@ -138,6 +138,7 @@ class StreamWorker:
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
         self._last_state: StreamState | None = rec.state if resume is not None else None  # for the log lines
         self._who: str | None = None  # "stream <id> (camera 'gate')", once known
+        self.name: str | None = None  # the camera's or push's name, for the log lines (the manager sets it)
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -239,10 +240,7 @@ class StreamWorker:
         """One log line per lifecycle step of the stream (a camera's: connected, outage, reconnected, stopped; a
         failure at WARNING, with its reason)."""
         if self._who is None:
-            try:
-                name = self.rt.store.name_of(self.rec.stream_id)
-            except Exception:  # a label only: never a reason to fail
-                name = None
+            name = self.name
             what = "camera" if self.plan.kind == SourceKind.LIVE else "push" if self.plan.kind == SourceKind.PUSH \
                 else "stream"
             self._who = f"stream {self.rec.stream_id}" + (f" ({what} {name!r})" if name else "")
