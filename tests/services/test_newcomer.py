@@ -55,11 +55,12 @@ def test_unknown_keys_at_any_level_are_refused_with_the_nearest_known_one(tmp_pa
         ('[mqtt]\nulr = "mqtt://127.0.0.1"\n', 2, "unknown setting 'mqtt.ulr': did you mean url?"),
         ('[model]\nnmae = "tiny"\n', 2, "unknown setting 'model.nmae': did you mean name?"),
         ('[[cameras]]\nname = "gate"\nsource = "rtsp://cam/1"\nfsp = 2\n', 4,
-         "unknown setting 'cameras[0].fsp': did you mean fps?"),
+         "unknown setting 'cameras[0].fsp' of camera 'gate': did you mean fps?"),
         ('[[cameras]]\nname = "gate"\nsource = "x.mp4"\n[[cameras.alerts]]\nname = "r"\nfeed = "down"\n'
-         'cooldown = 3\n', 7, "unknown setting 'cameras[0].alerts[0].cooldown': did you mean cooldown_s?"),
+         'cooldown = 3\n', 7, "unknown setting 'cameras[0].alerts[0].cooldown' of camera 'gate', alert rule 'r': "
+         "did you mean cooldown_s?"),
         ('[[cameras]]\nname = "gate"\nsource = "x.mp4"\nmemory = { max_age = 60 }\n', 4,
-         "unknown setting 'cameras[0].memory.max_age': did you mean max_age_s?"),
+         "unknown setting 'cameras[0].memory.max_age' of camera 'gate': did you mean max_age_s?"),
         ('zebra = 1\n', 1, "unknown setting 'zebra'"),
     ]
     for text, line, what in cases:
