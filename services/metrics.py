@@ -12,9 +12,10 @@ Measured where the work happens, around the calls (the tensor code itself stays 
 - `vigil_redis_errors_total{where}`: the store not answering: `ingest` counts each wait of a stream worker for it
   (it then sends the same write again), `api` each RPC answered UNAVAILABLE, `metrics` a scrape that could not read it.
 
-Per-stream figures (labelled `stream` and `name`, the camera's or the push's name, "" for none: frames, chunks, dropped frames, lag, reconnects, state, memory bytes) are read from the store at
-scrape time by `StreamCollector`: they are the stream's own record, shared by every server of a namespace, so each
-of them reports the same values (aggregate with `max by (stream)`, or scrape one).
+Per-stream figures (labelled `stream` and `name`, the camera's or the push's name, "" for none: frames, chunks,
+dropped frames, lag, reconnects, state, memory bytes) are read from the store at scrape time by `StreamCollector`:
+they are the stream's own record, shared by every server of a namespace, so each of them reports the same values
+(aggregate with `max by (stream)`, or scrape one).
 """
 from __future__ import annotations
 
