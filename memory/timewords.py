@@ -62,10 +62,10 @@ import math
 import re
 import time
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
-__all__ = ["TimeWindow", "window_from_question", "edge_span_s", "wall_to_media",
+__all__ = ["TimeWindow", "window_from_question", "without_spans", "edge_span_s", "wall_to_media",
            "INSTANT_TOL_S", "EDGE_FRACTION", "EDGE_MIN_S", "EDGE_MAX_S"]
 
 INSTANT_TOL_S = 15.0  # +- around a media instant ("at 1:30")
@@ -84,6 +84,30 @@ class TimeWindow:
     end_s: float  # may be math.inf ("to the end")
     phrase: str  # the words of the question that set it, e.g. "in the first minute"
     clock: str  # "media" or "wall" (what the words referred to)
+    # where in the question its time words are: [start, end) each (not part of what the window is)
+    spans: tuple[tuple[int, int], ...] = field(default=(), compare=False)
+
+    def without_time_words(self, question: str) -> str:
+        """`question` with the time words that set this window taken out (`without_spans`)."""
+        return without_spans(question, self.spans)
+
+
+def without_spans(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """`text` with the character ranges `spans` removed and the spaces and punctuation left around them tidied:
+    what a question asks about once its time words are set aside ("What was on the sign between 4:45 and 5:00?"
+    -> "What was on the sign?"), so a clock burned into the footage does not match the question's times."""
+    out, at = [], 0
+    for s, e in sorted(spans):
+        if s < at:
+            s = at
+        out.append(text[at:s])
+        out.append(" ")
+        at = max(at, e)
+    out.append(text[at:])
+    joined = re.sub(r"\s+", " ", "".join(out))
+    joined = re.sub(r"\s+([?.!,;:])", r"\1", joined)  # "the sign ?" -> "the sign?"
+    joined = re.sub(r"([,;:])(?=[?.!])", "", joined)  # "the sign, ?" -> "the sign?"
+    return joined.strip(" ,;:")
 
 
 def edge_span_s(duration_s: float) -> float:
@@ -637,10 +661,12 @@ def window_from_question(question: str, *, duration_s: float, wall_anchor: Ancho
         lo, up = lowers[0], uppers[0]
         clock = "wall" if "wall" in (lo[2].clock, up[2].clock) else "media"
         s, e = _with_day_word(question, min(lo[0], up[0]), max(lo[1], up[1]), clock)
-        return _finish(lo[2].start, up[2].end, question[s:e].strip(), clock, duration, open_end=False)
+        spans = (_with_day_word(question, lo[0], lo[1], clock), _with_day_word(question, up[0], up[1], clock))
+        return _finish(lo[2].start, up[2].end, question[s:e].strip(), clock, duration, open_end=False, spans=spans)
     s, e, r = chosen[0]
     s, e = _with_day_word(question, s, e, r.clock)
-    return _finish(r.start, r.end, question[s:e].strip(), r.clock, duration, open_end=r.kind == "lower")
+    return _finish(r.start, r.end, question[s:e].strip(), r.clock, duration, open_end=r.kind == "lower",
+                   spans=((s, e),))
 
 
 def _with_day_word(question: str, s: int, e: int, clock: str) -> tuple[int, int]:
@@ -656,7 +682,8 @@ def _with_day_word(question: str, s: int, e: int, clock: str) -> tuple[int, int]
     return s, e
 
 
-def _finish(start: float, end: float, phrase: str, clock: str, duration: float, *, open_end: bool):
+def _finish(start: float, end: float, phrase: str, clock: str, duration: float, *, open_end: bool,
+            spans: tuple[tuple[int, int], ...] = ()):
     if math.isnan(start) or math.isnan(end):
         return None
     start = max(0.0, start)
@@ -664,4 +691,4 @@ def _finish(start: float, end: float, phrase: str, clock: str, duration: float, 
         end = min(end, duration)
     if min(end, duration) <= start:
         return None
-    return TimeWindow(start, end, phrase, clock)
+    return TimeWindow(start, end, phrase, clock, tuple(spans))

@@ -51,6 +51,7 @@ if [ "$have" = "$want test" ] || { [ "$EXTRAS" != "test" ] && [ "$have" = "$want
   echo "setup: packages up to date, skipped pip ($STAMP matches; delete it to reinstall)" >&2
 else
   rm -f "$STAMP"
+  echo "setup: installing packages (about a minute) ..." >&2
   LOG=$(mktemp)
   quiet() { "$@" >"$LOG" 2>&1 || { cat "$LOG" >&2; rm -f "$LOG"; exit 1; }; }  # output only when it fails
   quiet "$PY" -m pip install -q --disable-pip-version-check --upgrade pip

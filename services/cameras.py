@@ -45,6 +45,21 @@ KIND_OF = {"on_screen_text": R.RuleKind.ON_SCREEN_TEXT, "query": R.RuleKind.QUER
            "feed": R.RuleKind.FEED}  # condition field -> the rule's kind
 
 
+def push_name(name: str, cameras=()) -> str | None:
+    """The name a push (`vigil push --name`) is known by in every call that takes a stream id, as a camera's is, or
+    None when `name` could not be a camera's name (then it is only a label in the stream's source). A configured
+    camera's name is refused (InvalidRequest): a push never takes a camera's name away from it."""
+    import re
+
+    from services.errors import InvalidRequest
+
+    if not re.match(NAME_PATTERN, name) or re.match(STREAM_ID_LIKE, name):
+        return None
+    if any(c.name == name for c in cameras):
+        raise InvalidRequest(f"push name {name!r} is a configured camera's name: pick another")
+    return name
+
+
 def _url(v: str | None, what: str) -> str | None:
     if v is not None and not v.lower().startswith(("http://", "https://")):
         raise ValueError(f"{what} must be an http:// or https:// URL")
@@ -263,7 +278,7 @@ def start_cameras(rt, manager, cameras: tuple[CameraConfig, ...]) -> dict[str, s
     from memory.errors import StreamNotFound
     from memory.store import StreamState
     from services.errors import public_message
-    from streamer.redact import redact_text
+    from streamer.redact import redact_text, redact_url
 
     store, out = rt.store, {}
     for cam in cameras:
@@ -282,10 +297,10 @@ def start_cameras(rt, manager, cameras: tuple[CameraConfig, ...]) -> dict[str, s
                 out[cam.name] = f"{'running' if rec.state.active else 'finished'} {sid}"
                 log.info("camera %r: stream %s is %s; not started again", cam.name, sid, rec.state)
                 continue
+            log.info("camera %r: starting (%s)", cam.name, redact_url(cam.source))
             started = manager.start(cam.source, cam.fps or 0.0, cam.clip_frames or 0, cam.memory or None,
                                     name=cam.name)
             out[cam.name] = f"started {started.stream_id}"
-            log.info("camera %r: started stream %s", cam.name, started.stream_id)
         except Exception as exc:  # one camera's trouble never keeps the server or the other cameras from starting
             why = redact_text(public_message(exc))
             out[cam.name] = f"failed: {why}"

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -436,7 +437,7 @@ class Settings(BaseSettings):
         if path := os.environ.get("VIGIL_CONFIG"):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"VIGIL_CONFIG={path}: no such file")
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(CheckedTomlSource(settings_cls, toml_file=path))
         return tuple(sources)
 
     def with_overrides(self, **changes) -> "Settings":
@@ -446,3 +447,142 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown settings {unknown}")
         return type(self).model_validate({**dict(self), **changes})
+
+
+# ---- the VIGIL_CONFIG file: read, checked, and its mistakes as one line each --------------------------------------
+class ConfigFileError(ValueError):
+    """A mistake in the VIGIL_CONFIG file, said in one line: "FILE:LINE:COL: what" (line and column when known).
+    `vigil` prints it as `error: ...` and exits 2 before any model loads."""
+
+    def __init__(self, path: Path | str, what: str, line: int | None = None, col: int | None = None) -> None:
+        self.path, self.what, self.line, self.col = str(path), what, line, col
+        where = self.path + (f":{line}" if line else "") + (f":{col}" if line and col else "")
+        super().__init__(f"config file {where}: {what}")
+
+
+_TOML_POS = re.compile(r"^(?P<msg>.*?)\s*\(at line (?P<line>\d+), column (?P<col>\d+)\)$", re.S)
+_TOML_PLAIN = {"Cannot overwrite a value": "a key is set twice (duplicate key)",
+               "Cannot declare": "a table is declared twice",
+               "Illegal character '\\n'": "a string is not closed before the end of the line"}
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The TOML file at `path` as a dict, with every key known to Settings; else ConfigFileError naming the file,
+    the line and the column: not UTF-8, a syntax error, a duplicate key, an unknown key (with the nearest known one
+    suggested)."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigFileError(path, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}): save it as UTF-8",
+                              line, col) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_POS.match(str(exc))
+        msg, line, col = (m["msg"], int(m["line"]), int(m["col"])) if m else (str(exc), None, None)
+        plain = next((v for k, v in _TOML_PLAIN.items() if msg.startswith(k)), None)
+        text_line = text.splitlines()[line - 1] if line and line <= len(text.splitlines()) else ""
+        if msg.startswith(("Cannot overwrite", "Cannot declare")) and line:  # tomllib points past the value: the key
+            col = len(text_line) - len(text_line.lstrip()) + 1
+        elif msg.startswith("Illegal character '\\n'") and line:  # the line's end: where the string opens
+            m = re.search(r"""=\s*(["'])""", text_line)
+            col = m.start(1) + 1 if m else col
+        raise ConfigFileError(path, f"invalid TOML: {plain or msg}", line, col) from None
+    if problem := unknown_key(data, Settings):
+        dotted, suggestion, owners = problem
+        line, col = _key_position(text, dotted[-1])
+        hint = f": did you mean {suggestion}?" if suggestion else ""
+        of = f" of {', '.join(owners)}" if owners else ""
+        raise ConfigFileError(path, f"unknown setting {'.'.join(dotted)!r}{of}{hint}", line, col)
+    return data
+
+
+def _fields_of(tp) -> dict[str, Any] | None:
+    """Field name -> annotation of a pydantic model or a dataclass; None for anything else (a leaf)."""
+    import dataclasses
+    import typing
+
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {k: f.annotation for k, f in tp.model_fields.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        try:
+            hints = typing.get_type_hints(tp)
+        except Exception:  # an annotation that does not resolve: names only, no deeper check
+            hints = {}
+        return {f.name: hints.get(f.name) for f in dataclasses.fields(tp)}
+    return None
+
+
+def _inner(tp):
+    """`X` of `X | None`, `Annotated[X, ...]`, `tuple[X, ...]`, `list[X]`; and whether it was a sequence."""
+    import typing
+
+    seq = False
+    for _ in range(4):
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Annotated:
+            tp = args[0]
+        elif origin in (tuple, list) and args:
+            tp, seq = args[0], True
+        elif args and type(None) in args and len(args) == 2:
+            tp = next(a for a in args if a is not type(None))
+        else:
+            break
+    return tp, seq
+
+
+def _nested_dicts():  # dict-typed fields whose keys are another record's fields
+    return {(CameraConfig, "memory"): MemoryOptions}
+
+
+_OWNER = {"cameras": "camera", "alerts": "alert rule"}  # an array of named tables -> what one is called
+
+
+def unknown_key(data: Any, tp, where: tuple[str, ...] = (), owners: tuple[str, ...] = ()
+                ) -> tuple[tuple[str, ...], str | None, tuple[str, ...]] | None:
+    """The first key of `data` (a TOML table) that `tp` does not have, as (dotted path, nearest known key or None,
+    the named tables it is in: "camera 'gate'", "alert rule 'truck'"), or None when every key is known; nested
+    tables and arrays of tables are checked against their types."""
+    import difflib
+
+    fields = _fields_of(tp)
+    if fields is None or not isinstance(data, dict):
+        return None
+    for key, value in data.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            return (*where, key), (near[0] if near else None), owners
+        sub, seq = _inner(fields[key])
+        sub = _nested_dicts().get((tp, key), sub)
+        items = value if seq and isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            name = item.get("name") if seq and isinstance(item, dict) else None
+            owner = (f"{_OWNER.get(key, key)} {name!r}",) if isinstance(name, str) else ()
+            if found := unknown_key(item, sub, (*where, f"{key}[{i}]" if seq else key), (*owners, *owner)):
+                return found
+    return None
+
+
+def _key_position(text: str, key: str) -> tuple[int | None, int | None]:
+    """Line and column (1-based) of the first place `key` is set in `text` (bare or quoted), or (None, None)."""
+    pattern = re.compile(rf"""(^|[{{,]\s*|\.)(?P<k>{re.escape(key)}|"{re.escape(key)}"|'{re.escape(key)}')\s*[=.]""")
+    for n, line in enumerate(text.splitlines(), 1):
+        if m := pattern.search(line.split("#", 1)[0]):
+            return n, m.start("k") + 1
+    return None, None
+
+
+class CheckedTomlSource(TomlConfigSettingsSource):
+    """The VIGIL_CONFIG file read by `read_config_file`: its mistakes are one line each (ConfigFileError)."""
+
+    def _read_file(self, file_path) -> dict[str, Any]:
+        return read_config_file(file_path)

@@ -74,8 +74,10 @@ class EmbeddedRedis:
                 "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync,
                 "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")]
         self.socket.unlink(missing_ok=True)  # left behind by a killed server
+        # its own session: a Ctrl-C at the terminal (SIGINT to the foreground process group) reaches `vigil serve`
+        # only, which then stops it last, after the workers and the health checks (it still dies with its parent)
         self.proc = subprocess.Popen(_die_with_parent(args), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, umask=0o077)  # its files: owner-only
+                                     stderr=subprocess.PIPE, umask=0o077, start_new_session=True)  # files: owner-only
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -133,7 +133,8 @@ def rpc_stream(fn):
     return wrapper
 
 
-def stream_info(rec: StreamRecord, gaps: list[Gap] = (), missing: int = 0) -> ingest_pb2.StreamInfo:
+def stream_info(rec: StreamRecord, gaps: list[Gap] = (), name: str | None = None, missing: int = 0
+                ) -> ingest_pb2.StreamInfo:
     covered = rec.media_end_s
     return ingest_pb2.StreamInfo(
         stream_id=rec.stream_id, source=redact_source(rec.source), state=STATES.get(rec.state, 0),  # records stored
@@ -145,7 +146,7 @@ def stream_info(rec: StreamRecord, gaps: list[Gap] = (), missing: int = 0) -> in
         kind=KINDS.get(rec.kind, 0), dropped_frames=rec.dropped, reconnects=rec.reconnects, lag_s=rec.lag_s,
         gaps=[gap_msg(g) for g in gaps], scene_cuts=rec.scene_cuts, memory=memory_wire.to_proto(rec.memory),
         chunk_bytes=rec.chunk_bytes, working_memory_bytes=rec.working_bytes, working_memory_tokens=rec.working_used,
-        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted, missing_chunks=missing,
+        consolidated_chunks=rec.consolidated, deleted_chunks=rec.deleted, name=name or "", missing_chunks=missing,
     )
 
 
@@ -169,7 +170,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             _LOST_SAID[sid] = missing
             log.warning("stream %s: the store holds %d chunks fewer than the %d it acknowledged (lost by Redis)",
                         sid, missing, rec.chunks - rec.deleted - rec.merged_away)
-        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN), missing)
+        return stream_info(rec, self.rt.store.gaps(sid, last=MAX_GAPS_SHOWN), self.rt.store.name_of(sid), missing)
 
     @rpc
     async def StartStream(self, request, context):
@@ -245,7 +246,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             raise InvalidRequest(f"page_token {clipped(request.page_token)} names no stream (deleted since? "
                                  "start again from the first page)") from None
         total = await asyncio.to_thread(self.rt.store.count_streams)
-        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r) for r in recs], next_page_token=after,
+        names = {sid: n for n, sid in (await asyncio.to_thread(self.rt.store.names)).items()}
+        return ingest_pb2.ListStreamsResponse(streams=[stream_info(r, name=names.get(r.stream_id)) for r in recs],
+                                              next_page_token=after,
                                               total=total)
 
     @rpc_stream

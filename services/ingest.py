@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from memory.options import MemoryOptions
 from memory.store import SourceKind, StreamRecord, StreamState
-from services.cameras import check_camera_host
+from services.cameras import check_camera_host, push_name
 from services.errors import InvalidRequest, LimitExceeded
 from services.paths import confine
 from services.pipeline import STORE_DOWN, Controls, Plan, StreamWorker, resume_point
@@ -131,9 +131,11 @@ class IngestManager:
         name = name.strip() or "client"
         if len(name) > 200 or not name.isprintable():
             raise InvalidRequest("push name must be 1-200 printable characters")
+        resolvable = push_name(name, self.rt.settings.cameras) if name != "client" else None
         feed = ByteFeed(self.rt.settings.push_buffer_bytes)
         rec = self._record(f"push:{name}", fps, clip_frames, SourceKind.PUSH, live=live, memory=memory)
-        self._launch(rec, Plan(kind=SourceKind.PUSH, live=live, feed=feed, format=fmt), resume=None, create=True)
+        self._launch(rec, Plan(kind=SourceKind.PUSH, live=live, feed=feed, format=fmt), resume=None, create=True,
+                     name=resolvable)
         return rec, feed
 
     def wait(self, sid: str, timeout_s: float | None = None) -> None:
@@ -214,8 +216,11 @@ class IngestManager:
                     raise RuntimeError(f"stream {rec.stream_id}: could not take its new lease")
                 if name is not None:  # before the worker: it reads its camera's alert rules by this name
                     store.set_name(name, rec.stream_id)
+                log.info("stream %s%s started: %s (%s)", rec.stream_id, f" ({name!r})" if name else "",
+                         redact_url(rec.source), rec.kind)
             controls = Controls()
             worker = StreamWorker(self.rt, rec, plan, controls, fence, resume)
+            worker.name = name
             t = threading.Thread(target=self._run, args=(worker,), name=f"ingest-{rec.stream_id}", daemon=True)
             self._workers[rec.stream_id] = _Running(t, controls, plan, fence)
             t.start()
@@ -314,10 +319,11 @@ class IngestManager:
         else:
             plan = Plan(kind=SourceKind.FILE, live=False, file=confine(rec.source, s.media_roots, s.max_file_bytes),
                         reader=s.reader)
-        log.info("stream %s: resuming %s after %.2fs", sid, rec.kind, resume.after_s if resume else 0.0)
+        log.info("stream %s adopted: resuming %s %s after %.2fs (its worker is gone)", sid, rec.kind,
+                 redact_url(rec.source), resume.after_s if resume else 0.0)
         try:
             store.event(sid, "resumed", message=f"resumed by worker {self.owner}")
-            self._launch(rec, plan, resume=resume, create=False, fence=fence)
+            self._launch(rec, plan, resume=resume, create=False, fence=fence, name=store.name_of(sid))
         except BaseException:  # no worker took the file
             if plan.file is not None:
                 plan.file.close()

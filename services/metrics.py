@@ -6,13 +6,16 @@ Measured where the work happens, around the calls (the tensor code itself stays 
   behind each stream's memory + the proxy pass), `vigil_encode_batch_clips`: the clips in it (streams batched
   together; `services/scheduler.py`); `vigil_memory_step_seconds`: the working-memory step after each clip (scoring,
   pruning to the budget; `services/pipeline.py`).
+- `vigil_alerts_fired_total{camera,rule}`, `vigil_alerts_published_total{sink}`, `vigil_alerts_failed_total{sink}`,
+  `vigil_alerts_dropped_total{sink}`: the alert hub's counts (`AlertCollector`, read at scrape time).
 - `vigil_question_seconds{outcome}`: one question as the server sees it, queue wait included (`services/grpc_api.py`).
 - `vigil_redis_errors_total{where}`: the store not answering: `ingest` counts each wait of a stream worker for it
   (it then sends the same write again), `api` each RPC answered UNAVAILABLE, `metrics` a scrape that could not read it.
 
-Per-stream figures (frames, chunks, dropped frames, lag, reconnects, state, memory bytes) are read from the store at
-scrape time by `StreamCollector`: they are the stream's own record, shared by every server of a namespace, so each
-of them reports the same values (aggregate with `max by (stream)`, or scrape one).
+Per-stream figures (labelled `stream` and `name`, the camera's or the push's name, "" for none: frames, chunks,
+dropped frames, lag, reconnects, state, memory bytes) are read from the store at scrape time by `StreamCollector`:
+they are the stream's own record, shared by every server of a namespace, so each of them reports the same values
+(aggregate with `max by (stream)`, or scrape one).
 """
 from __future__ import annotations
 
@@ -50,8 +53,10 @@ class Metrics:
         self.streams = StreamCollector(self)  # first: a store error it meets is counted in the same scrape
         r.register(self.streams)
         self.encode_seconds = Histogram(
-            "vigil_encode_seconds", "Seconds to encode one batch of clips: vision encoder + language-model prefill "
-            "behind each stream's memory + proxy pass (adapter.ingest_clips)", buckets=ENCODE_BUCKETS, registry=r)
+            "vigil_encode_seconds", "Seconds to encode one batch of clips, one clip per stream in it "
+            "(vigil_encode_batch_clips counts them): vision encoder + language-model prefill behind each stream's "
+            "memory + proxy pass (adapter.ingest_clips); one observation per batch, not per clip",
+            buckets=ENCODE_BUCKETS, registry=r)
         self.encode_batch_clips = Histogram(
             "vigil_encode_batch_clips", "Clips (one per stream) encoded together in one batch",
             buckets=BATCH_BUCKETS, registry=r)
@@ -92,6 +97,11 @@ class Metrics:
     def store_error(self, where: str) -> None:
         self.redis_errors.labels(where).inc()
 
+    def watch_alerts(self, hub) -> None:
+        """Report `hub`'s alerts (services.alerts.AlertHub) at every scrape: fired per camera and rule; published,
+        failed and dropped per sink."""
+        self.registry.register(AlertCollector(hub))
+
     def watch(self, store, *, role: str, model: str, device: str) -> None:
         """Report `store`'s streams at every scrape, and this server's role, model and device."""
         self.streams.store, self.streams.info = store, {"role": role, "model": model, "device": device}
@@ -118,6 +128,7 @@ class StreamCollector:
         up = GaugeMetricFamily("vigil_store_up", "1 when the memory store (Redis) answered this scrape, else 0")
         try:
             records = self.store.list_streams()
+            names = {sid: n for n, sid in self.store.names().items()}  # camera / push name -> stream id
         except STORE_DOWN:
             self.metrics.store_error("metrics")
             up.add_metric([], 0)
@@ -125,7 +136,7 @@ class StreamCollector:
             return
         up.add_metric([], 1)
         yield up
-        lab = ["stream"]
+        lab = ["stream", "name"]  # name: the camera's (or the push's) name, "" if none
         frames = CounterMetricFamily("vigil_stream_frames", "Sampled frames ingested", labels=lab)
         dropped = CounterMetricFamily("vigil_stream_dropped_frames", "Frames dropped because ingest was behind "
                                       "(live sources)", labels=lab)
@@ -141,11 +152,11 @@ class StreamCollector:
         chunk_bytes = GaugeMetricFamily("vigil_stream_chunk_bytes", "Bytes of the chunks stored now", labels=lab)
         working = GaugeMetricFamily("vigil_stream_working_memory_bytes", "Bytes of the working memory", labels=lab)
         state = GaugeMetricFamily("vigil_stream_state", "1 for the stream's current state, 0 for the others",
-                                  labels=["stream", "state"])
+                                  labels=["stream", "name", "state"])
         per_state = GaugeMetricFamily("vigil_streams", "Streams by state", labels=["state"])
         counts = dict.fromkeys(STATES, 0)
         for rec in records:
-            sid = [rec.stream_id]
+            sid = [rec.stream_id, names.get(rec.stream_id, "")]
             frames.add_metric(sid, rec.frames)
             dropped.add_metric(sid, rec.dropped)
             reconnects.add_metric(sid, rec.reconnects)
@@ -158,8 +169,37 @@ class StreamCollector:
             current = str(rec.state)
             counts[current] = counts.get(current, 0) + 1
             for name in STATES:
-                state.add_metric([rec.stream_id, name], 1 if name == current else 0)
+                state.add_metric([*sid, name], 1 if name == current else 0)
         for name, n in counts.items():
             per_state.add_metric([name], n)
         yield from (frames, dropped, reconnects, chunks, media, lag, mem, chunk_bytes, working, state,
                     per_state)
+
+
+class AlertCollector:
+    """Alert counts at scrape time: fired per camera and rule (`AlertHub.fired_counts`), and per sink (mqtt, webhook)
+    published (handed to the broker / answered 2xx), failed (the send raised) and dropped (its queue was full)."""
+
+    def __init__(self, hub) -> None:
+        self.hub = hub
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        fired = CounterMetricFamily("vigil_alerts_fired", "Alerts fired by this process's streams (each also "
+                                    "goes to the stream's events and to every sink)", labels=["camera", "rule"])
+        for (camera, rule), n in sorted(self.hub.fired_counts().items()):
+            fired.add_metric([camera, rule], n)
+        sinks = self.hub.publisher.stats()
+        published = CounterMetricFamily("vigil_alerts_published", "Alerts delivered, per sink: handed to the MQTT "
+                                        "broker, or a webhook answered 2xx", labels=["sink"])
+        failed = CounterMetricFamily("vigil_alerts_failed", "Alert deliveries that failed, per sink (logged)",
+                                     labels=["sink"])
+        dropped = CounterMetricFamily("vigil_alerts_dropped", "Alerts dropped because the sink's queue was full "
+                                      "(VIGIL_ALERTS__QUEUE_SIZE), per sink", labels=["sink"])
+        for sink, c in sorted(sinks.items()):
+            published.add_metric([sink], c["sent"])
+            failed.add_metric([sink], c["failed"])
+            dropped.add_metric([sink], c["dropped"])
+        yield from (fired, published, failed, dropped)

@@ -148,6 +148,9 @@ class StreamWorker:
         self._decoding = False  # once the decode thread runs, it closes plan.file
         self._sent: deque[ChunkWrite] = deque(maxlen=RESEND_CHUNKS)  # the last chunk writes, to send again
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
+        self._last_state: StreamState | None = rec.state if resume is not None else None  # for the log lines
+        self._who: str | None = None  # "stream <id> (camera 'gate')", once known
+        self.name: str | None = None  # the camera's or push's name, for the log lines (the manager sets it)
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -240,7 +243,30 @@ class StreamWorker:
         return self._describer
 
     def _state(self, state: StreamState, error: str | None = None, **changes) -> None:
+        before = self._last_state
         self._durable(self.rt.store.set_state, self.rec.stream_id, state, error, fence=self.fence, **changes)
+        self._last_state = state
+        self._log_state(before, state, error)
+
+    def _log_state(self, before: StreamState | None, state: StreamState, error: str | None) -> None:
+        """One log line per lifecycle step of the stream (a camera's: connected, outage, reconnected, stopped; a
+        failure at WARNING, with its reason)."""
+        if self._who is None:
+            name = self.name
+            what = "camera" if self.plan.kind == SourceKind.LIVE else "push" if self.plan.kind == SourceKind.PUSH \
+                else "stream"
+            self._who = f"stream {self.rec.stream_id}" + (f" ({what} {name!r})" if name else "")
+        why = f": {redact_text(error)[:300]}" if error else ""
+        if state == StreamState.RUNNING and self.plan.kind == SourceKind.LIVE:
+            step = (f"reconnected (reconnect {self.rec.reconnects})" if before == StreamState.RECONNECTING
+                    else "connected")
+        elif state == StreamState.RECONNECTING:
+            step = f"outage, reconnecting{why}"
+        elif state == StreamState.RUNNING:
+            step = "running"
+        else:
+            step = f"{state}{why}"
+        (log.warning if state == StreamState.FAILED else log.info)("%s: %s", self._who, step)
 
     # ---- encode side (the worker's thread) --------------------------------------------------
     def run(self) -> None:
@@ -261,11 +287,10 @@ class StreamWorker:
                     self._state(StreamState.FAILED, error=self.plan.feed.error)  # a push that stopped short
                     return
                 self._state(StreamState.STOPPED if self.controls.final else StreamState.FINISHED)
-            except SourceError as exc:
+            except SourceError as exc:  # the FAILED state's log line says why (_log_state)
                 if self.controls.final:  # StopStream before the source gave a frame (a push that sent nothing)
                     self._state(StreamState.STOPPED)
                     return
-                log.warning("stream %s failed: %s", sid, exc)
                 aborted = self.plan.feed.error if self.plan.feed is not None else None
                 self._state(StreamState.FAILED, error=aborted or str(exc))  # a push: why its sender stopped short
             except (LeaseLost, Released):

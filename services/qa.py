@@ -32,7 +32,7 @@ from memory.fusion import SearchOptions
 from memory.index import Hit, Query, StreamIndex
 from memory.layout import FeatureSet, TokenSet, concat_segments
 from memory.store import Gap
-from memory.timewords import window_from_question
+from memory.timewords import TimeWindow, window_from_question
 from services.errors import InvalidRequest, NotReady
 from services.runtime import Runtime
 
@@ -56,6 +56,7 @@ class Searched:
     end_s: float  # inf: to the end
     source: WindowSource
     phrase: str = ""  # the question's time words (source QUESTION)
+    text: str = ""  # what the text signals search: the question without its time words ("": the question)
 
     @property
     def bounds(self) -> tuple[float, float] | None:
@@ -121,14 +122,27 @@ def searched_window(rt: Runtime, index: StreamIndex, question: str, window: tupl
     live streams only, in `VIGIL_TIMEZONE`); else everything."""
     if window is not None:
         lo, hi = check_window(*window)
-        return Searched(lo, hi, WindowSource.REQUEST)
     anchors = index.wall_anchors()
     unquoted = _QUOTED.sub(lambda m: " " * len(m.group()), question)  # same length: phrases stay substrings
     tz = zoneinfo.ZoneInfo(rt.settings.timezone) if rt.settings.timezone else None
     tw = window_from_question(unquoted, duration_s=media_end_s, wall_anchor=anchors or None, tz=tz)
+    text = search_text(question, tw)
+    if window is not None:  # the request's window wins; its time words still stay out of the text search
+        return Searched(lo, hi, WindowSource.REQUEST, text=text)
     if tw is None:
-        return Searched(0.0, math.inf, WindowSource.ALL)
-    return Searched(tw.start_s, tw.end_s, WindowSource.QUESTION, tw.phrase)
+        return Searched(0.0, math.inf, WindowSource.ALL, text=text)
+    return Searched(tw.start_s, tw.end_s, WindowSource.QUESTION, tw.phrase, text=text)
+
+
+def search_text(question: str, tw: TimeWindow | None) -> str:
+    """What the text signals (on-screen text, labels, image-text embedding) and the question's keys search with: the
+    question without the time words that set its window. They are for the window only: CCTV burns a clock into
+    every frame, and "what was on the sign between 4:45 and 5:00?" would otherwise find the chunks whose clock
+    reads 00:04:58 before the sign. The question itself when nothing with a letter or digit is left."""
+    if tw is None or not tw.spans:
+        return question
+    rest = tw.without_time_words(question)
+    return rest if any(c.isalnum() for c in rest) else question
 
 
 def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
@@ -220,7 +234,7 @@ def prepare(rt: Runtime, sid: str, question: str, *, top_k: int = 0, window: tup
     example = (decode_example(example_image, s.max_example_bytes, s.frame_max_side, s.max_example_decoded_bytes)
                if example_image else None)
     marks = [("checks, index sync", time.perf_counter())]
-    query = question_query(rt, q, example, rec.frames_fingerprint)
+    query = question_query(rt, searched.text or q, example, rec.frames_fingerprint)
     marks.append(("question keys", time.perf_counter()))
     for attempt in range(3):  # retention may merge or delete the chunks a search found: search again
         if attempt:

@@ -71,6 +71,7 @@ class VigilServer:
         self._stopped: asyncio.Event | None = None
         self.health: StoreHealth | None = None
         self._ingest_api: IngestServicer | None = None
+        self.cameras: dict[str, str] = {}  # camera name -> what happened at start (services.cameras.start_cameras)
 
     async def start_async(self) -> int:
         s = self.settings
@@ -102,6 +103,7 @@ class VigilServer:
                               device=str(getattr(adapter, "device", "")))
         if s.role.ingests:  # the cameras' alert rules, before any worker (adopted or new) runs
             self.rt.alerts = await asyncio.to_thread(AlertHub.create, s, self.rt.store, self.rt.describer)
+            self.rt.metrics.watch_alerts(self.rt.alerts)
         self.ingest = IngestManager(self.rt) if s.role.ingests else None
         self.throttle = AuthThrottle.from_settings(s)  # failed tokens and logins, gRPC and HTTP alike
         interceptors = [TokenAuth(s.auth_token.get_secret_value(), self.throttle)] if s.auth_token is not None else []
@@ -152,7 +154,7 @@ class VigilServer:
             if resumed:
                 log.info("resumed %d stream(s): %s", len(resumed), ", ".join(resumed))
             if s.cameras:  # after adoption: a camera whose stream was adopted is not started twice
-                await asyncio.to_thread(start_cameras, self.rt, self.ingest, s.cameras)
+                self.cameras = await asyncio.to_thread(start_cameras, self.rt, self.ingest, s.cameras)
         return self.port
 
     async def stop_async(self, grace_s: float = 2.0) -> None:

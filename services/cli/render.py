@@ -104,9 +104,11 @@ def event_line(ev) -> str:
 def streams_table(streams: list) -> list[str]:
     """`vigil streams`: a header row, then one row per StreamInfo."""
     w = max(len("STREAM"), *(len(i.stream_id) for i in streams))
-    rows = [f"{'STREAM':<{w}}  {'STATE':<12} {'CHUNKS':>6} {'FRAMES':>7} {'VIDEO':>9} {'MEMORY':>9}  SOURCE"]
+    nw = max(len("NAME"), *(len(i.name or "-") for i in streams))
+    rows = [f"{'STREAM':<{w}}  {'NAME':<{nw}}  {'STATE':<12} {'CHUNKS':>6} {'FRAMES':>7} {'VIDEO':>9} {'MEMORY':>9}  "
+            "SOURCE"]
     for i in streams:
-        rows.append(f"{i.stream_id:<{w}}  {state_name(i.state):<12} {i.chunks:>6} {i.frames:>7} "
+        rows.append(f"{i.stream_id:<{w}}  {i.name or '-':<{nw}}  {state_name(i.state):<12} {i.chunks:>6} {i.frames:>7} "
                     f"{round(i.duration_s, 3):>8.1f}s {i.memory_bytes / 1e6:>7.2f}MB  {i.source}")
     return rows
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 import signal
 import sys
 
@@ -62,11 +64,55 @@ def banner(server) -> str:
         store = f"private redis-server, data kept in {server.redis.dir} (VIGIL_REDIS_DIR)"
     else:
         store = "private redis-server, memory lasts this run (VIGIL_REDIS_DIR keeps it)"
-    lines = [f"gRPC    {hostport(s.host, server.port)}  ({tls}; {auth})", f"HTTP    {http}",
+    config = os.environ.get("VIGIL_CONFIG")
+    failed = [n for n, what in server.cameras.items() if what.startswith("failed")]
+    lines = [f"config  {config or 'none (VIGIL_CONFIG names a TOML file)'}",
+             f"gRPC    {hostport(s.host, server.port)}  ({tls}; {auth})", f"HTTP    {http}",
              f"role    {roles.get(s.role, s.role)}", f"model   {model}",
-             f"media   {', '.join(map(str, s.media_roots))}  (VIGIL_MEDIA_ROOTS)",
-             f"redis   {store}, namespace {s.namespace!r}", "ready   (Ctrl-C or SIGTERM stops it)"]
+             f"media   {', '.join(map(str, s.media_roots))}  ({media_origin(config)})",
+             f"redis   {store}, namespace {s.namespace!r}", *camera_lines(s, server.cameras),
+             f"mqtt    {mqtt_line(s)}",
+             "ready   (Ctrl-C or SIGTERM stops it)" if not failed else
+             f"ready   but {len(failed)} of {len(s.cameras)} camera(s) did not start: {', '.join(failed)} (see "
+             "above; Ctrl-C or SIGTERM stops it)"]
     return "\n".join(f"vigil serve: {line}" for line in lines)
+
+
+def media_origin(config: str | None) -> str:
+    """Where the media roots came from: the environment, the config file, or the default."""
+    if os.environ.get("VIGIL_MEDIA_ROOTS"):
+        return "VIGIL_MEDIA_ROOTS"
+    if config:
+        from services.config import read_config_file
+
+        if "media_roots" in read_config_file(config):
+            return f"media_roots in {config}"
+    return "the working directory: set media_roots in the config file or VIGIL_MEDIA_ROOTS"
+
+
+def camera_lines(s, started: dict[str, str]) -> list[str]:
+    """One banner line per configured camera: its source and what happened at start."""
+    from streamer.redact import redact_url
+
+    if not s.cameras:
+        return ["cameras none"]
+    out = []
+    for cam in s.cameras:
+        what = started.get(cam.name, "not started (this server does not ingest)" if not s.role.ingests
+                           else "not started")
+        rules = f", {len(cam.alerts)} alert rule(s)" if cam.alerts else ""
+        out.append(f"camera  {cam.name}: {redact_url(cam.source)}{rules}: {what.replace('failed:', 'FAILED:', 1)}")
+    return out
+
+
+def mqtt_line(s) -> str:
+    from streamer.redact import redact_url
+
+    if not s.mqtt.url:
+        return "off (alerts go to the streams' events" + (" and the webhook)" if s.alerts.webhook_url else ")") + \
+            "; VIGIL_MQTT__URL or [mqtt] url sets a broker"
+    return (f"{redact_url(s.mqtt.url)}, topic {s.mqtt.topic_prefix}/<camera>/alert (QoS {s.mqtt.qos}; the log says "
+            "when it connects)")
 
 
 def cmd_serve(args) -> int:
@@ -79,6 +125,7 @@ def cmd_serve(args) -> int:
         if why:
             print(f"error: {why}", file=sys.stderr)
             return 2
+    logging.getLogger("vigil").setLevel(logging.DEBUG if args.verbose else logging.INFO)  # the server's story
     print(f"vigil serve: loading model {s.model.name!r} (device {s.model.device}) ...", file=sys.stderr, flush=True)
 
     def ready(server) -> None:

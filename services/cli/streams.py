@@ -34,23 +34,40 @@ def short_read(info) -> str | None:
             "it ends early (truncated or damaged?)")
 
 
-def wait(c, info, show_progress: bool):
-    """Follow the stream with WatchStream until it ends; a progress bar on a terminal."""
+def wait(c, info, show_progress: bool, lines_every_s: float | None = None):
+    """Follow the stream with WatchStream until it ends; a progress bar on a terminal, else (`lines_every_s`) a
+    plain progress line on stderr at most that often (a log or a pipe has no use for a bar)."""
+    import time
+
     total = int(info.source_duration_s * info.fps) or None
     bar = None
     if show_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, unit="frame", desc=f"ingest {info.stream_id}", file=sys.stderr)
+    last = time.monotonic()
     for ev in c.watch(info.stream_id):
         info = ev.info
         if bar is not None:
             bar.update(info.frames - bar.n)
             bar.set_postfix(chunks=info.chunks, state=state_name(info.state))
+        elif lines_every_s is not None and time.monotonic() - last >= lines_every_s:
+            last = time.monotonic()
+            print(progress_line(info), file=sys.stderr, flush=True)
     info = c.describe(info.stream_id)
     if bar is not None:
         bar.close()
     return info
+
+
+def progress_line(info) -> str:
+    """`ingest <id>: 1:30 of 6:00 (25%), 180 frames, 22 chunks`: where a stream is, in one line."""
+    def mmss(s: float) -> str:
+        return f"{int(s) // 60}:{int(s) % 60:02d}"
+
+    of = (f" of {mmss(info.source_duration_s)} ({min(1.0, info.duration_s / info.source_duration_s):.0%})"
+          if info.source_duration_s > 0 else "")
+    return f"ingest {info.stream_id}: {mmss(info.duration_s)}{of}, {info.frames} frames, {info.chunks} chunks"
 
 
 def report(args, info) -> int:
@@ -105,8 +122,14 @@ def cmd_push(args) -> int:
         print(f"error: {src} is not MPEG-TS: leave out --format and vigil remuxes it into MPEG-TS as it sends",
               file=sys.stderr)
         return 2
-    if fmt == "auto" and kind not in ("mpegts", "fmp4"):
-        fmt, blocks = "mpegts", mpegts_blocks(src)
+    realtime = getattr(args, "realtime", False)
+    if realtime and fmt != "auto":
+        print("error: --realtime remuxes the file into MPEG-TS to pace it: leave out --format", file=sys.stderr)
+        return 2
+    if realtime or (fmt == "auto" and kind not in ("mpegts", "fmp4")):
+        from streamer.push import RealtimePacer
+
+        fmt, blocks = "mpegts", mpegts_blocks(src, pace=RealtimePacer() if realtime else None)
         try:
             blocks = itertools.chain([next(blocks)], blocks)  # opened and set up here: a bad file fails now
         except StopIteration:
@@ -115,7 +138,10 @@ def cmd_push(args) -> int:
             print(f"error: {exc}; convert it to MPEG-TS first (e.g. ffmpeg -i IN -c:v libx264 -f mpegts OUT.ts) "
                   "or start it with `vigil ingest` if the server can read the file", file=sys.stderr)
             return 2
-        if not args.json:
+        if not args.json and realtime:
+            print(f"{src.name}: sent at its own frame rate (--realtime), as a camera would: it takes as long as "
+                  "the video runs", file=sys.stderr)
+        elif not args.json:
             print(f"{src.name}: not MPEG-TS or fragmented MP4 ({kind}): remuxing into MPEG-TS as it is sent "
                   "(packets copied)", file=sys.stderr)
     else:

@@ -71,7 +71,7 @@ def error_response(exc: BaseException) -> JSONResponse:
 def stream_json(rec: StreamRecord, name: str | None = None, gaps: list[Gap] = ()) -> dict:
     """A stream as gRPC's StreamInfo renders (`gaps`: its last ones, as DescribeStream has them; a list of streams
     has none, as ListStreams), with its camera's name and whether it runs live."""
-    return {**as_json(stream_info(rec, gaps)), "name": name or "", "live": rec.live}
+    return {**as_json(stream_info(rec, gaps, name)), "live": rec.live}
 
 
 def keyframe_url(sid: str, cid: int, text_frame: bool = False) -> str:

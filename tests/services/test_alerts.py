@@ -266,6 +266,18 @@ def test_a_dead_broker_and_webhook_never_block_or_raise_and_are_counted():
             parse_mqtt_url(bad)
 
 
+def scrape_alerts(port: int) -> dict:
+    """The vigil_alerts_* samples of a server's /metrics as {(name, sorted labels): value}."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples if s.name.startswith("vigil_alerts")}
+
+
 def mqtt_settings() -> dict:
     return {"url": f"mqtt://{BROKER[0]}:{BROKER[1]}"}
 
@@ -358,15 +370,19 @@ def test_text_query_and_cut_alerts_reach_mqtt_watch_and_webhook_exactly_once(mak
 
 
 @pytest.mark.timeout(300)
-def test_a_killed_camera_fires_feed_down_then_up_once_each(make_server, subscriber):
+def test_a_killed_camera_fires_feed_down_then_up_once_each(make_server, subscriber, caplog):
+    """... and the server log tells the story, one INFO line per step; the alert metrics count both firings."""
+    import logging
+
     if (why := rtsp.gstreamer_rtsp_available()) is not None:
         pytest.fail(why)
+    caplog.set_level(logging.INFO, logger="vigil")
     gate = f"gate-{uuid.uuid4().hex[:6]}"
     live = {"open_timeout_s": 3.0, "read_timeout_s": 2.0, "backoff_initial_s": 0.2, "backoff_cap_s": 1.0}
     with rtsp.RtspServer(rtsp.long_bikes()) as cam:
         cameras = [{"name": gate, "source": cam.url, "fps": 2, "clip_frames": 4, "memory": {"frame_index": False},
                     "alerts": [{"name": "lost", "feed": "down"}, {"name": "back", "feed": "up"}]}]
-        srv, addr = make_server(cameras=cameras, mqtt=mqtt_settings(), live=live)
+        srv, addr = make_server(cameras=cameras, mqtt=mqtt_settings(), live=live, http_port=-1)
         with Client(addr) as c:
             watch = Watcher(c, gate)
             wait_for(lambda: c.describe(gate).chunks >= 2, 60, "chunks from the camera")
@@ -378,7 +394,24 @@ def test_a_killed_camera_fires_feed_down_then_up_once_each(make_server, subscrib
             wait_for(lambda: [a.rule for a in watch.alerts()] == ["lost", "back"], 15, "the feed-up alert")
             info = c.stop(gate)
             watch.wait_ended()
+        wait_for(lambda: srv.rt.alerts.publisher.stats()["mqtt"]["sent"] == 2, 15, "both alerts handed to MQTT")
+        metrics = scrape_alerts(srv.http_port)
         srv.stop_thread()
+    assert metrics[("vigil_alerts_fired_total", (("camera", gate), ("rule", "lost")))] == 1
+    assert metrics[("vigil_alerts_fired_total", (("camera", gate), ("rule", "back")))] == 1
+    assert metrics[("vigil_alerts_published_total", (("sink", "mqtt"),))] == 2
+    assert metrics[("vigil_alerts_dropped_total", (("sink", "mqtt"),))] == 0
+    sid = info.stream_id
+    story = [r.getMessage() for r in caplog.records if r.name.startswith("vigil") and r.levelno == logging.INFO]
+    steps = [f"camera {gate!r}: starting (rtsp://", f"stream {sid} ({gate!r}) started: rtsp://",
+             f"stream {sid} (camera {gate!r}): connected", f"stream {sid} (camera {gate!r}): outage, reconnecting",
+             f"stream {sid} (camera {gate!r}): reconnected (reconnect 1)", f"stream {sid} (camera {gate!r}): stopped"]
+    at = [next((i for i, line in enumerate(story) if line.startswith(step)), None) for step in steps]
+    assert None not in at and at == sorted(at), (steps, at, story)
+    assert sum(line.startswith(step) for line in story for step in steps) == len(steps), story  # one line each
+    assert sum(f"(camera {gate}): alert" in line and "fired" in line for line in story) == 2, story
+    assert sum("published to mqtt vigil/" + gate in line for line in story) == 2, story
+    assert any(line.startswith("alerts: connected to the MQTT broker mqtt://127.0.0.1:1883") for line in story), story
     subscriber.barrier(gate)
     got = subscriber.alerts(gate)
     lost = check_exactly_once(got, watch.alerts(), "lost")

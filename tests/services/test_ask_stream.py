@@ -262,6 +262,10 @@ def test_chat_reads_questions_until_eof_and_keeps_the_conversation(serve_process
     plain = subprocess.run(args, input=lines, env=env, capture_output=True, text=True, timeout=300)
     assert plain.returncode == 0, plain.stderr
     assert plain.stdout.count("evidence:") == 2 and "random weights" in plain.stdout
+    cid = [ln for ln in plain.stdout.splitlines() if "evidence:" in ln]  # the id the README promises, a turn or two
+    assert "(conversation " in cid[0] and "; 0 earlier turns in the prompt)" in cid[0]
+    assert cid[0].split("(conversation ")[1].split(";")[0] == cid[1].split("(conversation ")[1].split(";")[0]
+    assert "; 1 earlier turn in the prompt)" in cid[1]
 
 
 def test_ask_streams_text_on_a_terminal(serve_process, pattern_video):

@@ -194,8 +194,8 @@ def test_streams_has_a_header_and_watch_json_matches_streams_json(make_server, c
     with Client(addr) as c:
         sid = wait_done(c, c.start(str(pattern_video), fps=2).stream_id).stream_id
     table = run(["streams", "--server", addr], env, timeout=60).stdout.splitlines()
-    assert table[0].split() == ["STREAM", "STATE", "CHUNKS", "FRAMES", "VIDEO", "MEMORY", "SOURCE"]
-    assert table[1].split()[:4] == [sid, "finished", "3", "24"]
+    assert table[0].split() == ["STREAM", "NAME", "STATE", "CHUNKS", "FRAMES", "VIDEO", "MEMORY", "SOURCE"]
+    assert table[1].split()[:5] == [sid, "-", "finished", "3", "24"]  # no camera's or push's name: "-"
     listed = json.loads(run(["streams", "--json", "--server", addr], env, timeout=60).stdout)[0]
     watch = run(["watch", sid, "--json", "--server", addr], env, timeout=60)
     assert watch.returncode == 0, watch.stderr

@@ -37,7 +37,10 @@ def scrape(port: int, token: str | None = None) -> dict[tuple[str, tuple], float
 
 
 def value(samples, name: str, **labels) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
+    """The one sample of `name` whose labels include `labels` (per-stream ones also carry `name`), or None."""
+    found = [v for (n, labs), v in samples.items() if n == name and set(labels.items()) <= set(labs)]
+    assert len(found) <= 1, f"{name} {labels}: {len(found)} samples"
+    return found[0] if found else None
 
 
 def test_metrics_move_with_a_real_ingest_and_a_question(make_server, pattern_video):
