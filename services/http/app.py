@@ -26,13 +26,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from services.auth import AuthThrottle, TooManyAttempts
-from services.http.guard import Edge, allowed_hosts
+from services.http.guard import COOKIE, Edge, allowed_hosts
 from services.http.limits import HttpLimits
 from services.http.sessions import MemorySessions, SessionStore
 from services.metrics import Metrics
 
 STATIC = Path(__file__).with_name("static")
-COOKIE = "vigil_session"
 INDEX = "vigil HTTP\n  /metrics  Prometheus metrics\n"
 
 LOGIN_PAGE = """<!doctype html>

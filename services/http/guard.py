@@ -12,7 +12,8 @@ carries.
     to the API needs `Content-Type: application/json`; its `Origin` (or, without one, its `Referer`) must be
     this server's own (`Host`), and must be there at all when a cookie could be what authenticates it (a
     server with a token). /login and /logout (plain forms) need only a matching Origin when one is sent.
-    Else 403. A bearer-token call is not a browser's ambient credential and skips this.
+    Else 403. On a server with a token, an API POST with neither the token nor the sign-in cookie carries no
+    credential to abuse and goes on to authentication (401). A bearer-token call is not a browser's ambient credential and skips this.
   - Every response: Content-Security-Policy (the page's own script and style only; no inline code, no frames),
     `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, `Referrer-Policy: same-origin`.
 """
@@ -23,6 +24,8 @@ import json
 from urllib.parse import urlsplit
 
 from services.http.limits import HttpLimits
+
+COOKIE = "vigil_session"  # the browser's sign-in: a random session id (services/http/sessions.py)
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 FORM_PATHS = frozenset({"/login", "/logout"})
@@ -107,6 +110,9 @@ class Edge:
         headers = scope["headers"]
         if scope["method"] not in UNSAFE or _header(headers, b"authorization") is not None:
             return
+        if (self.has_token and scope["path"] not in FORM_PATHS
+                and f"{COOKIE}=".encode() not in (_header(headers, b"cookie") or b"")):
+            return  # neither the token nor the sign-in cookie: no ambient credential to abuse (auth answers 401)
         path = scope["path"]
         form = path in FORM_PATHS
         if not form:
