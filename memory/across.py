@@ -40,12 +40,14 @@ def kv_calibrated(z: float, n: int) -> float:
     return math.exp(n * math.log1p(-min(tail, 1.0 - 1e-300)))
 
 
-def calibrated(name: Signal, rows: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """One stream's list of one signal with scores that compare across streams."""
+def calibrated(name: Signal, rows: list[tuple[int, float]], depth: int | None = None) -> list[tuple[int, float]]:
+    """One stream's list of one signal (best first) with scores that compare across streams; only its first
+    `depth` rows (no more of one stream can count among the first `depth` of all streams; n stays its length)."""
+    top = rows[:depth] if depth is not None else rows
     if name == Signal.KV:
         n = len(rows)
-        return [(cid, kv_calibrated(z, n)) for cid, z in rows]
-    return rows
+        return [(cid, kv_calibrated(z, n)) for cid, z in top]
+    return top
 
 
 def fuse_across(per_stream: list[Ranked], opts: SearchOptions, k: int) -> list[Found]:
@@ -53,7 +55,8 @@ def fuse_across(per_stream: list[Ranked], opts: SearchOptions, k: int) -> list[F
     pooled: dict[Signal, list[tuple[float, int, int]]] = {}  # signal -> [(score, stream, chunk id)]
     for si, ranked in enumerate(per_stream):
         for name, rows in ranked.items():
-            pooled.setdefault(Signal(name), []).extend((s, si, cid) for cid, s in calibrated(Signal(name), rows))
+            pooled.setdefault(Signal(name), []).extend(
+                (s, si, cid) for cid, s in calibrated(Signal(name), rows, opts.depth))
     fused: dict[tuple[int, int], float] = {}
     found: dict[tuple[int, int], list[SignalScore]] = {}
     for name, rows in pooled.items():
