@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.describe import DescriberOptions
+from encoders.speech import SpeechOptions
 from encoders.options import DEFAULT_CACHE_DIR, ModelOptions
 from memory.fusion import SearchOptions
 from memory.options import MemoryOptions
@@ -223,6 +224,7 @@ class Settings(BaseSettings):
                                               "rules; usually [[cameras]] tables in the VIGIL_CONFIG file")
     mqtt: MqttSettings = MqttSettings()
     alerts: AlertSettings = AlertSettings()
+    speech: SpeechOptions = SpeechOptions()  # the audio track transcribed (VIGIL_SPEECH__*: encoders.speech)
 
     @field_validator("auth_token")
     @classmethod
