@@ -4,8 +4,9 @@
 * `Transcriber.transcribe(samples, start_s, final)`: 16 kHz mono float32 audio whose first sample is at media
   time `start_s` -> `SpeechSegment`s (words and segments on the media clock) and how far the transcript is
   complete. Voice-activity filtering (Silero VAD inside faster-whisper) is on, so silence costs only the VAD.
-  Unless `final`, a segment that runs into the end of the audio is held back (`done_s` stops at its start): the
-  caller gives it again with the audio that follows, so an utterance cut by a window edge is heard whole.
+  Unless `final`, speech still going on at the end of the audio (the VAD's last region reaches the end) is left
+  for the next call (`done_s` stops where it begins): the caller gives it again with the audio that follows, so
+  an utterance is never cut by a window's edge (only by `max_window_s`).
 * `SpeechWindow`: the audio a stream's speech thread has not transcribed yet, as one contiguous array (holes up
   to `MAX_HOLE_S` filled with silence; a longer hole closes the window).
 * `Transcriber.embed(text)` / `embed_query(question)`: unit vectors of the same MiniLM the on-screen text uses.
@@ -153,14 +154,21 @@ class Transcriber:
     def transcribe(self, samples: np.ndarray, start_s: float, final: bool = True
                    ) -> tuple[list[SpeechSegment], float]:
         """[n] float32 16 kHz audio from media time `start_s` -> (segments on the media clock, done_s: the
-        transcript is complete up to there; < the audio's end when the last segment was held back)."""
+        transcript is complete up to there). Unless `final`, speech still going on at the end of the audio (the
+        voice-activity detector's last region reaches into the last TAIL_S) is left for the next call: only the
+        audio before that region is transcribed, and done_s is where it begins."""
         end_s = start_s + len(samples) / RATE
-        if len(samples) < RATE // 10:
-            return [], end_s if final else start_s
+        cut = len(samples)
+        if not final:
+            cut = self.speech_runs_from(samples)
+            if cut < RATE // 2:  # speech from (nearly) the start runs on: wait for the rest of it
+                return [], start_s
+        if cut < RATE // 10:
+            return [], start_s + cut / RATE if not final else end_s
         o = self.options
         segs, _info = self.model.transcribe(
-            samples, language=o.language, beam_size=o.beam_size, vad_filter=o.vad, word_timestamps=True,
-            condition_on_previous_text=False, without_timestamps=False)
+            samples[:cut], language=o.language, beam_size=o.beam_size, vad_filter=o.vad, word_timestamps=True,
+            condition_on_previous_text=False)
         out = []
         for s in segs:  # a generator: decoding happens here
             text = s.text.strip()
@@ -171,11 +179,17 @@ class Transcriber:
             a = words[0].start_s if words else start_s + float(s.start)
             b = words[-1].end_s if words else start_s + float(s.end)
             out.append(SpeechSegment(round(a, 3), round(max(a, b), 3), text, words))
-        done = end_s
-        if not final and out and out[-1].end_s >= end_s - TAIL_S and out[-1].start_s > start_s + 0.5:
-            done = out[-1].start_s - 0.2  # the last utterance may go on: heard again with what follows
-            out = out[:-1]
-        return out, max(start_s, done)
+        return out, (start_s + cut / RATE) if cut < len(samples) else end_s
+
+    @staticmethod
+    def speech_runs_from(samples: np.ndarray) -> int:
+        """The sample where speech still going on at the end of `samples` begins (len(samples): none is)."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        regions = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=300, speech_pad_ms=100))
+        if regions and regions[-1]["end"] >= len(samples) - int(TAIL_S * RATE):
+            return int(regions[-1]["start"])
+        return len(samples)
 
     def embed(self, text: str) -> np.ndarray | None:
         """The "speech" vector of a transcript: [d] float32 unit (None: nothing said, or no embedder)."""

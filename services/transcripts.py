@@ -71,6 +71,7 @@ class SpeechFeed:
         heard_to = -math.inf  # the window's end when it was last transcribed (a held-back tail waits for more)
         try:
             while not self._stop.is_set():
+                video_s = self.buffer.video_s  # read before taking: audio up to about here has been handed over
                 got = self.buffer.take(0.2)
                 if self.buffer.has_audio is False:
                     self._done(math.inf)
@@ -89,8 +90,8 @@ class SpeechFeed:
                 if closed and not win.n:
                     self._done(math.inf)
                     return
-                if not win.n and self.buffer.video_s - _LATE_S > self._done_s:
-                    self._done(self.buffer.video_s - _LATE_S)  # no audio is missing up to there
+                if not got and not win.n and video_s - _LATE_S > self._done_s:
+                    self._done(video_s - _LATE_S)  # nothing held, nothing came: no audio is missing up to there
         except Exception as exc:  # a recognizer failure must not take the stream down: its clips go on without
             self.failed = f"{exc.__class__.__name__}: {exc}"
             log.exception("stream %s: speech recognition failed; the stream goes on without transcripts", self.name)
