@@ -127,7 +127,7 @@ def test_a_spoken_word_alert_fires_once_over_mqtt_and_watch(server, subscriber):
 def make_server_module(module_server):
     """A second server of the module (speech on) for the short streams: the camera's server is stopped by the
     alert test."""
-    srv, addr = module_server(speech=True)
+    srv, addr = module_server(speech=True, http_port=-1)
     return srv, addr
 
 
@@ -161,6 +161,18 @@ def test_a_stream_without_audio_is_unchanged(make_server_module, short):
     shape = lambda rs: [(r.chunk_id, r.start_s, r.end_s, r.frames, r.keyframe_s) for r in rs]  # noqa: E731
     assert shape(ra) == shape(rb) and a.frames == b.frames
     assert any(r.speech for r in ra) and not any(r.speech for r in rb)
+
+    # the JSON API: each chunk's speech, and the evidence of an answer with what was said in its range
+    from tests.http.test_api import call, get_json, sse_events
+
+    status, page = get_json(srv.http_port, f"/api/v1/streams/{a.stream_id}/chunks", token=None)
+    said = [s for c in page["chunks"] for s in c["speech"]]
+    assert status == 200 and any("ambulance" in s["text"].lower() for s in said)
+    assert all(set(s) >= {"start_s", "end_s", "text"} for s in said)
+    status, _, raw = call(srv.http_port, f"/api/v1/streams/{a.stream_id}/ask", token=None, body={
+        "question": "When did someone call for an ambulance?", "top_k": 1, "max_new_tokens": 2})
+    (top,) = dict(sse_events(raw))["evidence"]["evidence"]
+    assert status == 200 and "ambulance" in " ".join(s["text"] for s in top["speech"]).lower()
 
 
 @pytest.mark.timeout(180)
@@ -221,3 +233,14 @@ def test_a_camera_file_takes_spoken_rules_with_their_tolerance():
                 {"name": "x", "spoken": "a", "query": "b"}):
         with pytest.raises(ValueError):
             AlertRuleConfig(**bad)
+
+
+def test_the_cli_prints_what_was_said_under_each_evidence_item(capsys):
+    from services.cli.render import print_answer
+    from services.wire import common_pb2, qa_pb2
+
+    resp = qa_pb2.AskResponse(answer="at 12 s", evidence=[qa_pb2.Evidence(
+        chunk_id=3, start_s=10.0, end_s=14.0, rank=1, speech=[common_pb2.SpeechSegment(
+            start_s=11.2, end_s=13.9, text="Please send an ambulance to the parking garage.")])])
+    print_answer(resp, None)
+    assert "said @ 11.2s: 'Please send an ambulance to the parking garage.'" in capsys.readouterr().out

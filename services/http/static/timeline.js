@@ -126,6 +126,7 @@ function render() {
       style: `left:${x(c.start_s) + 1}px;width:${w}px`, title: label, "aria-label": label,
       onclick: () => showKeyframe(c) }, img));
     if (c.scene_cuts > 0) lanes.push(el("span", { class: "cut", style: `left:${x(c.start_s)}px`, title: `scene cut near ${fmt(c.start_s)}` }));
+    for (const s of c.speech || []) lanes.push(speechMark(s));
   }
   for (const g of state.gaps) {
     const gEnd = g.end_s ?? end;
@@ -145,6 +146,14 @@ function render() {
   renderSide();
 }
 
+// what was said: a bar under the thumbnails over each transcribed segment, its text as the label
+function speechMark(s) {
+  const text = `said at ${fmt(s.start_s)}: ${s.text}` + (s.wall_start_unix ? ` (${wall(s.wall_start_unix)})` : "");
+  return el("button", { type: "button", class: "speech", "data-start": s.start_s, "data-end": s.end_s, title: text,
+    "aria-label": text, style: `left:${x(s.start_s)}px;width:${Math.max(6, x(s.end_s) - x(s.start_s))}px`,
+    onclick: () => scrollToTime(s.start_s), text: s.text });
+}
+
 function renderSide() {
   $("gap-list").replaceChildren(...(state.gaps.length ? state.gaps.map((g) => el("li", {},
     el("button", { type: "button", class: "link", onclick: () => scrollToTime(g.start_s),
@@ -160,7 +169,8 @@ function showKeyframe(c) {
   $("viewer-img").src = c.keyframe_url;
   $("viewer-img").alt = `keyframe of chunk ${c.chunk_id}`;
   $("viewer-caption").textContent = `Keyframe at ${fmt(c.keyframe_s)} (chunk ${c.chunk_id}, ${fmt(c.start_s)} to ${fmt(c.end_s)})` +
-    (c.wall_start_unix ? `, ${wall(c.wall_start_unix)}` : "") + (c.on_screen_text ? `; on screen: ${c.on_screen_text}` : "");
+    (c.wall_start_unix ? `, ${wall(c.wall_start_unix)}` : "") + (c.on_screen_text ? `; on screen: ${c.on_screen_text}` : "") +
+    ((c.speech || []).length ? `; said: ${c.speech.map((s) => s.text).join(" ")}` : "");
   $("viewer").hidden = false;
   $("viewer-close").focus();
   scrollToTime(c.start_s, false);
@@ -268,7 +278,8 @@ async function ask(ev) {
         evidence.replaceChildren(...data.evidence.map((e) => el("button", { type: "button", class: "evidence",
           "data-start": e.start_s, "data-chunk": e.chunk_id, title: `rank ${e.rank}, ${e.signals.map((s) => s.signal).join(", ")}`,
           onclick: () => scrollToTime(e.start_s) },
-          el("img", { src: e.keyframe_url, alt: `evidence at ${fmt(e.start_s)}` }), `${fmt(e.start_s)}–${fmt(e.end_s)}`)));
+          el("img", { src: e.keyframe_url, alt: `evidence at ${fmt(e.start_s)}` }), `${fmt(e.start_s)}–${fmt(e.end_s)}`,
+          ...((e.speech || []).length ? [el("span", { class: "said", text: `“${e.speech.map((s) => s.text).join(" ")}”` })] : []))));
       } else if (event === "delta") {
         answer.textContent += data.text;
       } else if (event === "done") {
