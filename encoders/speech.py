@@ -158,14 +158,17 @@ class Transcriber:
         voice-activity detector's last region reaches into the last TAIL_S) is left for the next call: only the
         audio before that region is transcribed, and done_s is where it begins."""
         end_s = start_s + len(samples) / RATE
+        o = self.options
+        regions = self.speech_regions(samples) if (o.vad or not final) and len(samples) >= RATE // 10 else None
+        if o.vad and not regions:  # nothing but silence (or too short to hold a word): no recognizer pass at all
+            return [], end_s
         cut = len(samples)
-        if not final:
-            cut = self.speech_runs_from(samples)
+        if not final and regions and regions[-1][1] >= len(samples) - int(TAIL_S * RATE):
+            cut = regions[-1][0]  # speech still going on at the end: left for the next call
             if cut < RATE // 2:  # speech from (nearly) the start runs on: wait for the rest of it
                 return [], start_s
         if cut < RATE // 10:
             return [], start_s + cut / RATE if not final else end_s
-        o = self.options
         segs, _info = self.model.transcribe(
             samples[:cut], language=o.language, beam_size=o.beam_size, vad_filter=o.vad, word_timestamps=True,
             condition_on_previous_text=False)
@@ -182,14 +185,12 @@ class Transcriber:
         return out, (start_s + cut / RATE) if cut < len(samples) else end_s
 
     @staticmethod
-    def speech_runs_from(samples: np.ndarray) -> int:
-        """The sample where speech still going on at the end of `samples` begins (len(samples): none is)."""
+    def speech_regions(samples: np.ndarray) -> list[tuple[int, int]]:
+        """[(first sample, one past the last)] of the stretches the voice-activity detector hears speech in."""
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-        regions = get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=300, speech_pad_ms=100))
-        if regions and regions[-1]["end"] >= len(samples) - int(TAIL_S * RATE):
-            return int(regions[-1]["start"])
-        return len(samples)
+        return [(int(r["start"]), int(r["end"])) for r in
+                get_speech_timestamps(samples, VadOptions(min_silence_duration_ms=300, speech_pad_ms=100))]
 
     def embed(self, text: str) -> np.ndarray | None:
         """The "speech" vector of a transcript: [d] float32 unit (None: nothing said, or no embedder)."""

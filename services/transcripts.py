@@ -47,16 +47,18 @@ class SpeechFeed:
 
     # ---- the encode side ------------------------------------------------------------------------
     def until(self, t: float, ending: threading.Event) -> tuple[SpeechSegment, ...]:
-        """The segments starting before media time t not handed out yet (waits for them; see the module doc)."""
+        """The segments not handed out yet whose middle lies before media time t (a segment belongs to the chunk
+        that holds most of it; Whisper's word times run a little early), waiting for them (see the module doc)."""
         deadline = time.monotonic() + (self.opts.max_wait_s if self.live else 3600.0)
         with self._cond:
             self._want_s = max(self._want_s, t)
-            self._cond.notify_all()
+        self.buffer.wake()  # the speech thread looks at the new request now, not at its next poll
+        with self._cond:
             while (self._done_s < t and not self._stop.is_set() and not ending.is_set()
                    and self._thread.is_alive() and time.monotonic() < deadline):
                 self._cond.wait(0.1)
-            out = [s for s in self._segments if s.start_s < t]
-            self._segments = [s for s in self._segments if s.start_s >= t]
+            out = [s for s in self._segments if (s.start_s + s.end_s) / 2 < t]
+            self._segments = [s for s in self._segments if (s.start_s + s.end_s) / 2 >= t]
             return tuple(out)
 
     # ---- the speech thread ----------------------------------------------------------------------
@@ -82,7 +84,8 @@ class SpeechFeed:
                     win.add(c.start_s, c.samples)
                 closed = self.buffer.closed and not got
                 want = self._want_s
-                audio_in = win.n and (win.end_s >= want or self.buffer.video_s >= want + _LATE_S)
+                # a clip waits for audio that has arrived: transcribe now (else gather a whole window)
+                audio_in = win.n and self._done_s < want and (win.end_s >= want or video_s >= want + _LATE_S)
                 ready = win.n and (win.duration_s >= self.opts.window_s or audio_in or closed
                                    or win.duration_s >= self.opts.max_window_s)
                 if ready and (closed or win.end_s >= heard_to + 1.0 or win.duration_s >= self.opts.max_window_s):

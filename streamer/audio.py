@@ -58,6 +58,7 @@ class AudioBuffer:
         self.video_s = float("-inf")  # media time of the newest decoded video frame
         self.dropped_s = 0.0
         self.received_s = 0.0
+        self._woken = False
 
     # ---- writer (decode thread) -----------------------------------------------------------------
     def put(self, chunk: AudioChunk) -> None:
@@ -88,12 +89,19 @@ class AudioBuffer:
             self.closed = True
             self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Make a waiting `take` return now (the reader has something else to look at)."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
     # ---- reader (speech thread) -----------------------------------------------------------------
     def take(self, timeout: float) -> list[AudioChunk]:
         """Every chunk held, oldest first (waits up to `timeout` s for one; [] when none came or it is closed)."""
         with self._cond:
-            if not self._chunks and not self.closed:
+            if not self._chunks and not self.closed and not self._woken:
                 self._cond.wait(timeout)
+            self._woken = False
             out = list(self._chunks)
             self._chunks.clear()
             self._held_s = 0.0
