@@ -41,10 +41,13 @@ def footage():
     return media.spoken_footage(utterances(), SECONDS)
 
 
+SAID_SHORT_S = 2.0
+
+
 @pytest.fixture(scope="module")
 def short():
     """12 s: one utterance at 2 s (pushes, RTSP, the no-audio comparison)."""
-    return [(2.0, "Please send an ambulance to the parking garage.")]
+    return [(SAID_SHORT_S, "Please send an ambulance to the parking garage.")]
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +176,20 @@ def test_a_stream_without_audio_is_unchanged(make_server_module, short):
         "question": "When did someone call for an ambulance?", "top_k": 1, "max_new_tokens": 2})
     (top,) = dict(sse_events(raw))["evidence"]["evidence"]
     assert status == 200 and "ambulance" in " ".join(s["text"] for s in top["speech"]).lower()
+
+    # the timeline page: a speech bar over the segment, its text as the label
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = b.new_page(viewport={"width": 1280, "height": 860})
+            page.goto(f"http://127.0.0.1:{srv.http_port}/#stream={a.stream_id}")
+            page.wait_for_selector(".speech")
+            labels = page.eval_on_selector_all(".speech", "es => es.map(e => [e.dataset.start, e.title])")
+            assert any("ambulance" in t.lower() and abs(float(start) - SAID_SHORT_S) < 1.0 for start, t in labels), labels
+        finally:
+            b.close()
 
 
 @pytest.mark.timeout(180)
