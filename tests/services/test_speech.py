@@ -184,6 +184,7 @@ def test_a_stream_without_audio_is_unchanged(make_server_module, short):
         b = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = b.new_page(viewport={"width": 1280, "height": 860})
+            page.set_default_timeout(60_000)  # a loaded machine
             page.goto(f"http://127.0.0.1:{srv.http_port}/#stream={a.stream_id}")
             page.wait_for_selector(".speech")
             labels = page.eval_on_selector_all(".speech", "es => es.map(e => [e.dataset.start, e.title])")
