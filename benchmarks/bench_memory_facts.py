@@ -73,6 +73,7 @@ import torch  # noqa: E402
 from encoders.base import EncodedSegment  # noqa: E402
 from encoders.retrieval import QueryKeys  # noqa: E402
 from encoders.text_lm import TextLMAdapter, load_model, smollm2_gguf  # noqa: E402,F401 (the loaders live there)
+from encoders.speech import SAID as SPEECH_SAID  # noqa: E402 (how a transcript line reads in the context)
 from memory.assemble import answer_memory  # noqa: E402
 from memory.fusion import SearchOptions  # noqa: E402
 from memory.index import Query, StreamIndex  # noqa: E402
@@ -184,14 +185,22 @@ def filler_sentence(rng: random.Random) -> str:
         adj=rng.choice(_ADJ), feel=rng.choice(_FEEL))
 
 
-def make_facts(n: int, rng: random.Random) -> list[Fact]:
+FACT_FORMS = {  # how a fact is stated in the stream (--fact-form)
+    "note": "Note: {}.",  # stream text (what the on-screen text of a clip is to a video stream)
+    "speech": "\n" + SPEECH_SAID,  # only "said": a transcript line, as a clip's transcript enters the video context
+}
+
+
+def make_facts(n: int, rng: random.Random, form: str = "note") -> list[Fact]:
     """n facts with distinct relations in random order, the first third early, then middle, then late."""
     if n > len(_FACTS):
         raise ValueError(f"at most {len(_FACTS)} facts")
     facts = []
     for i, (statement, question, answers) in enumerate(rng.sample(_FACTS, n)):
         a = rng.choice(answers)
-        facts.append(Fact(f"Note: {statement.format(a=a)}.", question, a, THIRDS[i * 3 // n]))
+        said = statement.format(a=a)
+        said = said[0].upper() + said[1:] + "." if form == "speech" else said
+        facts.append(Fact(FACT_FORMS[form].format(said), question, a, THIRDS[i * 3 // n]))
     return facts
 
 
@@ -553,6 +562,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", default=None, help="comma-separated stream seeds (default 0,1; quick 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     ap.add_argument("--json", type=Path, help="write every number and answer here")
+    ap.add_argument("--fact-form", choices=sorted(FACT_FORMS), default="note",
+                    help="note: facts in the stream text; speech: only as transcript lines (\"Said: ...\", the "
+                         "text a clip's transcript enters the model's context as, encoders.speech.SAID)")
     args = ap.parse_args(argv)
     args.tokens = args.tokens or (3000 if args.quick else 7500)
     args.facts = args.facts or (9 if args.quick else 15)
@@ -587,7 +599,7 @@ def main(argv=None) -> None:
     keyed = {"full", "default"} | {v.run for v in variants if v.design}  # ingests whose keys the table reports
     streams = []
     for seed in args.seeds:
-        facts = make_facts(args.facts, random.Random(seed))
+        facts = make_facts(args.facts, random.Random(seed), args.fact_form)
         stream = build_stream(tok, args.tokens, facts, seed + 1)
         streams.append({"seed": seed, "tokens": len(stream), "chunks": -(-len(stream) // args.chunk),
                         "facts": [asdict(f) for f in facts]})

@@ -91,6 +91,7 @@ class ClipRequest:
     end_s: float
     past: EncodedSegment  # the stream's prefix + working memory, ending at past.next_pos
     key_rows: int = 64  # representative retrieval keys per KV head and layer
+    speech: str = ""  # what was said during the clip (encoders.speech): text tokens after its visual tokens
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,12 @@ class FrameDescriber:
         return self._signals
 
     @property
+    def text_embedder(self):
+        """The sentence embedder behind "ocr" and "labels" (None: neither runs); the transcript's "speech" vector
+        uses the same one (`encoders.speech`)."""
+        return self._text
+
+    @property
     def dims(self) -> dict[Signal, int]:
         return {s: (self._image.dim if s == Signal.IMAGE else self._text.dim) for s in self._signals}
 

@@ -82,7 +82,8 @@ class LlavaOnevisionAdapter(VideoLMAdapter):
     def prepare_clip(self, req: ClipRequest) -> _Prepared:
         """The clip's frames resized and normalised, and its token ids (host-side work, the caller's thread)."""
         n = req.frames.shape[0]
-        ids = torch.tensor(self.clip_ids(self.n_video_tokens(n), req.start_s, req.end_s), device=self.device)
+        ids = torch.tensor(self.clip_ids(self.n_video_tokens(n), req.start_s, req.end_s) + self._speech_ids(req.speech),
+                           device=self.device)
         return _Prepared(req, self.video_inputs(req.frames), ids, n)
 
     def _video_features(self, pvs: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -105,7 +105,7 @@ class Qwen25VLAdapter(VideoLMAdapter):
         pv = torch.from_numpy(patches).to(self.device, self.dtype)
         grid_host = torch.tensor([grid], dtype=torch.long)  # [1, 3]
         spg = torch.tensor([self.geo.temporal_patch_size / req.fps], dtype=torch.float32)
-        ids = torch.tensor(self.clip_ids_for(grid_host, req.start_s, req.end_s))  # [S] on the host
+        ids = torch.tensor(self.clip_ids_for(grid_host, req.start_s, req.end_s) + self._speech_ids(req.speech))  # [S]
         pos, next_pos = self._positions(ids, req.past.next_pos, grid_host, spg)  # [3, S] on the host
         t, h, w = grid
         return _Prepared(req, pv, grid_host.to(self.device), ids.to(self.device), pos.to(self.device), next_pos,

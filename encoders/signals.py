@@ -13,6 +13,7 @@ class Signal(StrEnum):
     LABELS = "labels"  # the top image labels, embedded (frame index)
     IMAGE = "image"  # an image-text model's image embedding (frame index)
     MEAN = "mean"  # the mean-key baseline (one key per chunk)
+    SPEECH = "speech"  # what was said in the chunk (audio transcribed, encoders.speech), embedded like "ocr"
 
     @property
     def frame_index(self) -> bool:
@@ -21,4 +22,5 @@ class Signal(StrEnum):
 
 
 SIGNALS = tuple(Signal)  # every signal, in the order rankings are fused and listed
-FRAME_INDEX = (Signal.OCR, Signal.LABELS, Signal.IMAGE)  # the frame describer's, in the order it makes them
+# stored with the chunk as `d:<signal>`: the frame describer's, in the order it makes them, then the transcript's
+FRAME_INDEX = (Signal.OCR, Signal.LABELS, Signal.IMAGE, Signal.SPEECH)

@@ -52,6 +52,18 @@ class VideoLMAdapter(ChatLMAdapter, ABC):
         """The text before a clip's visual tokens (every family's clip opens with its time span)."""
         return self._text(f"Clip {start_s:.1f}s-{end_s:.1f}s: ")
 
+    speech_tokens = 96  # at most this many tokens of a clip's transcript enter the context (the service sets it)
+
+    def _speech_ids(self, speech: str) -> list[int]:
+        """The text after a clip's visual tokens: what was said during the clip ("Said: ...\n", at most
+        `speech_tokens` tokens of the transcript, in time order), [] when nothing was. Ordinary text tokens of the
+        clip's block: prefilled, scored and compressed like any other."""
+        speech = " ".join(speech.split())
+        if not speech or self.speech_tokens <= 0:
+            return []
+        said = self._text(speech)[:self.speech_tokens]
+        return self._text("Said: ") + said + self._text("\n")
+
     # ---- the VideoLM protocol -----------------------------------------------------------
     @torch.inference_mode()
     def ingest_clips(self, preps: Sequence[PreparedClip]) -> list[ClipEncoding]:

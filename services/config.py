@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from encoders.describe import DescriberOptions
+from encoders.speech import SpeechOptions
 from encoders.options import DEFAULT_CACHE_DIR, ModelOptions
 from memory.fusion import SearchOptions
 from memory.options import MemoryOptions
@@ -350,6 +351,8 @@ class Settings(BaseSettings):
                                 "best found first), unless the request says")
     max_across_cameras: int = Field(4, ge=1, le=64, description="most cameras one answer across cameras reads")
     max_report_cameras: int = Field(64, ge=1, le=10_000, description="most cameras one report covers")
+
+    speech: SpeechOptions = SpeechOptions()  # the audio track transcribed (VIGIL_SPEECH__*: encoders.speech)
 
     @field_validator("auth_token")
     @classmethod

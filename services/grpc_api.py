@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import functools
 import logging
 import time
@@ -9,7 +10,7 @@ import time
 import grpc
 
 from memory.errors import StreamNotFound, clipped
-from memory.store import Gap, SourceKind, StreamRecord, StreamState
+from memory.store import ChunkRecord, Gap, SourceKind, StreamRecord, StreamState
 from services import alerts, memory_wire, qa, report, search, summarize
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
 from services.ingest import IngestManager
@@ -31,6 +32,7 @@ EVENT_KINDS = {
     "state": ingest_pb2.StreamEvent.KIND_STATE, "progress": ingest_pb2.StreamEvent.KIND_PROGRESS,
     "gap": ingest_pb2.StreamEvent.KIND_GAP, "reconnect_attempt": ingest_pb2.StreamEvent.KIND_RECONNECT_ATTEMPT,
     alerts.EVENT_KIND: ingest_pb2.StreamEvent.KIND_ALERT,
+    "transcript": ingest_pb2.StreamEvent.KIND_TRANSCRIPT,
 }
 TERMINAL = tuple(s for s in StreamState if s.terminal)
 WINDOW_SOURCES = {w: qa_pb2.WindowSource.Value(f"WINDOW_SOURCE_{w.name}") for w in qa.WindowSource}
@@ -57,6 +59,13 @@ def peer_address(context: grpc.aio.ServicerContext) -> str:
 def gap_msg(g: Gap) -> common_pb2.Gap:
     return common_pb2.Gap(start_s=g.start_s, end_s=g.end_s, wall_start_unix=g.wall_start or 0.0,
                           wall_end_unix=g.wall_end or 0.0, reason=g.reason)
+
+
+def speech_msgs(c: ChunkRecord) -> list:
+    """A chunk's transcript as SpeechSegments, wall-clock times from its live anchor (0 for files)."""
+    return [common_pb2.SpeechSegment(start_s=a, end_s=b, text=t,
+                                     wall_start_unix=(c.wall_start + (a - c.start_s)) if c.wall_start else 0.0)
+            for a, b, t in c.speech]
 
 
 def alert_msg(a: alerts.Alert) -> ingest_pb2.Alert:
@@ -290,6 +299,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             ev.gap.CopyFrom(gap_msg(Gap.from_json(body["gap"])))  # was a dict: WatchStream died at a gap
         if body.get("kind") == alerts.EVENT_KIND:
             ev.alert.CopyFrom(alert_msg(alerts.Alert.from_json(body["alert"])))
+        if body.get("kind") == "transcript":
+            ev.speech.extend(common_pb2.SpeechSegment(start_s=s[0], end_s=s[1], text=s[2], wall_start_unix=s[3])
+                             for s in json.loads(body.get("speech", "[]")))
         return ev
 
     @rpc
@@ -343,7 +355,7 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
     def _evidence(hits, keyframes, ranks) -> list:
         return [qa_pb2.Evidence(chunk_id=h.chunk.chunk_id, start_s=h.chunk.start_s, end_s=h.chunk.end_s,
                                 score=h.score, keyframe_s=qa.evidence_frame_s(h), keyframe_jpeg=jpg, rank=rank,
-                                on_screen_text=h.chunk.text, labels=h.chunk.labels,
+                                on_screen_text=h.chunk.text, labels=h.chunk.labels, speech=speech_msgs(h.chunk),
                                 signals=[qa_pb2.SignalScore(signal=x.name, rank=x.rank, score=x.score)
                                          for x in h.signals])
                 for h, jpg, rank in zip(hits, keyframes, ranks)]
@@ -409,7 +421,7 @@ class QAServicer(qa_pb2_grpc.QAServiceServicer):
                     summary=item.text, on_screen_text=list(item.on_screen), chunks=item.chunks,
                     evidence=[qa_pb2.Evidence(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s,
                                               keyframe_s=c.keyframe_s, keyframe_jpeg=jpg, on_screen_text=c.text,
-                                              labels=c.labels)
+                                              labels=c.labels, speech=speech_msgs(c))
                               for c, jpg in zip(item.read, item.keyframes)]), **mark)
             else:
                 yield qa_pb2.SummarizeResponse(done=qa_pb2.SummaryDone(

@@ -10,6 +10,7 @@ write again (chunk writes are idempotent), so an outage delays a stream, never f
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -35,6 +36,9 @@ from services.config import Reader
 from services.errors import STORE_FULL as STORE_FULL_MESSAGE
 from services.paths import MediaFile
 from services.runtime import Runtime
+from encoders.signals import Signal
+from services.transcripts import SpeechFeed
+from streamer.audio import AudioBuffer
 from streamer.backpressure import FrameQueue
 from streamer.errors import SourceError
 from streamer.redact import redact_text
@@ -151,6 +155,41 @@ class StreamWorker:
         self._last_state: StreamState | None = rec.state if resume is not None else None  # for the log lines
         self._who: str | None = None  # "stream <id> (camera 'gate')", once known
         self.name: str | None = None  # the camera's or push's name, for the log lines (the manager sets it)
+        self.audio, self.speech = self._speech_parts()  # the audio track and its speech thread (None: no speech)
+        self._source_ended = False  # the source's end was seen: the last clip takes all the audio left
+
+    # ---- speech (the audio track; services/transcripts.py) ----------------------------------------
+    def _speech_parts(self) -> tuple[AudioBuffer | None, SpeechFeed | None]:
+        """An audio buffer for the decoder and a speech thread, when this process transcribes and the source can
+        carry audio (decord reads video only)."""
+        t, opts = self.rt.transcriber, self.rt.settings.speech
+        if t is None or (self.plan.kind == SourceKind.FILE and self.plan.reader == Reader.DECORD):
+            return None, None
+        buf = AudioBuffer(opts.buffer_s)
+        return buf, SpeechFeed(t, buf, opts, self.plan.live, self.rec.stream_id)
+
+    def _said(self, clip: Clip) -> tuple:
+        """The clip's transcript ((start_s, end_s, text), ...), waited for on the speech thread (() without speech)."""
+        if self.speech is None:
+            return ()
+        end = float("inf") if self._source_ended else clip.end_s
+        return tuple((s.start_s, s.end_s, s.text) for s in self.speech.until(end, self.ending))
+
+    def _transcript_event(self, record: ChunkRecord) -> None:
+        """WatchStream's KIND_TRANSCRIPT for a live stream's chunk with speech: [[start_s, end_s, text, wall], ...]."""
+        if not record.speech or not self.plan.live:
+            return
+        wall = record.wall_start
+        said = [[a, b, t, (wall + (a - record.start_s)) if wall else 0.0] for a, b, t in record.speech]
+        self._durable(self.rt.store.event, self.rec.stream_id, "transcript", speech=json.dumps(said),
+                      message=record.said[:500])
+
+    def _speech_vector(self, said: tuple) -> dict:
+        """The "speech" vector of a transcript, for the chunk's frame-index vectors ({} when nothing was said)."""
+        if not said or self.rt.transcriber is None:
+            return {}
+        v = self.rt.transcriber.embed(" ".join(t for _, _, t in said))
+        return {Signal.SPEECH: v} if v is not None else {}
 
     # ---- decode side (its own thread) -------------------------------------------------------
     def _decoded(self):
@@ -160,11 +199,11 @@ class StreamWorker:
         if p.kind == SourceKind.LIVE:
             opts: LiveOptions = self.rt.settings.live
             resume = (r.after_s, r.last_wall_s or time.time()) if r else None
-            yield from LiveSource(p.url, opts, resume=resume).events(self.ending)
+            yield from LiveSource(p.url, opts, resume=resume, audio=self.audio).events(self.ending)
             return
         if p.kind == SourceKind.PUSH:
             with AvSource(p.feed, self.rec.source, format=p.format) as src:  # source reads "push:<name>"
-                for f in src.frames():
+                for f in src.frames(audio=self.audio):
                     yield DecodedFrame(f.time_s, f.frame, time.time()) if p.live else f
             return
         if p.reader == Reader.DECORD:
@@ -174,7 +213,7 @@ class StreamWorker:
                 yield from src.frames(self.rec.fps, after_s=after)
             return
         with FileSource(p.file.open_path, name=p.file.name) as src:
-            yield from src.frames(after_s=after)
+            yield from src.frames(after_s=after, audio=self.audio)
 
     def _decode_and_close(self) -> None:
         """The decode thread: the file's descriptor is closed only here, once nothing can open its
@@ -199,6 +238,9 @@ class StreamWorker:
         except BaseException as exc:  # handed to the encode side, which records it
             q.put(exc, ending)
             return
+        finally:
+            if self.audio is not None:  # the speech thread transcribes what is left
+                self.audio.close()
         q.put(_End(), ending)
 
     # ---- the store, through outages --------------------------------------------------------
@@ -275,6 +317,8 @@ class StreamWorker:
             try:
                 mem = self._memory()
                 decoder = threading.Thread(target=self._decode_and_close, name=f"decode-{sid}", daemon=True)
+                if self.speech is not None:
+                    self.speech.start()
                 decoder.start()
                 self._decoding = True
                 if self.plan.kind != SourceKind.LIVE:
@@ -310,6 +354,8 @@ class StreamWorker:
         finally:
             if self._describer is not None:
                 self._describer.shutdown(wait=True)
+            if self.speech is not None:
+                self.speech.stop()
             rt.resident.release(sid)  # the copy stays for questions until space is needed
             if not self.controls.ending.is_set():
                 self.controls.stop()
@@ -378,6 +424,7 @@ class StreamWorker:
                 if (clip := builder.push(item)) is not None:
                     self._store(clip, mem)
             elif isinstance(item, _End):
+                self._source_ended = True
                 break
             elif isinstance(item, Connected):
                 back = self._durable(store.get_stream, sid).state == StreamState.RECONNECTING  # after an outage
@@ -426,9 +473,11 @@ class StreamWorker:
                 and describer.fingerprint == self.rec.frames_fingerprint):
             described = self._describe_pool().submit(describer.describe, list(clip.frames), keyframe=key,
                                                      memo=self.describe_memo)
+        said = self._said(clip)  # what was said (its own thread transcribed it while the video went on)
         # batched with other streams' ready clips (services/scheduler.py); the result stays on the model's device
         enc = rt.encoder.encode(ClipRequest(clip.frames, self.rec.fps, clip.start_s, clip.end_s,
-                                            context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys),
+                                            context(mem.prefix, mem.state), key_rows=self.memory.retrieval_keys,
+                                            speech=" ".join(t for _, _, t in said)),
                                 stream=self.rec.stream_id)
         t0 = time.perf_counter()  # timed around the step (metrics), never inside it
         done = step(mem.prefix, mem.state, enc, novelty, self.memory)
@@ -448,7 +497,9 @@ class StreamWorker:
             static=round(clip.static, 4), span_start=done.span[0], span_end=done.span[1],
             text=" | ".join(desc.text.splitlines()) if desc else "",
             labels=", ".join(f"{name} ({p:.2f})" for name, p in desc.labels) if desc else "", text_frame_s=text_s,
+            speech=said,
         )
+        dense = {**(dict(desc.vectors) if desc else {}), **self._speech_vector(said)}
         d = clip.checkpoint
         checkpoint = Checkpoint(next_clip=clip.index + 1, after_s=clip.times[-1], frames_total=self.frames_total,
                                 last_wall_s=clip.wall_end, next_tick=d.next_tick if d else None,
@@ -461,13 +512,14 @@ class StreamWorker:
         snapshot = isinstance(working, WorkingState)
         self._put_chunk(rt.store.prepare_chunk(
             sid, record, done.chunk, enc.segment.retrieval, jpeg(clip.frames[key]), self.frames_total,
-            fence=self.fence, dense=dict(desc.vectors) if desc else None, working=working, int8=self.memory.kv_int8,
+            fence=self.fence, dense=dense or None, working=working, int8=self.memory.kv_int8,
             checkpoint=checkpoint, detector_state=d.detector if d else b"",
             progress=IngestProgress(self.queue.dropped, lag), counters=done.state, text_jpeg=text_jpeg))
         mem.since_snapshot = 0 if snapshot else mem.since_snapshot + 1
         mem.state, mem.version = done.state, clip.index  # only once stored: what resumes is what ingest continues from
         rt.resident.publish(sid, mem.prefix, done.state, clip.index)
-        self.alerts.on_chunk(record, desc.vectors if desc else None)
+        self.alerts.on_chunk(record, dense or None)
+        self._transcript_event(record)
         self._durable(rt.store.enforce_retention, sid, Retention.of(self.memory), fence=self.fence)
 
     def _put_chunk(self, w: ChunkWrite) -> None:

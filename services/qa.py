@@ -159,7 +159,12 @@ def search_options(rt: Runtime, signals: list[str]) -> SearchOptions:
         raise InvalidRequest(f"unknown retrieval signal(s) {shown}; known: {[str(x) for x in SIGNALS]}")
     asked = [Signal(x) for x in signals]
     produced = set(rt.describer.signals) if rt.describer is not None else set()
+    if rt.transcriber is not None and rt.transcriber.searchable:
+        produced.add(Signal.SPEECH)
     missing = [x for x in asked if x.frame_index and x not in produced]
+    if missing == [Signal.SPEECH]:
+        raise NotReady("this server has no speech signal (speech recognition is off or its packages are missing; "
+                       "see VIGIL_SPEECH__*)")
     if missing:
         raise NotReady(f"this server has no {', '.join(missing)} signal (frame index: "
                        f"{'off' if rt.describer is None else ', '.join(rt.describer.signals)}; see VIGIL_FRAMES__*)")
@@ -354,6 +359,8 @@ def question_query(rt: Runtime, question: str, example: np.ndarray | None, frame
     same = rt.describer is not None and frames_fingerprint in ("", rt.describer.fingerprint)
     if same:
         dense = rt.describer.embed_query(question) if example is None else dict(rt.describer.describe([example]).vectors)
+    if example is None and rt.transcriber is not None:  # what was said, searched like on-screen text
+        dense.update(rt.transcriber.embed_query(question))
     return Query(keys, dense)
 
 

@@ -52,8 +52,9 @@ def _https(s: Settings) -> dict:
 class VigilServer:
     """One process: optional private Redis, the model, the runtime, and the gRPC server."""
 
-    def __init__(self, settings: Settings, adapter=None, describer=None) -> None:
-        """`adapter`, `describer`: already loaded models to share (None: load them from the settings)."""
+    def __init__(self, settings: Settings, adapter=None, describer=None, transcriber=None) -> None:
+        """`adapter`, `describer`, `transcriber`: already loaded models to share (None: load them from the settings)."""
+        self._transcriber = transcriber
         self.settings = settings
         self._adapter = adapter
         self._describer = describer
@@ -98,7 +99,8 @@ class VigilServer:
             url = self.redis.url
             log.info("started a private redis-server at %s", url)
         describer = self._describer if s.frames.enabled else None
-        self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer)
+        transcriber = self._transcriber if s.speech.enabled else None
+        self.rt = await asyncio.to_thread(Runtime.create, s, adapter, url, describer, transcriber)
         self.rt.metrics.watch(self.rt.store, role=str(s.role), model=adapter.spec.name,
                               device=str(getattr(adapter, "device", "")))
         if s.role.ingests:  # the cameras' alert rules, before any worker (adopted or new) runs

@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 import av
 
+from streamer.audio import AudioBuffer, AudioChunk, Resampler
 from streamer.errors import NotAVideo, SourceError, SourceTimeout, SourceUnavailable, UnsupportedCodec
 from streamer.gap import Gap  # re-exported: the one gap type (streamer/gap.py)
 from streamer.redact import redact_text, redact_url  # redact_url: re-exported (it lived here)
@@ -278,6 +279,8 @@ class _Connection:
             if not self.container.streams.video:
                 raise NotAVideo(f"{self.where}: the RTSP stream has no video")
             self.stream = self.container.streams.video[0]
+            self.audio = next((a for a in self.container.streams.audio
+                               if a.codec_context is not None and a.codec_context.codec.name), None)
             ctx = self.stream.codec_context
             if ctx is None or not ctx.codec.name:
                 raise UnsupportedCodec(f"{self.where}: no decoder for the stream's video codec")
@@ -312,13 +315,23 @@ class _Connection:
             except Exception:  # closing a dead session must never hide the real problem
                 pass
 
-    def frames(self, stop: threading.Event) -> Iterator[tuple[av.VideoFrame, float]]:
-        """(frame, wall time received) until stop is set; returns the reason the stream ended."""
+    def frames(self, stop: threading.Event, audio: bool = False) -> Iterator[tuple[av.VideoFrame, float]]:
+        """(frame, wall time received) until stop is set; returns the reason the stream ended. With `audio` and
+        an audio track, its decoded frames (av.AudioFrame) come interleaved; a bad audio packet is skipped."""
         bad = 0
+        streams = (self.stream, self.audio) if audio and self.audio is not None else (self.stream,)
         try:
-            for packet in self.container.demux(self.stream):
+            for packet in self.container.demux(*streams):
                 if stop.is_set():
                     return "stopped"
+                if packet.stream is not self.stream:
+                    try:
+                        heard = packet.decode()
+                    except av.error.FFmpegError:
+                        continue
+                    for frame in heard:
+                        yield frame, time.time()
+                    continue
                 try:
                     decoded = self.stream.decode(packet)
                     bad = 0
@@ -373,7 +386,9 @@ class LiveSource:
     """A live RTSP stream that reconnects forever (or until give_up_after_s) on one stream clock."""
 
     def __init__(self, url: str, opts: LiveOptions, resume: tuple[float, float] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, audio: AudioBuffer | None = None) -> None:
+        """`audio`: where the camera's audio track goes (16 kHz mono on the stream clock; never blocks)."""
+        self.audio = audio
         if not is_live_url(url):
             raise SourceUnavailable(f"{redact_url(url)}: not an rtsp:// or rtsps:// URL")
         self.url = url
@@ -438,13 +453,25 @@ class LiveSource:
                 self.info = conn.info
                 yield Connected(attempt=attempt, info=conn.info, wall_s=time.time())
                 clock = _ConnectionClock(conn.info.avg_fps)
-                frames = conn.frames(stop)
+                hearing = self.audio is not None and conn.audio is not None
+                if self.audio is not None:
+                    self.audio.set_has_audio(hearing)
+                resample = Resampler() if hearing else None
+                frames = conn.frames(stop, audio=hearing)
                 while True:
                     try:
                         frame, wall = next(frames)
                     except StopIteration as end:
                         reason = end.value or "end of stream"
                         break
+                    if isinstance(frame, av.AudioFrame):
+                        # on the video's clock: its pts against the connection's pts origin (audio before the
+                        # first timed video frame has no place on the clock yet and is dropped)
+                        if frame.time is not None and clock.pts_origin is not None:
+                            t = clock.base + (frame.time - clock.pts_origin)
+                            if t >= clock.base - 1.0:
+                                self.audio.put(AudioChunk(max(t, 0.0), resample(frame), wall))
+                        continue
                     t, gap = self._stamp(clock, frame, wall, conn.opened_wall)
                     if gap is not None:
                         yield gap
@@ -453,6 +480,8 @@ class LiveSource:
                         attempt, failures = 1, 0
                     since = wall
                     self._frames_seen += 1
+                    if self.audio is not None:
+                        self.audio.video_at(t)
                     yield DecodedFrame(t, frame, wall)
             finally:
                 if frames is not None:

@@ -12,6 +12,7 @@ from av.video.reformatter import VideoReformatter
 import numpy as np
 from PIL import Image
 
+from streamer.audio import RATE, AudioBuffer, AudioChunk, Resampler
 from streamer.errors import CorruptVideo, NotAVideo, SourceNotFound, UnsupportedCodec
 
 
@@ -102,29 +103,82 @@ class AvSource:
     def close(self) -> None:
         self._container.close()
 
-    def frames(self, after_s: float | None = None) -> Iterator[DecodedFrame]:
+    @property
+    def audio_stream(self):
+        """The container's first audio stream with a decoder (None: no audio track)."""
+        for a in self._container.streams.audio:
+            if a.codec_context is not None and a.codec_context.codec.name:
+                return a
+        return None
+
+    def _decode(self, audio_stream):
+        """Video frames in decode order; with `audio_stream`, its audio frames interleaved as they are demuxed."""
+        if audio_stream is None:
+            yield from self._container.decode(self._stream)
+            return
+        for packet in self._container.demux(self._stream, audio_stream):
+            if packet.stream is audio_stream:
+                try:
+                    yield from packet.decode()
+                except av.error.FFmpegError:  # a damaged audio packet never stops the video
+                    continue
+            else:
+                yield from packet.decode()
+
+    def frames(self, after_s: float | None = None, audio: AudioBuffer | None = None) -> Iterator[DecodedFrame]:
         """Decoded frames in presentation order, media time from the first frame.
 
         Missing timestamps are derived from the frame rate. `after_s` skips every frame at or
         before that media time (resuming after a checkpoint): a seekable, timestamped file is
         sought to a keyframe shortly before it; anything else is decoded from the start.
+
+        `audio`: where the audio track goes (16 kHz mono, `streamer.audio`), timed on the same clock as the
+        video (audio pts minus the first video frame's pts); without one, or without an audio track, only the
+        video is demuxed, exactly as before.
         """
         step = 1.0 / (self.info.avg_fps or 25.0)
         start: float | None = None
         last = -step
+        astream = self.audio_stream if audio is not None else None
+        if audio is not None:
+            audio.set_has_audio(astream is not None)
+        resample = Resampler() if astream is not None else None
+        early: list = []  # audio frames demuxed before the first timed video frame fixed the clock's origin
+
+        def hear(frame) -> None:
+            if frame.time is None:
+                return
+            if start is None:
+                if len(early) < 500:
+                    early.append(frame)
+                return
+            for f in early + [frame]:
+                t = f.time - start
+                samples = resample(f)
+                if after_s is not None and t + len(samples) / RATE <= after_s:
+                    continue
+                audio.put(AudioChunk(t, samples))
+            early.clear()
+
         try:
-            decoded = self._container.decode(self._stream)
+            decoded = self._decode(astream)
             if after_s is not None and after_s > 2.0:
-                first = next(decoded, None)
+                first, heard = next(decoded, None), []
+                while isinstance(first, av.AudioFrame):  # the audio demuxed before the first video frame
+                    heard.append(first)
+                    first = next(decoded, None)
                 if first is not None and first.time is not None and self._seekable():
                     start = first.time
                     target = start + after_s - 2.0  # a margin for keyframes and reordered frames
                     self._container.seek(int(target / self._stream.time_base), stream=self._stream, backward=True)
-                    decoded = self._container.decode(self._stream)
+                    decoded = self._decode(astream)
                     last = after_s  # every frame after a seek is timed; times below after_s are skipped
                 elif first is not None:
-                    decoded = itertools.chain([first], decoded)
+                    decoded = itertools.chain(heard, [first], decoded)
             for frame in decoded:
+                if isinstance(frame, av.AudioFrame):
+                    hear(frame)
+                    continue
                 if frame.time is None:  # no timestamp: one frame period after the last one
                     t = last + step
                 else:
@@ -136,6 +190,8 @@ class AvSource:
                 if after_s is not None and t <= after_s:
                     continue
                 last = t
+                if audio is not None:
+                    audio.video_at(t)
                 yield DecodedFrame(t, frame)
         except (av.error.FFmpegError, OSError) as exc:
             detail = getattr(exc, "strerror", None) or exc

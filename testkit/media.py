@@ -283,3 +283,61 @@ def clock_captions(seconds: float, *, start_s: float = 0.0, position: str = "top
 
 
 __all__ += ["clock_captions"]
+
+# ---------------------------------------------------------------------------
+# Footage with speech (espeak-ng) mixed in at known times
+# ---------------------------------------------------------------------------
+
+_SPOKEN_VERSION = 1  # bump when spoken_footage's output changes
+
+
+def espeak_wav(text: str, path: Path, voice: str = "en-us", speed: int = 150) -> Path:
+    """``text`` spoken by espeak-ng (Debian package ``espeak-ng``) into a WAV file."""
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return path
+
+
+def spoken_footage(utterances, seconds: float, fmt: str = "mp4", fps: int = 10, scenes: int = 3,
+                   size: tuple[int, int] = (160, 120), audio: bool = True) -> Path:
+    """A synthetic H.264 video (`synthetic_video`, scenes of solid colour) of ``seconds`` with an AAC track (mono,
+    44.1 kHz) holding each ``(start_s, text)`` of ``utterances`` spoken by espeak-ng
+    at that time over a faint noise floor; ``fmt`` "mp4" or "mpegts"; ``audio=False``: the same video, no track.
+    Cached in ``cache_dir()/spoken`` under a hash of the arguments (`shared_file`: made once, renamed in)."""
+    utterances = [(float(t), str(x)) for t, x in utterances]
+    key = json.dumps({"v": _SPOKEN_VERSION, "u": utterances, "s": seconds, "fmt": fmt, "fps": fps, "scenes": scenes,
+                      "size": list(size), "audio": audio}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    ext = "ts" if fmt == "mpegts" else "mp4"
+    dst = cache_dir() / "spoken" / f"spoken-{digest}.{ext}"
+
+    def make(tmp: Path) -> None:
+        with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".spoken-") as work:
+            work = Path(work)
+            video = synthetic_video(work / "v.mp4", seconds=seconds, fps=fps, size=size, scenes=scenes)
+            cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(video)]
+            if not audio:
+                cmd += ["-map", "0:v", "-c:v", "libx264", "-preset", "veryfast", "-g", str(fps * 2),
+                        "-pix_fmt", "yuv420p", "-f", fmt, str(tmp)]
+                subprocess.run(cmd, check=True)
+                return
+            # a faint noise floor under the voices (a silent track is no test of the voice-activity filter)
+            cmd += ["-f", "lavfi", "-t", str(seconds), "-i", "anoisesrc=color=pink:amplitude=0.003:sample_rate=44100"]
+            chains, labels = [], ["[1:a]"]
+            for i, (t, text) in enumerate(utterances):
+                wav = espeak_wav(text, work / f"u{i}.wav")
+                cmd += ["-i", str(wav)]
+                ms = int(round(t * 1000))
+                chains.append(f"[{i + 2}:a]aresample=44100,adelay={ms}|{ms}[u{i}]")
+                labels.append(f"[u{i}]")
+            mix = f"{''.join(labels)}amix=inputs={len(labels)}:normalize=0:duration=first,atrim=0:{seconds}[a]"
+            cmd += ["-filter_complex", ";".join(chains + [mix]), "-map", "0:v", "-map", "[a]",
+                    "-c:v", "libx264", "-preset", "veryfast", "-g", str(fps * 2), "-pix_fmt", "yuv420p",
+                    "-c:a", "aac", "-ac", "1", "-ar", "44100", "-b:a", "64k", "-t", str(seconds), "-f", fmt, str(tmp)]
+            subprocess.run(cmd, check=True)
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    return shared_file(dst, make)
+
+
+__all__ += ["espeak_wav", "spoken_footage"]

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""A real RTSP server for tests: serves an H.264 mp4 as it is (no re-encoding), at real-time pace.
+"""A real RTSP server for tests: serves an H.264 mp4 as it is (no re-encoding), at real-time pace, with its AAC
+audio track beside the video when it has one (``appsrc ! aacparse ! rtpmp4gpay pt=97 name=pay1``).
 
 Run it with the SYSTEM python (PyGObject and the GStreamer RTSP server bindings are Debian
 packages, not in the venv):
@@ -37,6 +38,25 @@ class Clip:
     caps: Gst.Caps
     buffers: list  # Gst.Buffer, one H.264 access unit each, in decoding order
     period_ns: int  # how far the timestamps move on per loop
+
+
+def read_audio(path: Path, period_ns: int) -> Clip | None:
+    """The file's AAC audio frames as parsed (not decoded), looping with the video's period; None: no AAC track."""
+    pipe = Gst.parse_launch(
+        "filesrc name=src ! qtdemux name=d d.audio_0 ! aacparse ! audio/mpeg ! appsink name=sink sync=false"
+    )
+    pipe.get_by_name("src").set_property("location", str(path))
+    sink = pipe.get_by_name("sink")
+    pipe.set_state(Gst.State.PLAYING)
+    buffers, caps = [], None
+    while True:
+        sample = sink.emit("try-pull-sample", 2 * Gst.SECOND)
+        if sample is None:
+            break
+        caps = caps or sample.get_caps()
+        buffers.append(sample.get_buffer())
+    pipe.set_state(Gst.State.NULL)
+    return Clip(caps=caps, buffers=buffers, period_ns=period_ns) if buffers and caps is not None else None
 
 
 def read_clip(path: Path) -> Clip:
@@ -126,19 +146,25 @@ def main(argv: list[str] | None = None) -> int:
 
     Gst.init(None)
     clip = read_clip(path)
+    audio = read_audio(path, clip.period_ns)  # served beside the video when the file has an AAC track
 
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch("( appsrc name=src ! h264parse ! rtph264pay pt=96 config-interval=-1 name=pay0 )")
+    launch = "appsrc name=src ! h264parse ! rtph264pay pt=96 config-interval=-1 name=pay0"
+    if audio is not None:
+        launch += " appsrc name=asrc ! aacparse ! rtpmp4gpay pt=97 name=pay1"
+    factory.set_launch(f"( {launch} )")
     factory.set_shared(False)  # every client gets its own pipeline from the start of the file
     feeders: dict[int, Feeder] = {}
 
     def on_configure(_factory, media):
         feeder = Feeder(media.get_element().get_by_name("src"), clip, args.loop)
         feeders[id(media)] = feeder
-        media.connect("unprepared", lambda m: feeders.pop(id(m), None))
+        if audio is not None:
+            feeders[id(media) + 1] = Feeder(media.get_element().get_by_name("asrc"), audio, args.loop)
+        media.connect("unprepared", lambda m: (feeders.pop(id(m), None), feeders.pop(id(m) + 1, None)))
 
     factory.connect("media-configure", on_configure)
     server.get_mount_points().add_factory(mount, factory)

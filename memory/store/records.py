@@ -158,9 +158,17 @@ class ChunkRecord:
     text: str = ""  # text read on screen (OCR), lines joined with " | "
     labels: str = ""  # top image labels of the keyframe, "name (p), ..."
     text_frame_s: float | None = None  # media time of the stored text frame (the text read where the keyframe lacks it)
+    # what was said (encoders.speech): ((start_s, end_s, text), ...) on the media clock, in time order
+    speech: tuple[tuple[float, float, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", ChunkEncoding(self.format))  # read from JSON as its value
+        object.__setattr__(self, "speech", tuple((float(a), float(b), str(t)) for a, b, t in self.speech))
+
+    @property
+    def said(self) -> str:
+        """The chunk's transcript, segments in time order joined with " | " ("" if nothing was said)."""
+        return " | ".join(t for _, _, t in self.speech)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,8 @@ class StreamAlerts:
             return
         facts = R.ChunkFacts(chunk_id=record.chunk_id, start_s=record.start_s, end_s=record.end_s,
                              keyframe_s=record.keyframe_s, text=record.text, cuts=record.cuts,
-                             wall_start=record.wall_start, wall_end=record.wall_end, vectors=dict(vectors or {}))
+                             wall_start=record.wall_start, wall_end=record.wall_end, vectors=dict(vectors or {}),
+                             speech=record.said)
         self._last_media_s = record.end_s
         self._apply(facts)
 

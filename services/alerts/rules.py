@@ -10,6 +10,8 @@ Kinds (`Rule.kind`, a `RuleKind`):
 * ``query``: the query's frame-index vectors (embedded once, `encoders.describe.FrameDescriber.embed_query`)
   against the chunk's (`d:ocr`, `d:labels`, `d:image`): the best cosine over the signals both have must reach
   `min_score`.
+* ``spoken``: what was said in the chunk (its transcript, `encoders.speech`) contains `text`, with the same
+  tolerance as ``on_screen_text`` (recognition slips: "dock for" meets "dock four" at 0.89).
 * ``cuts``: scene cuts per minute over a sliding window of media time (`window_s`, the chunks whose end lies
   within the last `window_s` seconds; the rate is cuts / window minutes, so a stream's first minute is not
   inflated) reaches `cuts_per_minute`.
@@ -38,6 +40,7 @@ class RuleKind(StrEnum):
     QUERY = "query"
     CUTS = "cuts"
     FEED = "feed"
+    SPOKEN = "spoken"
 
     @property
     def frame_index(self) -> bool:
@@ -64,7 +67,7 @@ class Rule:
     """One standing rule of a camera. `kind` says which condition fields apply (see the module docstring)."""
     name: str
     kind: RuleKind
-    text: str = ""  # on_screen_text
+    text: str = ""  # on_screen_text, spoken
     min_similarity: float = MIN_SIMILARITY
     query: str = ""  # query
     min_score: float = MIN_SCORE
@@ -79,8 +82,8 @@ class Rule:
         if self.kind not in tuple(RuleKind):
             raise ValueError(f"rule {self.name!r}: unknown kind {self.kind!r}; known: {', '.join(RuleKind)}")
         object.__setattr__(self, "kind", RuleKind(self.kind))
-        if self.kind == RuleKind.ON_SCREEN_TEXT and not normalise(self.text):
-            raise ValueError(f"rule {self.name!r}: on_screen_text has no letters or digits")
+        if self.kind in (RuleKind.ON_SCREEN_TEXT, RuleKind.SPOKEN) and not normalise(self.text):
+            raise ValueError(f"rule {self.name!r}: {self.kind} has no letters or digits")
         if self.kind == RuleKind.FEED:
             if self.feed not in tuple(FeedChange):
                 raise ValueError(f"rule {self.name!r}: feed must be 'down' or 'up'")
@@ -101,6 +104,7 @@ class ChunkFacts:
     wall_start: float | None = None
     wall_end: float | None = None
     vectors: Mapping[Signal, np.ndarray] = field(default_factory=dict)  # frame-index signal -> unit vector
+    speech: str = ""  # what was said (the transcript), segments joined with " | "
 
 
 @dataclass(frozen=True)
@@ -216,10 +220,13 @@ def evaluate_chunk(rule: Rule, state: RuleState, facts: ChunkFacts,
     if rule.kind == RuleKind.ON_SCREEN_TEXT:
         score = text_similarity(rule.text, facts.text) if facts.text else 0.0
         hit, matched = score >= rule.min_similarity, facts.text
+    elif rule.kind == RuleKind.SPOKEN:
+        score = text_similarity(rule.text, facts.speech) if facts.speech else 0.0
+        hit, matched, signal = score >= rule.min_similarity, facts.speech, Signal.SPEECH
     elif rule.kind == RuleKind.QUERY:
         score, signal = query_score(query_vectors or {}, facts.vectors)
         hit = signal is not None and score >= rule.min_score
-        matched = facts.text if signal == Signal.OCR else rule.query
+        matched = facts.text if signal == Signal.OCR else facts.speech if signal == Signal.SPEECH else rule.query
     else:  # cuts
         lo = facts.end_s - rule.window_s
         window = tuple(w for w in state.window if w[0] > lo) + ((facts.end_s, int(facts.cuts)),)

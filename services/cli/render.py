@@ -69,6 +69,8 @@ def print_answer(resp, keyframes_dir: Path | None, answer_shown: bool = False) -
                 f"  found by {_signals_line(e) or '-'}")
         if e.on_screen_text:
             line += f"\n        on screen: {e.on_screen_text!r}"
+        for s in e.speech:
+            line += f"\n        said @ {s.start_s:.1f}s: {s.text!r}"
         if keyframes_dir and e.keyframe_jpeg:
             line += f"  -> {write_keyframe(keyframes_dir, e.chunk_id, e.keyframe_jpeg)}"
         print(line)

@@ -28,7 +28,7 @@ from memory.store import ChunkRecord, Gap, StreamRecord
 from services import alerts, qa, summarize
 from services.client import as_json
 from services.errors import InvalidRequest, NotServedHere, public_message, status_for
-from services.grpc_api import MAX_GAPS_SHOWN, QAServicer, alert_msg, gap_msg, stream_id, stream_info
+from services.grpc_api import MAX_GAPS_SHOWN, QAServicer, alert_msg, gap_msg, speech_msgs, stream_id, stream_info
 from services.metrics import STORE_DOWN
 from services.runtime import Runtime
 from services.streaming import worker_stream
@@ -92,7 +92,8 @@ def chunk_json(sid: str, c: ChunkRecord) -> dict:
                 wall_start_unix=c.wall_start, wall_end_unix=c.wall_end, keyframe_url=keyframe_url(sid, c.chunk_id),
                 scene_cuts=c.cuts, on_screen_text=c.text, labels=c.labels, novelty=c.novelty, frames=c.frames,
                 tokens=c.tokens, bytes=c.bytes, level=c.level, text_frame_s=c.text_frame_s,
-                text_frame_url=keyframe_url(sid, c.chunk_id, True) if c.text_frame_s is not None else None)
+                text_frame_url=keyframe_url(sid, c.chunk_id, True) if c.text_frame_s is not None else None,
+                speech=[as_json(m) for m in speech_msgs(c)])
 
 
 def gap_json(g: Gap) -> dict:
@@ -120,7 +121,7 @@ def segment_msg(s: summarize.SegmentSummary) -> qa_pb2.SummarySegment:
         index=s.index, segments=s.segments, start_s=s.start_s, end_s=s.end_s, summary=s.text,
         on_screen_text=list(s.on_screen), chunks=s.chunks,
         evidence=[qa_pb2.Evidence(chunk_id=c.chunk_id, start_s=c.start_s, end_s=c.end_s, keyframe_s=c.keyframe_s,
-                                  keyframe_jpeg=jpg, on_screen_text=c.text, labels=c.labels)
+                                  keyframe_jpeg=jpg, on_screen_text=c.text, labels=c.labels, speech=speech_msgs(c))
                   for c, jpg in zip(s.read, s.keyframes)])
 
 

@@ -280,3 +280,29 @@ def check_needles_found_by_example(ad, store: MemoryStore, sid: str, top_k: int 
         hits = index.search(Query(keys=ad.example_keys(needle_frame(kind, seed=999))), top_k)
         spans = [(h.chunk.start_s, h.chunk.end_s) for h in hits]
         assert any(a < start + 4 and b > start for a, b in spans), (kind, spans)
+
+
+SPOKEN = "Attention please, the white truck has arrived at dock four."
+
+
+def check_clip_with_speech_kv_equals_forward(ad) -> None:
+    """A clip with a transcript (`ClipRequest.speech`): its text tokens follow the clip's visual tokens in the
+    block, and the block's KV equals the model's own forward over prefix + clip + "Said: <transcript>\\n"."""
+    from encoders.base import ClipRequest
+
+    frames = clips(1)[0]
+    prefix = ad.encode_prefix()
+    plain = ad.ingest_clip(frames, FPS, 0.0, CLIP_S, prefix)
+    enc = ad.ingest_clips([ad.prepare_clip(ClipRequest(frames, FPS, 0.0, CLIP_S, prefix, speech=SPOKEN))])[0]
+    said = ad._speech_ids(SPOKEN)
+    assert said and enc.segment.length == plain.segment.length + len(said)  # the transcript's tokens are in it
+    ids, vision = stream_inputs(ad, [frames])
+    x = torch.tensor([ids + said])
+    cache = DynamicCache(config=ad.model.config)
+    with torch.inference_mode():
+        ad.model.model(input_ids=x, cache=cache, use_cache=True, **vision(x))
+    full = torch.stack([layer.keys[0, :, prefix.length:] for layer in cache.layers])  # [L, Hkv, S, D]
+    torch.testing.assert_close(enc.segment.keys.cpu(), full, rtol=0, atol=1e-5)
+    vals = torch.stack([layer.values[0, :, prefix.length:] for layer in cache.layers])
+    torch.testing.assert_close(enc.segment.values.cpu(), vals, rtol=0, atol=1e-5)
+    assert ad.tok.decode(said).strip().endswith("dock four.")

@@ -85,6 +85,11 @@ def test_clip_kv_equals_the_models_own_forward_and_features_prefill_back(ov):
     fc.check_clip_kv_equals_forward(ov)
 
 
+def test_clip_with_a_transcript_kv_equals_the_models_own_forward(ov):
+    """What was said during the clip follows its visual tokens as text tokens (issue 24)."""
+    fc.check_clip_with_speech_kv_equals_forward(ov)
+
+
 def test_fixed_budget_stream_keeps_its_invariants(ov, store):
     fc.check_fixed_budget(ov, store, "ovbudget")
 

@@ -52,6 +52,11 @@ def test_clip_kv_equals_the_models_own_forward_and_features_prefill_back(q3):
     fc.check_clip_kv_equals_forward(q3)
 
 
+def test_clip_with_a_transcript_kv_equals_the_models_own_forward(q3):
+    """What was said during the clip follows its visual tokens as text tokens (issue 24)."""
+    fc.check_clip_with_speech_kv_equals_forward(q3)
+
+
 def test_fixed_budget_stream_keeps_its_invariants(q3, store):
     fc.check_fixed_budget(q3, store, "q3budget")
 

@@ -141,6 +141,7 @@ function render() {
       style: `left:${x(c.start_s) + 1}px;width:${w}px`, title: label, "aria-label": label,
       onclick: () => showKeyframe(c) }, img));
     if (c.scene_cuts > 0) lanes.push(el("span", { class: "cut", style: `left:${x(c.start_s)}px`, title: `scene cut near ${fmt(c.start_s)}` }));
+    for (const s of c.speech || []) lanes.push(speechMark(s));
   }
   for (const g of state.gaps) {
     const gEnd = g.end_s ?? end;
@@ -158,6 +159,14 @@ function render() {
   $("lanes").replaceChildren(...lanes);
   drawBrush(); drawCursor(); drawSearched();
   renderSide();
+}
+
+// what was said: a bar under the thumbnails over each transcribed segment, its text as the label
+function speechMark(s) {
+  const text = `said at ${fmt(s.start_s)}: ${s.text}` + (s.wall_start_unix ? ` (${wall(s.wall_start_unix)})` : "");
+  return el("button", { type: "button", class: "speech", "data-start": s.start_s, "data-end": s.end_s, title: text,
+    "aria-label": text, style: `left:${x(s.start_s)}px;width:${Math.max(6, x(s.end_s) - x(s.start_s))}px`,
+    onclick: () => scrollToTime(s.start_s), text: s.text });
 }
 
 function renderSide() {
@@ -178,7 +187,8 @@ function showKeyframe(c) {
   $("viewer-img").alt = `${text ? "frame with the on-screen text" : "keyframe"} of chunk ${c.chunk_id}`;
   $("viewer-caption").textContent = (text ? `Frame at ${fmt(c.text_frame_s)}, where its text was read (keyframe at ${fmt(c.keyframe_s)})`
     : `Keyframe at ${fmt(c.keyframe_s)}`) + ` (chunk ${c.chunk_id}, ${fmt(c.start_s)} to ${fmt(c.end_s)})` +
-    (c.wall_start_unix ? `, ${wall(c.wall_start_unix)}` : "") + (c.on_screen_text ? `; on screen: ${c.on_screen_text}` : "");
+    (c.wall_start_unix ? `, ${wall(c.wall_start_unix)}` : "") + (c.on_screen_text ? `; on screen: ${c.on_screen_text}` : "") +
+    ((c.speech || []).length ? `; said: ${c.speech.map((s) => s.text).join(" ")}` : "");
   $("viewer").hidden = false;
   $("viewer-close").focus();
   scrollToTime(c.start_s, false);
@@ -339,6 +349,7 @@ function evidenceItem(e) {
     el("span", { class: "ev-signals", text: `found by ${signals || "none"}` })];
   if (e.on_screen_text) kids.push(el("span", { class: "ev-text" }, "on screen: ", el("q", { text: e.on_screen_text })));
   if (e.labels) kids.push(el("span", { class: "ev-labels muted", text: e.labels }));
+  if ((e.speech || []).length) kids.push(el("span", { class: "said", text: `said: “${e.speech.map((s) => s.text).join(" ")}”` }));
   return el("li", {}, el("button", { type: "button", class: "evidence", "data-start": e.start_s, "data-chunk": e.chunk_id,
     "data-rank": e.rank, onclick: () => scrollToTime(e.start_s) }, ...kids));
 }
