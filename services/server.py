@@ -49,6 +49,15 @@ def _https(s: Settings) -> dict:
     return {"ssl_certfile": str(s.tls.cert_file), "ssl_keyfile": str(s.tls.key_file), **extra}
 
 
+async def _bounded(what: str, step, timeout_s: float) -> None:
+    """Await one shutdown step for at most `timeout_s` (a client holding a connection open must not hold the
+    server's stop); one that takes longer is left behind, logged."""
+    try:
+        await asyncio.wait_for(step, timeout_s)
+    except asyncio.TimeoutError:
+        log.warning("shutdown: %s did not stop within %.0fs; going on without it", what, timeout_s)
+
+
 class VigilServer:
     """One process: optional private Redis, the model, the runtime, and the gRPC server."""
 
@@ -161,9 +170,9 @@ class VigilServer:
 
     async def stop_async(self, grace_s: float = 2.0) -> None:
         if self.http:
-            await self.http.stop()
+            await _bounded("the HTTP side", self.http.stop(), 10.0)
         if self.mcp is not None:
-            await self.mcp.aclose()
+            await _bounded("the MCP endpoint", self.mcp.aclose(), 10.0)
         if self.ingest:
             await asyncio.to_thread(self.ingest.shutdown)
         if self.rt is not None:  # after the workers: none of them waits for a clip any more
