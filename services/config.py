@@ -46,6 +46,13 @@ class Reader(StrEnum):
     DECORD = "decord"
 
 
+def _name_list(v) -> tuple[str, ...]:
+    """A setting holding a list of names or patterns: a JSON list, or names joined with "," (blanks dropped)."""
+    if isinstance(v, str):
+        v = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
+    return tuple(str(x).strip() for x in v if str(x).strip())
+
+
 class GrpcLimits(BaseModel):
     """VIGIL_GRPC__*: what one gRPC connection may hold and for how long (services/server.py hands these to the
     grpc.aio server as its channel arguments)."""
@@ -325,9 +332,7 @@ class Settings(BaseSettings):
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod
     def _hosts(cls, v):
-        if isinstance(v, str):
-            v = json.loads(v) if v.lstrip().startswith("[") else [h for h in v.split(",")]
-        return tuple(str(h).strip().lower() for h in v if str(h).strip())
+        return tuple(h.lower() for h in _name_list(v))
 
     # past one machine (issue 22; docs/operations.md "Redis Cluster"): the store on a Redis Cluster with replicas
     redis_cluster: bool = Field(False, description="VIGIL_REDIS_URL is a Redis Cluster (any one node's address); "
@@ -381,11 +386,9 @@ class Settings(BaseSettings):
     @field_validator("camera_hosts", mode="before")
     @classmethod
     def _camera_hosts(cls, v):
-        if isinstance(v, str):
-            v = json.loads(v) if v.lstrip().startswith("[") else v.split(",")
         from services.cameras import host_pattern
 
-        return tuple(host_pattern(p) for p in v if str(p).strip())
+        return tuple(host_pattern(p) for p in _name_list(v))
 
     @model_validator(mode="after")
     def _cameras_allowed(self):  # a configured camera outside VIGIL_CAMERA_HOSTS is refused at start
