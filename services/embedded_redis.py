@@ -21,6 +21,7 @@ import redis
 
 from memory.store.client import connect
 
+SOCKET_PATH_MAX = 100  # bytes; Linux's sun_path holds 108 with its terminating NUL
 log = logging.getLogger("vigil.redis")
 
 
@@ -57,6 +58,10 @@ class EmbeddedRedis:
                                    "or set VIGIL_REDIS_URL to share one Redis") from None
         self.dir = data_dir or Path(tempfile.mkdtemp(prefix="vigil-redis-"))
         self.socket = self.dir / "redis.sock"
+        self._socket_dir: Path | None = None
+        if len(os.fsencode(self.socket)) > SOCKET_PATH_MAX:  # a unix socket's path is limited (108 bytes on Linux)
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="vigil-", dir="/tmp"))  # owner-only, as mkdtemp makes it
+            self.socket = self._socket_dir / "redis.sock"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
         self._stopping = threading.Event()
@@ -132,6 +137,8 @@ class EmbeddedRedis:
             self._lock.close()
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> "EmbeddedRedis":
         return self.start()

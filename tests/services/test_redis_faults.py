@@ -390,3 +390,22 @@ def _chunks_in_snapshot(folder: Path, ns: str, sid: str) -> int:
         finally:
             p.kill()
             p.wait(10)
+
+
+def test_a_private_redis_under_a_long_temporary_folder_still_starts(tmp_path, monkeypatch):
+    """A unix socket's path is limited to 108 bytes: with TMPDIR deep enough that its own folder's socket would not
+    fit, the private Redis puts its socket in a short folder of its own, answers, and removes both at stop."""
+    import tempfile
+
+    from services.embedded_redis import EmbeddedRedis
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    r = EmbeddedRedis().start()
+    try:
+        assert str(r.dir).startswith(str(deep)) and len(str(r.dir / "redis.sock")) > 108
+        assert redis.Redis(unix_socket_path=str(r.socket)).ping()
+    finally:
+        r.stop()
+    assert not r.socket.parent.exists() and not r.dir.exists()
