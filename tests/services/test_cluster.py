@@ -158,8 +158,7 @@ def test_the_master_of_a_streams_slot_killed_mid_ingest_its_replica_takes_over(
             redis_cluster.restart(master)  # it comes back as the new master's replica: the cluster is whole again
 
 
-@pytest.mark.slow  # three processes that each load the model; the default-suite variant of adoption on one
-@pytest.mark.timeout(400)  # store is test_redis_faults' stalled-owner test, and the cluster's fencing is test_store's
+@pytest.mark.timeout(400)  # three processes that each load the model (about 25 s)
 def test_a_fleet_two_ingest_processes_and_a_qa_process_one_killed_its_streams_adopted(
         redis_cluster, cache_dir, media_dir, namespace, tiny_adapter, pattern_video):
     """Three real `vigil serve` processes on the cluster: two `--role ingest`, one `--role qa`. Two streams
