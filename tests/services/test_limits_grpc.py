@@ -140,7 +140,9 @@ def test_a_connection_with_no_call_is_closed_after_the_idle_limit(make_server):
     ch.subscribe(states.append, try_to_connect=False)
     try:
         health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        assert grpc.ChannelConnectivity.READY in states  # (on a loaded machine the 1 s limit may have closed it already)
+        # connectivity callbacks arrive on grpc's own thread, after the call may have returned; and on a loaded
+        # machine the 1 s limit may have closed the connection already
+        wait_for(lambda: grpc.ChannelConnectivity.READY in states, 10, "the channel seen READY", period_s=0.05)
         deadline = time.monotonic() + 30
         while states[-1] == grpc.ChannelConnectivity.READY and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -225,7 +227,7 @@ def test_a_client_pinging_an_idle_connection_is_sent_away(make_server):
     ch.subscribe(states.append, try_to_connect=False)
     try:
         health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
-        assert states[-1] == grpc.ChannelConnectivity.READY
+        wait_for(lambda: grpc.ChannelConnectivity.READY in states, 10, "the channel seen READY", period_s=0.05)
         wait_for(lambda: states[-1] != grpc.ChannelConnectivity.READY, 30,
                  "the pinging client's connection closed by the server", period_s=0.05)
     finally:
