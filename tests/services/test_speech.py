@@ -186,8 +186,8 @@ def test_a_stream_without_audio_is_unchanged(make_server_module, short):
             page = b.new_page(viewport={"width": 1280, "height": 860})
             page.set_default_timeout(60_000)  # a loaded machine
             page.goto(f"http://127.0.0.1:{srv.http_port}/#stream={a.stream_id}")
-            page.wait_for_selector(".speech")
-            labels = page.eval_on_selector_all(".speech", "es => es.map(e => [e.dataset.start, e.title])")
+            page.wait_for_selector("button.speech")  # a bar (the legend's swatch is a span.speech)
+            labels = page.eval_on_selector_all("button.speech", "es => es.map(e => [e.dataset.start, e.title])")
             assert any("ambulance" in t.lower() and abs(float(start) - SAID_SHORT_S) < 1.0 for start, t in labels), labels
         finally:
             b.close()
