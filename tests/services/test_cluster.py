@@ -18,28 +18,12 @@ from services.client import Client, state_name
 from tests.conftest import wait_done
 from tests.conftest import wait_for as _until
 from tests.services.test_ingest_streams import _chunks as ts_blocks
-from tests.services.test_ingest_streams import assert_same_chunks
+from tests.services.test_ingest_streams import assert_same_chunks, chunks_of
 from tests.services.test_redis_faults import _health
 from tests.memory.test_store import clips  # noqa: F401  (the fixture: three encoded clips)
 from tests.services.test_spine_e2e import CLIP, FPS, reference_clips, reference_generate
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-
-
-def chunks_on(url: str, ns: str, sid: str) -> list[dict]:
-    """Every stored chunk's metadata and KV blob, read straight from the store (one Redis or the cluster)."""
-    r = connect(url)
-    try:
-        ids = sorted(int(i) for i in r.zrange(f"{ns}:s:{{{sid}}}:chunks", 0, -1))
-        out = []
-        for cid in ids:
-            meta, kv = r.hmget(f"{ns}:s:{{{sid}}}:c:{cid}", ["meta", "kv"])
-            m = json.loads(meta)
-            out.append({"meta": {k: m[k] for k in ("chunk_id", "start_s", "end_s", "frames", "tokens", "keyframe_s",
-                                                   "cuts")}, "kv": kv})
-        return out
-    finally:
-        r.close()
 
 
 def test_spine_answers_equal_model_generate_on_one_redis_and_on_a_cluster(make_server, store_url, tiny_adapter,
@@ -118,7 +102,7 @@ def test_the_master_of_a_streams_slot_killed_mid_ingest_its_replica_takes_over(
     with Client(addr) as c:
         ref = wait_done(c, c.start(str(bikes_ts), fps=2, clip_frames=4).stream_id)
         assert state_name(ref.state) == "finished", ref.error
-        reference = chunks_on(url, namespace, ref.stream_id)
+        reference = chunks_of(url, namespace, ref.stream_id)
         assert len(reference) >= 5
 
         push = _HeldPush(c, bikes_ts, "failover")
@@ -145,7 +129,7 @@ def test_the_master_of_a_streams_slot_killed_mid_ingest_its_replica_takes_over(
             info = push.wait()
             assert state_name(info.state) == "finished", info.error
             assert info.chunks == len(reference)
-            assert_same_chunks(chunks_on(url, namespace, sid), reference, tiny_adapter.spec.layout,
+            assert_same_chunks(chunks_of(url, namespace, sid), reference, tiny_adapter.spec.layout,
                                tiny_adapter.spec.fingerprint)
             # every chunk stored before the kill was on the replica before the worker went on (the promoted master
             # had no replica of its own until the old one rejoined: those writes are counted, not hidden)
@@ -196,7 +180,7 @@ def test_a_fleet_two_ingest_processes_and_a_qa_process_one_killed_its_streams_ad
             assert all(state_name(d.state) == "finished" for d in done), [d.error for d in done]
             ref = wait_done(c, c.start(str(pattern_video), fps=2, clip_frames=4).stream_id, timeout_s=240)
         for s in sids:  # adopted: a lease of another owner, and exactly the chunks of an uninterrupted run
-            assert_same_chunks(chunks_on(url, namespace, s), chunks_on(url, namespace, ref.stream_id),
+            assert_same_chunks(chunks_of(url, namespace, s), chunks_of(url, namespace, ref.stream_id),
                                tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
             writers = {b[b"by"].decode().rsplit(":", 1)[0]
                        for _, b in r.xrange(f"{namespace}:s:{{{s}}}:events") if b[b"kind"] == b"progress"}
@@ -251,7 +235,7 @@ def test_orphans_on_the_cluster_are_spread_by_room_and_finished(make_server, red
                  if b[b"kind"] == b"progress"}
         owners.append(by)
     assert owners[0] != owners[1]  # one stream on each server
-    assert_same_chunks(chunks_on(url, namespace, "orphan-a"), chunks_on(url, namespace, "orphan-b"),
+    assert_same_chunks(chunks_of(url, namespace, "orphan-a"), chunks_of(url, namespace, "orphan-b"),
                        tiny_adapter.spec.layout, tiny_adapter.spec.fingerprint)
 
 

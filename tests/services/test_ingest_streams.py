@@ -23,18 +23,23 @@ from tests.services.test_cli import VIGIL, _free_port, env_for
 
 
 def chunks_of(redis_url: str, ns: str, sid: str) -> list[dict]:
-    """Every stored chunk: its metadata and KV blob, read straight from Redis."""
+    """Every stored chunk: its metadata and KV blob, read straight from the store (one Redis or a cluster)."""
     import json
 
-    r = redis.Redis.from_url(redis_url)
-    ids = sorted(int(i) for i in r.zrange(f"{ns}:s:{{{sid}}}:chunks", 0, -1))
-    out = []
-    for cid in ids:
-        meta, kv = r.hmget(f"{ns}:s:{{{sid}}}:c:{cid}", ["meta", "kv"])
-        m = json.loads(meta)
-        out.append({"meta": {k: m[k] for k in ("chunk_id", "start_s", "end_s", "frames", "tokens", "keyframe_s",
-                                               "cuts")}, "kv": kv})
-    return out
+    from memory.store.client import connect
+
+    r = connect(redis_url)
+    try:
+        ids = sorted(int(i) for i in r.zrange(f"{ns}:s:{{{sid}}}:chunks", 0, -1))
+        out = []
+        for cid in ids:
+            meta, kv = r.hmget(f"{ns}:s:{{{sid}}}:c:{cid}", ["meta", "kv"])
+            m = json.loads(meta)
+            out.append({"meta": {k: m[k] for k in ("chunk_id", "start_s", "end_s", "frames", "tokens", "keyframe_s",
+                                                   "cuts")}, "kv": kv})
+        return out
+    finally:
+        r.close()
 
 
 def assert_same_chunks(a: list[dict], b: list[dict], layout, fingerprint) -> None:

@@ -125,40 +125,63 @@ def test_embedded_redis_killed_and_stalled_mid_ingest(tiny_adapter, media_dir, c
         srv.stop_thread()
 
 
+class _RedisServer:
+    """A real redis-server on a free loopback port, data in `folder` (append-only file or not), that a test kills
+    (-9) and starts again on the same port and folder; every process it started is stopped by `close()`."""
+
+    def __init__(self, folder: Path, appendonly: bool) -> None:
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "yes" if appendonly else "no", "--dir", str(folder),
+                     "--logfile", str(folder / "redis.log")]
+        self.procs: list[subprocess.Popen] = []
+        self.start()
+
+    @property
+    def pid(self) -> int:
+        return self.procs[-1].pid
+
+    def start(self) -> None:
+        self.procs.append(subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _until(lambda: _ping(self.url), 20, "the redis-server answers")
+
+    def kill(self) -> None:
+        self.procs[-1].kill()
+        self.procs[-1].wait(10)
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGCONT)  # a test may have stopped it
+                p.kill()
+                p.wait(10)
+
+
 @pytest.mark.timeout(420)
 def test_external_redis_killed_and_stalled_mid_ingest(make_server, tiny_adapter, tmp_path, long_video):
-    port = _free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")]
-    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    url = f"redis://127.0.0.1:{port}/0"
+    rs = _RedisServer(tmp_path, appendonly=True)
+    url, port = rs.url, rs.port
     try:
-        _until(lambda: _ping(url), 20, "the external redis-server answers")
         srv, addr = make_server(redis_url=url)
         ns = srv.settings.namespace
         with Client(addr) as c:
             sid = c.start(str(long_video), fps=2, clip_frames=4).stream_id
 
         def kill():  # an operator's (or systemd's) restart, a few seconds later
-            procs[-1].kill()
-            procs[-1].wait(10)
+            rs.kill()
             _until(lambda: _health(addr) == NOT_SERVING, 10, "health NOT_SERVING while Redis is down")
             with Client(addr) as c, pytest.raises(grpc.RpcError) as err:
                 c.list()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE and str(port) not in err.value.details()
-            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            _until(lambda: _ping(url), 20, "the restarted redis-server answers")
+            rs.start()
 
         # the stall past the lease is the embedded test's: the worker's side of it does not depend on who runs the
         # redis-server
-        _through_faults(addr, url, ns, sid, lambda: procs[-1].pid, kill, str(port))
+        _through_faults(addr, url, ns, sid, lambda: rs.pid, kill, str(port))
         _finish_and_compare(addr, url, ns, sid, long_video, tiny_adapter)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-                p.kill()
-                p.wait(10)
+        rs.close()
 
 
 def _ping(url: str) -> bool:
@@ -334,13 +357,9 @@ def test_chunks_a_redis_lost_after_acknowledging_them_are_sent_again(make_server
     saved, comes back without them: a real loss of acknowledged writes (a promoted replica that had not got
     them loses the same). The worker's next chunk is refused as a gap; it sends the lost chunks again from the
     ones it keeps, and the stream ends with exactly the chunks of an uninterrupted run."""
-    port = _free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path), "--logfile", str(tmp_path / "redis.log")]
-    procs = [subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    url = f"redis://127.0.0.1:{port}/0"
+    rs = _RedisServer(tmp_path, appendonly=False)
+    url = rs.url
     try:
-        _until(lambda: _ping(url), 20, "the external redis-server answers")
         srv, addr = make_server(redis_url=url)
         ns = srv.settings.namespace
         with Client(addr) as c:
@@ -355,22 +374,17 @@ def test_chunks_a_redis_lost_after_acknowledging_them_are_sent_again(make_server
             r.client_unpause()
         assert saved >= 4
         _until(lambda: _chunks(url, ns, sid) >= saved + 3, 120, "3 more chunks acknowledged after the snapshot")
-        procs[-1].kill()
-        procs[-1].wait(10)
+        rs.kill()
         lost = _chunks_in_snapshot(tmp_path, ns, sid)
         assert lost == saved  # what the restart loads: the chunks acknowledged after the snapshot are not in it
-        procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _until(lambda: _ping(url), 20, "the restarted redis-server answers")
+        rs.start()
         # without sending them again the next chunk is refused as a gap and the stream fails: this compares a
         # finished stream with the uninterrupted run, chunk for chunk
         _finish_and_compare(addr, url, ns, sid, long_video, tiny_adapter)
         with Client(addr) as c:
             assert c.describe(sid).missing_chunks == 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+        rs.close()
 
 
 def _chunks_in_snapshot(folder: Path, ns: str, sid: str) -> int:
@@ -380,16 +394,11 @@ def _chunks_in_snapshot(folder: Path, ns: str, sid: str) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copy(folder / "dump.rdb", Path(tmp) / "dump.rdb")
-        port = _free_port()
-        p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rs = _RedisServer(Path(tmp), appendonly=False)
         try:
-            url = f"redis://127.0.0.1:{port}/0"
-            _until(lambda: _ping(url), 20, "the snapshot's redis-server answers")
-            return _chunks(url, ns, sid)
+            return _chunks(rs.url, ns, sid)
         finally:
-            p.kill()
-            p.wait(10)
+            rs.close()
 
 
 def test_a_private_redis_under_a_long_temporary_folder_still_starts(tmp_path, monkeypatch):
