@@ -45,51 +45,9 @@ from services.config import Settings  # noqa: E402
 from services.embedded_redis import EmbeddedRedis  # noqa: E402
 from services.server import VigilServer  # noqa: E402
 from services.wire import ingest_pb2, ingest_pb2_grpc  # noqa: E402
+from testkit.watchers import Watchers, channel  # noqa: E402
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def channel(addr: str) -> grpc.Channel:
-    """A channel on a connection of its own (grpc shares connections between like channels by default)."""
-    return grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-class Watchers:
-    """`n` WatchStream calls on 4 connections, each read by a thread."""
-
-    def __init__(self, addr: str, sid: str, n: int) -> None:
-        self.chans = [channel(addr) for _ in range(4)]
-        stubs = [ingest_pb2_grpc.IngestServiceStub(ch) for ch in self.chans]
-        self.calls = [stubs[i % 4].WatchStream(ingest_pb2.WatchStreamRequest(stream_id=sid)) for i in range(n)]
-        self.snapshots = 0
-        self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._read, args=(c,), daemon=True) for c in self.calls]
-        for t in self.threads:
-            t.start()
-
-    def _read(self, call) -> None:
-        try:
-            for ev in call:
-                if ev.kind == ingest_pb2.StreamEvent.KIND_SNAPSHOT:
-                    with self.lock:
-                        self.snapshots += 1
-        except grpc.RpcError:
-            pass
-
-    def wait_open(self, n: int, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.snapshots < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {self.snapshots} of {n} watchers got their snapshot in {timeout_s}s")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        for c in self.calls:
-            c.cancel()
-        for t in self.threads:
-            t.join(10)
-        for ch in self.chans:
-            ch.close()
 
 
 def describe_latency(stub, sid: str, calls: int) -> dict:
@@ -173,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.05)
         describe_latency(stub, sid, 10)  # warm-up
         for n in counts:
-            w = Watchers(addr, sid, n) if n else None
+            w = Watchers(addr, sid, n, timeout_s=None) if n else None
             if w:
                 w.wait_open(n)
                 time.sleep(3.0)  # every watcher through a few quiet seconds
@@ -182,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             if w:
                 w.close()
         for n in (0, 60):
-            w = Watchers(addr, sid, n) if n else None
+            w = Watchers(addr, sid, n, timeout_s=None) if n else None
             if w:
                 w.wait_open(n)
                 time.sleep(2.0)

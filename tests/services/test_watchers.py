@@ -16,15 +16,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.client import Client, state_name
 from services.wire import ingest_pb2, ingest_pb2_grpc
+from testkit.watchers import Watchers, channel
 from tests.conftest import wait_for
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _channel(addr: str) -> grpc.Channel:
-    """A channel with its own connection (not shared with the test's other channels through grpc's global
-    subchannel pool): one connection carries at most VIGIL_GRPC__MAX_CONCURRENT_STREAMS calls."""
-    return grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 class IdlePush:
@@ -51,39 +46,6 @@ class IdlePush:
         self._release.set()
 
 
-class Watchers:
-    """`n` WatchStream calls on `channels` connections, each read by its own thread until its stream ends."""
-
-    def __init__(self, addr: str, sid: str, n: int, channels: int = 4) -> None:
-        self.chans = [_channel(addr) for _ in range(channels)]
-        stubs = [ingest_pb2_grpc.IngestServiceStub(ch) for ch in self.chans]
-        self.calls = [stubs[i % channels].WatchStream(ingest_pb2.WatchStreamRequest(stream_id=sid), timeout=120)
-                      for i in range(n)]
-        self.events: list[list] = [[] for _ in range(n)]
-        self.errors: list[grpc.StatusCode | None] = [None] * n
-        self.threads = [threading.Thread(target=self._read, args=(i,), daemon=True) for i in range(n)]
-        for t in self.threads:
-            t.start()
-
-    def _read(self, i: int) -> None:
-        try:
-            for ev in self.calls[i]:
-                self.events[i].append(ev)
-        except grpc.RpcError as err:
-            self.errors[i] = err.code()
-
-    def snapshots(self) -> int:
-        return sum(1 for evs in self.events if evs and evs[0].kind == ingest_pb2.StreamEvent.KIND_SNAPSHOT)
-
-    def close(self) -> None:
-        for c in self.calls:
-            c.cancel()
-        for t in self.threads:
-            t.join(10)
-        for ch in self.chans:
-            ch.close()
-
-
 def _describe_times(stub, sid: str, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -105,7 +67,7 @@ def test_100_watchers_of_a_quiet_stream_leave_describe_fast_and_stop_ends_an_idl
         sid = push.stream_id
         watchers = None
         try:
-            desc = _channel(addr)
+            desc = channel(addr)
             stub = ingest_pb2_grpc.IngestServiceStub(desc)
             base = statistics.median(_describe_times(stub, sid, 10))
             watchers = Watchers(addr, sid, 100)
@@ -178,7 +140,7 @@ def test_watchers_are_capped_per_stream_and_per_client(make_server):
 
 
 def _health(addr: str) -> int | None:
-    with _channel(addr) as ch:
+    with channel(addr) as ch:
         try:
             return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=3).status
         except grpc.RpcError:
