@@ -197,10 +197,15 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="unset: start a private redis-server for this process")
     redis_dir: Path | None = Field(None, description="private redis-server only: keep its data here (append-only "
                                    "file) so a restarted server resumes its streams; unset: memory lasts one run")
+    resend_chunks: int = Field(16, ge=0, le=1024, description="chunk writes a worker keeps (serialized, on the host) "
+                               "to send again when the store lost chunks it had acknowledged (a Redis restarted from "
+                               "an older snapshot, a replica promoted before it had them); loss beyond them fails the "
+                               "stream. Costs about a chunk's bytes each (2 MB at the 7B layout), plus a working-memory "
+                               "snapshot when one is among them; 0: none kept")
     redis_fsync: Literal["always", "everysec"] = Field(
         "always", description="private redis-server only: its append-only file's fsync policy. always: a chunk "
         "is on disk before Redis acknowledges it; everysec: faster, and a Redis killed while an fsync is slow loses "
-        "the last second or two of acknowledged writes (the worker sends its last 16 chunks again; older ones fail "
+        "the last second or two of acknowledged writes (the worker sends its last VIGIL_RESEND_CHUNKS again; older ones fail "
         "the stream)")
     namespace: str = Field("vigil", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="prefix of every Redis key; "
                            "servers of one namespace share its streams")

@@ -53,10 +53,6 @@ log = logging.getLogger("vigil.ingest")
 STORE_DOWN = STORE_UNAVAILABLE  # Redis unreachable, stalled, loading, or a cluster slot failing over: wait, then resend
 STORE_FULL = redis.exceptions.OutOfMemoryError  # Redis at maxmemory (noeviction): wait for room, then resend
 STORE_BACKOFF_CAP_S = 5.0
-# chunk writes kept for sending again: a Redis that acknowledged writes and then lost them (restarted from an
-# RDB snapshot, an append-only file fsynced every second whose write was postponed, a replica promoted before it
-# had them) is behind the worker by at most a few seconds of chunks; past this window the stream fails, loudly
-RESEND_CHUNKS = 16
 
 
 class StoreLostChunks(RuntimeError):
@@ -150,7 +146,7 @@ class StreamWorker:
         self.describe_memo = StreamMemo()  # the frame index reads a frame again only once it changed
         self._describer: ThreadPoolExecutor | None = None  # the frame index's thread (started on first use)
         self._decoding = False  # once the decode thread runs, it closes plan.file
-        self._sent: deque[ChunkWrite] = deque(maxlen=RESEND_CHUNKS)  # the last chunk writes, to send again
+        self._sent: deque[ChunkWrite] = deque(maxlen=s.resend_chunks)  # the last chunk writes, to send again
         self.alerts = alerts.for_stream(rt, rec, self._durable)  # the camera's alert rules (services/alerts)
         self._last_state: StreamState | None = rec.state if resume is not None else None  # for the log lines
         self._who: str | None = None  # "stream <id> (camera 'gate')", once known
@@ -538,7 +534,7 @@ class StreamWorker:
             if not lost or any(c not in held for c in lost):
                 raise StoreLostChunks(
                     f"the store lost chunks {have}..{w.chunk_id - 1} after acknowledging them (see Redis "
-                    f"persistence in docs/operations.md); this worker keeps only the last {RESEND_CHUNKS} to send "
+                    f"persistence in docs/operations.md); this worker keeps only the last {self._sent.maxlen} to send "
                     "again") from exc
             log.warning("stream %s: the store lost chunks %d..%d after acknowledging them (its persistence); "
                         "sending them again", sid, have, w.chunk_id - 1)
